@@ -1,0 +1,34 @@
+# Safety alignment of reasoning LLMs with LoRA: the paper's grid as one DAG.
+# Run: snakemake --profile profiles/slurm   (cluster)   or   make demo   (CPU demo)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "rules/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/orthomerge.smk"
+include: "rules/generate.smk"
+include: "rules/judge.smk"
+include: "rules/score.smk"
+include: "rules/weights.smk"
+include: "rules/aggregate.smk"
+
+
+localrules:
+    all,
+    write_recipe,
+    describe_grid,
+
+
+rule all:
+    input:
+        final_targets(),

@@ -1,0 +1,61 @@
+# Aggregation: the results table (with bootstrap intervals) and the paper's figures.
+# Reads only score summaries and weight-analysis tables, never generations.
+
+
+rule describe_grid:
+    output:
+        meta="results/aggregate/runs_meta.json",
+        expected="results/aggregate/expected.json",
+    log:
+        "results/logs/describe_grid/describe_grid.log",
+    params:
+        meta=runs_meta_json,
+        expected=expected_checkpoints,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/write_json.py --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        " && python workflow_scripts/write_json.py --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        scores=all_score_files(),
+        meta="results/aggregate/runs_meta.json",
+        expected="results/aggregate/expected.json",
+    output:
+        csv=report("results/aggregate/results.csv", caption="report/results.rst", category="Tables"),
+        md="results/aggregate/results.md",
+        missing="results/aggregate/missing.txt",
+        agreement="results/aggregate/agreement.csv",
+    log:
+        "results/logs/aggregate/aggregate.log",
+    params:
+        bootstrap=bootstrap_args,
+        version=config["versions"]["aggregate"],
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
+        " --expected {input.expected} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
+        " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        unpack(figure_inputs),
+    output:
+        report("results/figures/{figure}.png", caption="report/{figure}.rst", category="Figures"),
+    log:
+        "results/logs/figure/{figure}.log",
+    params:
+        args=figure_args,
+        version=config["versions"]["aggregate"],
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"

@@ -1,0 +1,354 @@
+# Plumbing only: validate the config, build the run grid, define paths and input functions.
+# All logic lives in the `safelora` package (src/safelora).
+
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from safelora import config as grid  # noqa: E402
+from safelora.io import stable_json  # noqa: E402
+
+validate(config, grid.SCHEMA_PATH, set_default=False)
+grid.complete_config(config)
+
+CHECKPOINTS = grid.checkpoints(config)
+RUN_NAMES = grid.all_run_names(config)
+JUDGES = config["judges"]
+TEXT_GRADERS = ["refusal_match", "math_verify", "choice_regex", "last_number"]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
+
+
+wildcard_constraints:
+    model=_alternatives(config["models"]),
+    run=_alternatives(RUN_NAMES),
+    epoch=r"\d+",
+    benchmark=_alternatives(config["benchmarks"]),
+    judge=_alternatives(JUDGES),
+    text_grader=_alternatives(TEXT_GRADERS),
+
+
+# ------------------------------------------------------------------------------------------
+# Models and checkpoints
+
+
+def base_model(model):
+    """What transformers/vLLM load for the base model: a hub id or a local folder."""
+    source = config["models"][model]["source"]
+    if "gguf" in source:
+        return f"results/models/{model}/base"
+    return source.get("hub") or source["path"]
+
+
+def base_model_input(model):
+    """The base model as a Snakemake input (only when the workflow itself builds it)."""
+    return [base_model(model)] if "gguf" in config["models"][model]["source"] else []
+
+
+def base_model_ref(wildcards):
+    return base_model(wildcards.model)
+
+
+def base_model_files(wildcards):
+    return base_model_input(wildcards.model)
+
+
+def model_source(wildcards):
+    return stable_json(config["models"][wildcards.model]["source"])
+
+
+def train_data_source(wildcards):
+    data = config["training_data"]
+    return stable_json(data["sources"][data["source"]])
+
+
+def train_manifest(model, run):
+    return f"results/train/{model}/{run}/manifest.json"
+
+
+def recipe(model, run):
+    return grid.training_recipe(config, model, run)
+
+
+def recipe_json(wildcards):
+    return stable_json(recipe(wildcards.model, wildcards.run))
+
+
+def _recipe_hash(wildcards):
+    return grid.recipe_hash(recipe(wildcards.model, wildcards.run))
+
+
+def train_state_dir(wildcards):
+    """Resumable trainer state: not an output, so Snakemake never deletes it before a rerun."""
+    return f"results/state/{wildcards.model}/{wildcards.run}/{_recipe_hash(wildcards)}"
+
+
+def train_checkpoint_dir(wildcards):
+    return f"results/checkpoints/{wildcards.model}/{wildcards.run}/{_recipe_hash(wildcards)}"
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "recipe": f"results/train/{wildcards.model}/{wildcards.run}/recipe.yaml",
+        "data": f"results/data/train/{wildcards.model}.jsonl",
+        "base": base_model_input(wildcards.model),
+    }
+    if recipe(wildcards.model, wildcards.run).get("ortho_reg"):
+        inputs["svd"] = svd_input(wildcards.model)
+    return inputs
+
+
+def train_svd_arg(wildcards):
+    return f"--svd {svd_input(wildcards.model)}" if recipe(wildcards.model, wildcards.run).get("ortho_reg") else ""
+
+
+def train_gpus(wildcards):
+    """The paper's GPU count for this run (Appendix A.5); profiles may override `gpu`."""
+    r = recipe(wildcards.model, wildcards.run)
+    return r["batch"]["gpus"]
+
+
+def checkpoint_inputs(wildcards):
+    """Files a job needs to load checkpoint (model, run, epoch)."""
+    model, run = wildcards.model, wildcards.run
+    inputs = {"base": base_model_input(model)}
+    if grid.is_orthomerge(run):
+        inputs["adapter"] = f"results/orthomerge/{model}/{run}/epoch-{wildcards.epoch}"
+    elif run != grid.BASE_RUN:
+        inputs["manifest"] = train_manifest(model, run)
+    return inputs
+
+
+def checkpoint_args(wildcards):
+    """CLI arguments naming checkpoint (model, run, epoch) for generate and analysis scripts."""
+    model, run = wildcards.model, wildcards.run
+    args = f"--base {base_model(model)}"
+    if grid.is_orthomerge(run):
+        args += f" --adapter results/orthomerge/{model}/{run}/epoch-{wildcards.epoch}"
+    elif run != grid.BASE_RUN:
+        args += f" --manifest {train_manifest(model, run)} --epoch {wildcards.epoch}"
+    return args
+
+
+def model_settings(wildcards):
+    m = config["models"][wildcards.model]
+    return stable_json(
+        {
+            "dtype": m["dtype"],
+            "max_model_len": m["max_model_len"],
+            "tensor_parallel": m["tensor_parallel"],
+            "max_lora_rank": grid.max_lora_rank(config, wildcards.model),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Benchmarks, graders and scores
+
+
+def bench(wildcards):
+    return config["benchmarks"][wildcards.benchmark]
+
+
+def benchmark_spec(wildcards):
+    keys = ("kind", "source", "limit", "prompt_template", "shuffle_seed")
+    return stable_json({k: v for k, v in bench(wildcards).items() if k in keys})
+
+
+def sampling(wildcards):
+    return stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]})
+
+
+def ckpt_dir(kind, wildcards):
+    return f"results/{kind}/{wildcards.model}/{wildcards.run}/epoch-{wildcards.epoch}"
+
+
+def verdict_files(model, run, epoch, benchmark):
+    """Verdict files a benchmark's score reads, one per grader (EvalPlus: base and plus)."""
+    folder = f"results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}"
+    files = []
+    for grader in config["benchmarks"][benchmark]["graders"]:
+        names = ["evalplus_base", "evalplus_plus"] if grader == "evalplus" else [grader]
+        files += [f"{folder}/{name}.jsonl" for name in names]
+    return files
+
+
+def score_inputs(wildcards):
+    return verdict_files(wildcards.model, wildcards.run, wildcards.epoch, wildcards.benchmark)
+
+
+def benchmark_kind(wildcards):
+    return bench(wildcards)["kind"]
+
+
+def grader_version(wildcards):
+    return bench(wildcards)["scorer_version"]
+
+
+def generation_gpus(wildcards):
+    """One GPU per tensor-parallel rank of the evaluated model."""
+    return config["models"][wildcards.model]["tensor_parallel"]
+
+
+def evalplus_dataset(wildcards):
+    return bench(wildcards)["source"]["evalplus"]
+
+
+def evalplus_problems(wildcards):
+    return bench(wildcards)["source"]["path"]
+
+
+def execution_timeout(wildcards):
+    return bench(wildcards).get("execution", {}).get("timeout_s", 20)
+
+
+def execution_memory(wildcards):
+    return bench(wildcards).get("execution", {}).get("memory_mb", 4096)
+
+
+def _fallback_file(wildcards):
+    fallback = JUDGES[wildcards.judge].get("fallback_for")
+    return f"{ckpt_dir('verdicts', wildcards)}/{wildcards.benchmark}/{fallback}.jsonl" if fallback else None
+
+
+def judge_inputs(wildcards):
+    inputs = {
+        "generations": f"{ckpt_dir('generations', wildcards)}/{wildcards.benchmark}.jsonl",
+        "prompts": f"results/data/bench/{wildcards.benchmark}.jsonl",
+    }
+    if _fallback_file(wildcards):
+        inputs["fallback"] = _fallback_file(wildcards)
+    return inputs
+
+
+def judge_fallback_arg(wildcards):
+    """A fallback judge (Qwen for AIME) only judges samples its backed-up grader did not pass."""
+    return f"--fallback {_fallback_file(wildcards)}" if _fallback_file(wildcards) else ""
+
+
+def judge_spec(wildcards):
+    return stable_json(JUDGES[wildcards.judge])
+
+
+def judge_gpus(wildcards):
+    return JUDGES[wildcards.judge]["tensor_parallel"]
+
+
+def score_settings(wildcards):
+    b = bench(wildcards)
+    return stable_json(
+        {
+            "kind": b["kind"],
+            "graders": b["graders"],
+            "primary": b["primary"],
+            "scorer_version": b["scorer_version"],
+            "max_unparseable_share": config["max_unparseable_share"],
+        }
+    )
+
+
+def score_file(c, benchmark):
+    return f"results/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
+
+
+def all_score_files():
+    return [score_file(c, b) for c in CHECKPOINTS for b in config["benchmarks"]]
+
+
+def expected_checkpoints(wildcards):
+    return stable_json([[c.model, c.run, c.epoch] for c in CHECKPOINTS])
+
+
+def runs_meta_json(wildcards):
+    return stable_json(grid.runs_meta(config))
+
+
+def bootstrap_args(wildcards):
+    b = config.get("aggregate", {}).get("bootstrap", {})
+    return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)}"
+
+
+# ------------------------------------------------------------------------------------------
+# Weight analysis
+
+
+ANALYSIS_CHECKPOINTS = grid.analysis_checkpoints(config)
+
+
+def analysis_modules(wildcards):
+    return " ".join(config.get("analysis", {}).get("modules", []))
+
+
+def orthomerge_source_manifest(wildcards):
+    return train_manifest(wildcards.model, grid.orthomerge_run(config, wildcards.run).source)
+
+
+def orthomerge_source_args(wildcards):
+    return f"--manifest {orthomerge_source_manifest(wildcards)} --epoch {wildcards.epoch}"
+
+
+def orthomerge_settings(wildcards):
+    om = grid.orthomerge_run(config, wildcards.run)
+    return f"--variant {om.variant} --lam {om.lam} --k {config['orthomerge']['k']}"
+
+
+def analysis_files():
+    return [f"results/analysis/weights/{c.model}/{c.run}/epoch-{c.epoch}.csv" for c in ANALYSIS_CHECKPOINTS]
+
+
+def svd_models():
+    models = {c.model for c in ANALYSIS_CHECKPOINTS}
+    models |= {c.model for c in CHECKPOINTS if grid.is_orthomerge(c.run)}
+    for run in config["runs"]:
+        if run.get("ortho_reg"):
+            models |= set(run["models"])
+    return sorted(models)
+
+
+def svd_input(model):
+    return f"results/analysis/svd/{model}.safetensors"
+
+
+# ------------------------------------------------------------------------------------------
+# Targets
+
+FIGURES = ["fig2", "fig6", "fig3", "fig7", "fig5", "fig1", "fig4", "overrefusal", "agreement"]
+WEIGHT_FIGURES = ("fig1", "fig4")
+
+
+def figure_inputs(wildcards):
+    """Only what a figure draws, so it is redrawn only when that changes."""
+    inputs = {"meta": "results/aggregate/runs_meta.json"}
+    if wildcards.figure in WEIGHT_FIGURES:
+        inputs["weights"] = analysis_files()
+    elif wildcards.figure == "agreement":
+        inputs["agreement"] = "results/aggregate/agreement.csv"
+    else:
+        inputs["table"] = "results/aggregate/results.csv"
+    return inputs
+
+
+def figure_args(wildcards):
+    inputs = figure_inputs(wildcards)
+    args = f"--runs-meta {inputs['meta']}"
+    if "weights" in inputs:
+        args += " --weights " + " ".join(inputs["weights"])
+    if "agreement" in inputs:
+        args += f" --agreement {inputs['agreement']}"
+    if "table" in inputs:
+        args += f" --table {inputs['table']}"
+    return args
+
+
+def final_targets():
+    return [
+        "results/aggregate/results.csv",
+        "results/aggregate/results.md",
+        *[f"results/figures/{name}.png" for name in FIGURES],
+    ]

@@ -1,0 +1,54 @@
+# Data: the demo's base model from its GGUF file, the safety training set, benchmark items.
+
+
+rule prepare_model:
+    output:
+        directory("results/models/{model}/base"),
+    log:
+        "results/logs/prepare_model/{model}.log",
+    params:
+        source=model_source,
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
+
+
+rule build_train_set:
+    input:
+        base=base_model_files,
+    output:
+        "results/data/train/{model}.jsonl",
+    log:
+        "results/logs/build_train_set/{model}.log",
+    params:
+        tokenizer=base_model_ref,
+        source=train_data_source,
+        think=config["training_data"]["think"],
+        version=config["versions"]["data"],
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
+        " --think {params.think:q} --out {output} > {log} 2>&1"
+
+
+rule build_benchmark:
+    output:
+        "results/data/bench/{benchmark}.jsonl",
+    log:
+        "results/logs/build_benchmark/{benchmark}.log",
+    params:
+        spec=benchmark_spec,
+        version=config["versions"]["data"],
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,31 @@
+# Generation per (checkpoint, benchmark) with vLLM (GPU) or transformers (CPU); LoRA served unmerged.
+
+
+rule generate:
+    input:
+        unpack(checkpoint_inputs),
+        prompts="results/data/bench/{benchmark}.jsonl",
+    output:
+        "results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+    log:
+        "results/logs/generate/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+    benchmark:
+        "results/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
+    params:
+        checkpoint=checkpoint_args,
+        backend=config["generation"]["backend"],
+        batch_size=config["generation"]["batch_size"],
+        sampling=sampling,
+        model_settings=model_settings,
+        version=config["versions"]["generate"],
+    threads: 8
+    resources:
+        gpu=generation_gpus,
+        mem_mb=64000,
+        runtime=720,
+    conda:
+        "../envs/vllm.yaml"
+    shell:
+        "python workflow_scripts/generate.py {params.checkpoint} --items {input.prompts}"
+        " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
+        " --model-settings {params.model_settings:q} --out {output} > {log} 2>&1"

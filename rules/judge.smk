@@ -1,0 +1,75 @@
+# Grading: text graders on CPU, EvalPlus execution in the sandbox, judge models on GPUs.
+# Each writes one Verdict file per (checkpoint, benchmark, grader); scoring never regenerates.
+
+
+rule grade_text:
+    input:
+        generations="results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+        prompts="results/data/bench/{benchmark}.jsonl",
+    output:
+        "results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.jsonl",
+    log:
+        "results/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
+    params:
+        kind=benchmark_kind,
+        version=grader_version,
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
+        " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
+
+
+rule execute_code:
+    input:
+        generations="results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+    output:
+        plus="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_plus.jsonl",
+        base="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_base.jsonl",
+    log:
+        "results/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+    params:
+        dataset=evalplus_dataset,
+        problems=evalplus_problems,
+        timeout=execution_timeout,
+        memory=execution_memory,
+        version=grader_version,
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/execute_code.py --dataset {params.dataset} --problems {params.problems}"
+        " --generations {input.generations} --out {output.plus} --out-base {output.base}"
+        " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
+
+
+rule judge:
+    input:
+        unpack(judge_inputs),
+    output:
+        "results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.jsonl",
+    log:
+        "results/logs/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.log",
+    benchmark:
+        "results/benchmarks/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.tsv"
+    params:
+        judge=judge_spec,
+        kind=benchmark_kind,
+        backend=config["generation"]["backend"],
+        fallback=judge_fallback_arg,
+    threads: 8
+    resources:
+        gpu=judge_gpus,
+        mem_mb=64000,
+        runtime=240,
+    conda:
+        "../envs/vllm.yaml"
+    shell:
+        "python workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
+        " --generations {input.generations} --items {input.prompts} {params.fallback}"
+        " --backend {params.backend} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# Scoring: verdicts -> one score summary per (checkpoint, benchmark), per-problem values kept.
+
+
+rule score:
+    input:
+        score_inputs,
+    output:
+        "results/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
+    log:
+        "results/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+    params:
+        settings=score_settings,
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python workflow_scripts/score.py --model {wildcards.model} --run {wildcards.run}"
+        " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
+        " --verdicts {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,44 @@
+# Safety SFT (Section 4.1, Appendix A.5): full fine-tuning (DeepSpeed ZeRO) and LoRA, one CLI.
+# The recipe file is the run's resolved hyperparameters; editing one run's settings changes only
+# its recipe and so reruns only its training and what depends on it.
+
+
+rule write_recipe:
+    output:
+        "results/train/{model}/{run}/recipe.yaml",
+    log:
+        "results/logs/write_recipe/{model}/{run}.log",
+    params:
+        recipe=recipe_json,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        manifest="results/train/{model}/{run}/manifest.json",
+    log:
+        "results/logs/train/{model}/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/{run}.tsv"
+    params:
+        base=base_model_ref,
+        state=train_state_dir,
+        checkpoints=train_checkpoint_dir,
+        svd=train_svd_arg,
+    threads: 8
+    resources:
+        gpu=train_gpus,
+        mem_mb=64000,
+        runtime=1440,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 0 ? {resources.gpu} : 1 ))"
+        " workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
+        " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
+        " --manifest {output.manifest} > {log} 2>&1"

@@ -1,0 +1,51 @@
+# Weight analysis (Figure 1, Figure 4): a cached truncated SVD per base model, then per checkpoint
+# the stable rank of dW and the four alignment metrics, read tensor by tensor.
+
+
+rule base_svd:
+    input:
+        base=base_model_files,
+    output:
+        "results/analysis/svd/{model}.safetensors",
+    log:
+        "results/logs/base_svd/{model}.log",
+    benchmark:
+        "results/benchmarks/base_svd/{model}.tsv"
+    params:
+        base=base_model_ref,
+        rank=config.get("analysis", {}).get("svd_rank", 64),
+        modules=analysis_modules,
+        version=config["versions"]["analysis"],
+    threads: 8
+    resources:
+        mem_mb=32000,
+        runtime=240,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/base_svd.py --base {params.base} --out {output} --k {params.rank}"
+        " --modules {params.modules} > {log} 2>&1"
+
+
+rule analyze_weights:
+    input:
+        unpack(checkpoint_inputs),
+        svd="results/analysis/svd/{model}.safetensors",
+    output:
+        "results/analysis/weights/{model}/{run}/epoch-{epoch}.csv",
+    log:
+        "results/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
+    params:
+        checkpoint=checkpoint_args,
+        norm=config.get("analysis", {}).get("norm", "fro"),
+        top=config.get("analysis", {}).get("top_k", 16),
+        version=config["versions"]["analysis"],
+    threads: 8
+    resources:
+        mem_mb=32000,
+        runtime=240,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python workflow_scripts/analyze_weights.py {params.checkpoint} --svd {input.svd}"
+        " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"

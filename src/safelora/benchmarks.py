@@ -1,0 +1,143 @@
+"""Benchmark loaders: every benchmark becomes a list of `BenchmarkItem` records.
+
+The user message (`prompt`) is final here: templates and GPQA's choice shuffling are applied
+when the items are built, so generation only renders the chat template.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from safelora.data import DataError, read_table
+
+GPQA_TEMPLATE = (
+    "You are solving a multiple-choice question. At the end, present your\n"
+    "final answer using the format: Final Answer: \\boxed{{X}}, where X is\n"
+    "one of A, B, C, or D.\n"
+    "Question: {question}\n"
+    "Choices:\n"
+    "(A) {a}\n"
+    "(B) {b}\n"
+    "(C) {c}\n"
+    "(D) {d}"
+)  # Appendix A.3, verbatim
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    id: str
+    prompt: str
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
+    """Items of one configured benchmark, checked for empty prompts and duplicate ids."""
+    source = bench["source"]
+    if "evalplus" in source:
+        items = _evalplus_items(source)
+    elif "hub" in source and bench["kind"] == "multiple_choice":
+        items = _gpqa_items(source, bench.get("shuffle_seed", 0))
+    else:
+        items = _table_items(source)
+    template = bench.get("prompt_template")
+    if template:
+        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, i.meta) for i in items]
+    if bench.get("limit"):
+        items = items[: bench["limit"]]
+    _check_items(name, items)
+    return items
+
+
+def _origin(source: dict[str, Any]) -> str:
+    return source.get("csv") or source.get("jsonl") or source.get("path") or source.get("hub", "?")
+
+
+def _table_items(source: dict[str, Any]) -> list[BenchmarkItem]:
+    origin = _origin(source)
+    if "hub" in source:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(source["hub"], source.get("config"), split=source.get("split", "train")))
+    else:
+        rows = read_table(origin)
+    for key, value in source.get("filter", {}).items():
+        rows = [row for row in rows if str(row.get(key)) == value]
+    prompt_field = source["prompt_field"]
+    items = []
+    for index, row in enumerate(rows):
+        if prompt_field not in row:
+            raise DataError(f"{origin}: row {index}: missing column '{prompt_field}'")
+        answer_field = source.get("answer_field")
+        if answer_field and answer_field not in row:
+            raise DataError(f"{origin}: row {index}: missing column '{answer_field}'")
+        item_id = str(row[source["id_field"]]) if source.get("id_field") else str(row.get("id", index))
+        meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and _is_scalar(v)}
+        items.append(
+            BenchmarkItem(
+                id=item_id,
+                prompt=str(row[prompt_field] or ""),
+                answer=str(row[answer_field]) if answer_field else None,
+                meta=meta,
+            )
+        )
+    return items
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _evalplus_items(source: dict[str, Any]) -> list[BenchmarkItem]:
+    path = source["path"]
+    items = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            row = json.loads(line)
+            for key in ("task_id", "prompt", "entry_point"):
+                if key not in row:
+                    raise DataError(f"{path}: line {lineno}: missing field '{key}'")
+            items.append(
+                BenchmarkItem(id=row["task_id"], prompt=row["prompt"].strip(), meta={"entry_point": row["entry_point"]})
+            )
+    return items
+
+
+def shuffle_choices(item_id: str, correct: str, incorrect: list[str], seed: int) -> tuple[list[str], str]:
+    """Deterministic per (seed, item) order of the four choices; returns them and the correct letter."""
+    choices = [correct, *incorrect]
+    random.Random(f"{seed}:{item_id}").shuffle(choices)
+    return choices, "ABCD"[choices.index(correct)]
+
+
+def _gpqa_items(source: dict[str, Any], seed: int) -> list[BenchmarkItem]:
+    from datasets import load_dataset
+
+    rows = load_dataset(source["hub"], source.get("config"), split=source.get("split", "train"))
+    items = []
+    for index, row in enumerate(rows):
+        item_id = str(row.get("Record ID", index))
+        incorrect = [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+        choices, letter = shuffle_choices(item_id, row["Correct Answer"].strip(), incorrect, seed)
+        prompt = GPQA_TEMPLATE.format(question=row["Question"].strip(), a=choices[0], b=choices[1], c=choices[2], d=choices[3])
+        items.append(BenchmarkItem(id=item_id, prompt=prompt, answer=letter, meta={"shuffle_seed": seed}))
+    return items
+
+
+def _check_items(name: str, items: list[BenchmarkItem]) -> None:
+    if not items:
+        raise DataError(f"benchmark '{name}': no items")
+    seen: set[str] = set()
+    for item in items:
+        if not item.prompt.strip():
+            raise DataError(f"benchmark '{name}': item '{item.id}' has an empty prompt")
+        if item.id in seen:
+            raise DataError(f"benchmark '{name}': duplicate item id '{item.id}'")
+        seen.add(item.id)

@@ -1,0 +1,434 @@
+"""The workflow configuration: schema validation, cross-field checks and the run grid.
+
+`common.smk` validates with `snakemake.utils.validate` against the same schema file and then
+calls `check_config`; the CLIs call `load_config`. Every error names the key it is about.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safelora.io import stable_json
+
+SCHEMA_PATH = Path(str(resources.files("safelora") / "schemas" / "config.schema.yaml"))
+
+# Graders computed on CPU from the generations alone (no judge model).
+BUILTIN_GRADERS = ("refusal_match", "math_verify", "last_number", "choice_regex", "evalplus")
+
+# Graders each benchmark kind may use.
+GRADERS_BY_KIND = {
+    "safety": {"refusal_match", "llama_guard", "refusal_judge"},
+    "over_refusal": {"refusal_match", "refusal_judge"},
+    "math": {"math_verify", "last_number", "math_judge"},
+    "multiple_choice": {"choice_regex"},
+    "code": {"evalplus"},
+}
+
+# The values vLLM accepts for `max_lora_rank`; an adapter's rank is served with the next one up.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+BASE_RUN = "base"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the offending key."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: str
+    run: str
+    epoch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.run}/epoch-{self.epoch}"
+
+
+@dataclass(frozen=True)
+class OrthoMergeRun:
+    name: str
+    source: str
+    variant: str
+    lam: float
+
+
+def load_config(path: str | Path, workdir: str | Path = ".") -> dict[str, Any]:
+    """Read, schema-validate (filling defaults) and cross-check a config file.
+
+    Data paths in the config are relative to `workdir`, the folder Snakemake runs in.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the config must be a mapping, got {type(config).__name__}")
+    validate_schema(config, source=str(path))
+    check_config(config, workdir)
+    return config
+
+
+def complete_config(config: dict[str, Any], workdir: str | Path = ".") -> dict[str, Any]:
+    """After `snakemake.utils.validate`: fill schema defaults everywhere, then cross-check."""
+    schema = load_schema()
+    _fill_defaults(config, schema, schema)
+    check_config(config, workdir)
+    return config
+
+
+def load_schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_schema(config: dict[str, Any], source: str = "config") -> None:
+    """JSON-Schema validation that fills in defaults, as snakemake.utils.validate does."""
+    import jsonschema
+
+    schema = load_schema()
+    validator_cls = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{source}: invalid value at '{where}': {err.message}")
+    _fill_defaults(config, schema, schema)
+
+
+def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
+    schema = _resolve(schema, root)
+    if isinstance(node, dict):
+        for key, sub in schema.get("properties", {}).items():
+            sub = _resolve(sub, root)
+            if key not in node and "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            if key in node:
+                _fill_defaults(node[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in node.items():
+                if key not in schema.get("properties", {}):
+                    _fill_defaults(value, extra, root)
+        for sub in schema.get("allOf", []):
+            _fill_defaults(node, sub, root)
+    elif isinstance(node, list) and isinstance(schema.get("items"), dict):
+        for item in node:
+            _fill_defaults(item, schema["items"], root)
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        schema = {**root["$defs"][name], **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def check_config(config: dict[str, Any], workdir: str | Path = ".") -> None:
+    """Cross-field checks the schema cannot express; raise ConfigError naming the key."""
+    _check_training_data(config, Path(workdir))
+    _check_runs(config)
+    _check_orthomerge(config)
+    _check_analysis(config)
+    _check_benchmarks(config, Path(workdir))
+
+
+def _check_training_data(config: dict[str, Any], workdir: Path) -> None:
+    data = config["training_data"]
+    if data["source"] not in data["sources"]:
+        raise ConfigError(
+            f"training_data.source: '{data['source']}' is not one of training_data.sources "
+            f"({', '.join(sorted(data['sources']))})"
+        )
+    for name, source in data["sources"].items():
+        if "path" in source and not (workdir / source["path"]).exists():
+            raise ConfigError(f"training_data.sources.{name}.path: file not found: {source['path']}")
+
+
+def _check_runs(config: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for i, run in enumerate(config["runs"]):
+        key = f"runs[{i}] ('{run['name']}')"
+        if run["name"] in seen:
+            raise ConfigError(f"{key}: duplicate run name '{run['name']}'")
+        seen.add(run["name"])
+        if "." in run["name"]:
+            raise ConfigError(f"{key}: '.' is reserved for OrthoMerge run names")
+        if (run["method"] == BASE_RUN) != (run["name"] == BASE_RUN):
+            raise ConfigError(f"{key}: the run named 'base' and only it has method 'base'")
+        for model in run["models"]:
+            if model not in config["models"]:
+                raise ConfigError(f"{key}.models: unknown model '{model}' (known: {', '.join(config['models'])})")
+        if run["method"] == "lora":
+            for field in ("rank", "targets"):
+                if field not in run:
+                    raise ConfigError(f"{key}: a LoRA run needs '{field}'")
+            if run["targets"] not in config["lora_targets"]:
+                raise ConfigError(
+                    f"{key}.targets: unknown target set '{run['targets']}' "
+                    f"(known: {', '.join(config['lora_targets'])})"
+                )
+            vllm_lora_rank(run["rank"], where=f"{key}.rank")
+        elif any(field in run for field in ("rank", "targets", "ortho_reg")):
+            raise ConfigError(f"{key}: rank, targets and ortho_reg apply to LoRA runs only")
+        if run["method"] in ("full", "lora"):
+            _check_batches(config, run, key)
+
+
+def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> None:
+    per_model = config["training"][run["method"]]["per_model"]
+    for model in run["models"]:
+        size = config["models"][model]["size"]
+        if size not in per_model:
+            raise ConfigError(
+                f"{key}: training.{run['method']}.per_model has no entry for size '{size}' of model '{model}'"
+            )
+        batch = per_model[size]
+        if batch["global_batch"] % (batch["gpus"] * batch["per_device_batch"]):
+            raise ConfigError(
+                f"training.{run['method']}.per_model.{size}: global_batch {batch['global_batch']} is not a "
+                f"multiple of gpus x per_device_batch = {batch['gpus'] * batch['per_device_batch']}"
+            )
+
+
+def vllm_lora_rank(rank: int, where: str = "rank") -> int:
+    """The `max_lora_rank` vLLM needs to serve an adapter of this rank (documented round-up)."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError(f"{where}: rank {rank} exceeds the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]})")
+
+
+def _check_orthomerge(config: dict[str, Any]) -> None:
+    merge = config.get("orthomerge")
+    if not merge:
+        return
+    runs = {run["name"]: run for run in config["runs"]}
+    for source in merge["sources"]:
+        if source not in runs:
+            raise ConfigError(f"orthomerge.sources: unknown run '{source}'")
+        if runs[source]["method"] != "lora":
+            raise ConfigError(f"orthomerge.sources: run '{source}' is not a LoRA run")
+    if merge.get("epochs") not in ("all", "last"):
+        for source in merge["sources"]:
+            epochs = run_epochs(config, source)
+            bad = [e for e in merge["epochs"] if e > epochs]
+            if bad:
+                raise ConfigError(f"orthomerge.epochs: run '{source}' has {epochs} epochs, not {bad}")
+
+
+def _check_analysis(config: dict[str, Any]) -> None:
+    analysis = config.get("analysis")
+    if not analysis:
+        return
+    runs = {run["name"]: run for run in config["runs"]}
+    for name in analysis["runs"]:
+        if name not in runs or runs[name]["method"] == BASE_RUN:
+            raise ConfigError(f"analysis.runs: '{name}' is not a training run")
+
+
+def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
+    judges = config["judges"]
+    for name, bench in config["benchmarks"].items():
+        key = f"benchmarks.{name}"
+        allowed = GRADERS_BY_KIND[bench["kind"]]
+        for grader in bench["graders"]:
+            kind = judges[grader]["kind"] if grader in judges else grader
+            if grader not in judges and grader not in BUILTIN_GRADERS:
+                raise ConfigError(f"{key}.graders: unknown grader '{grader}' (not a judge or a built-in grader)")
+            if kind not in allowed:
+                raise ConfigError(f"{key}.graders: '{grader}' cannot grade a '{bench['kind']}' benchmark")
+            fallback = judges.get(grader, {}).get("fallback_for")
+            if fallback and fallback not in bench["graders"]:
+                raise ConfigError(f"{key}.graders: '{grader}' is a fallback for '{fallback}', which is not listed")
+        if bench["primary"] not in bench["graders"]:
+            raise ConfigError(f"{key}.primary: '{bench['primary']}' is not one of its graders")
+        source = bench["source"]
+        for field in ("csv", "jsonl", "path"):
+            if field in source and not (workdir / source[field]).exists():
+                raise ConfigError(f"{key}.source.{field}: file not found: {source[field]}")
+        if bench["kind"] == "code" and "evalplus" not in source:
+            raise ConfigError(f"{key}.source: a code benchmark needs an 'evalplus' source")
+        if bench["sampling"]["temperature"] == 0 and bench["sampling"]["n"] > 1:
+            raise ConfigError(f"{key}.sampling: n > 1 with greedy decoding gives identical samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run grid
+
+
+def run_by_name(config: dict[str, Any], name: str) -> dict[str, Any]:
+    for run in config["runs"]:
+        if run["name"] == name:
+            return run
+    raise ConfigError(f"runs: no run named '{name}'")
+
+
+def training_runs(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(model, run) pairs that are trained."""
+    return [(m, r["name"]) for r in config["runs"] if r["method"] != BASE_RUN for m in r["models"]]
+
+
+def method_settings(config: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    settings = copy.deepcopy(config["training"][run["method"]])
+    settings.update(copy.deepcopy(run.get("overrides", {})))
+    return settings
+
+
+def run_epochs(config: dict[str, Any], name: str) -> int:
+    run = run_by_name(config, name)
+    if run["method"] == BASE_RUN:
+        return 0
+    return int(method_settings(config, run)["epochs"])
+
+
+def orthomerge_runs(config: dict[str, Any]) -> list[OrthoMergeRun]:
+    merge = config.get("orthomerge")
+    if not merge:
+        return []
+    return [
+        OrthoMergeRun(name=f"{source}.om-{variant}-l{_format_lambda(lam)}", source=source, variant=variant, lam=lam)
+        for source in merge["sources"]
+        for variant in merge["variants"]
+        for lam in merge["lambdas"]
+    ]
+
+
+def _format_lambda(lam: float) -> str:
+    return f"{lam:g}"
+
+
+def _select_epochs(selection: Any, epochs: int) -> list[int]:
+    if selection == "all":
+        return list(range(1, epochs + 1))
+    if selection == "last":
+        return [epochs]
+    return sorted(set(selection))
+
+
+def checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
+    """Every checkpoint that is evaluated: base, each training epoch, each OrthoMerge copy."""
+    result = []
+    for run in config["runs"]:
+        for model in run["models"]:
+            epochs = run_epochs(config, run["name"])
+            for epoch in range(1 if epochs else 0, epochs + 1):
+                result.append(Checkpoint(model, run["name"], epoch))
+    merge = config.get("orthomerge")
+    for om in orthomerge_runs(config):
+        source = run_by_name(config, om.source)
+        for model in source["models"]:
+            for epoch in _select_epochs(merge.get("epochs", "all"), run_epochs(config, om.source)):
+                result.append(Checkpoint(model, om.name, epoch))
+    return result
+
+
+def analysis_checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
+    analysis = config.get("analysis")
+    if not analysis:
+        return []
+    result = []
+    for name in analysis["runs"]:
+        run = run_by_name(config, name)
+        for model in run["models"]:
+            for epoch in _select_epochs(analysis.get("epochs", "last"), run_epochs(config, name)):
+                result.append(Checkpoint(model, name, epoch))
+    return result
+
+
+def all_run_names(config: dict[str, Any]) -> list[str]:
+    return [run["name"] for run in config["runs"]] + [om.name for om in orthomerge_runs(config)]
+
+
+def orthomerge_run(config: dict[str, Any], name: str) -> OrthoMergeRun:
+    for om in orthomerge_runs(config):
+        if om.name == name:
+            return om
+    raise ConfigError(f"no OrthoMerge run named '{name}'")
+
+
+def is_orthomerge(name: str) -> bool:
+    return "." in name
+
+
+def training_recipe(config: dict[str, Any], model: str, run_name: str) -> dict[str, Any]:
+    """Everything that determines a training run's weights, resolved for one model."""
+    run = run_by_name(config, run_name)
+    settings = method_settings(config, run)
+    model_cfg = config["models"][model]
+    batch = settings.pop("per_model")[model_cfg["size"]]
+    data = config["training_data"]
+    recipe: dict[str, Any] = {
+        "model": model,
+        "run": run_name,
+        "method": run["method"],
+        "model_source": model_cfg["source"],
+        "dtype": model_cfg.get("dtype", "bfloat16"),
+        "data": {"think": data["think"], "max_length": data["max_length"], **data["sources"][data["source"]]},
+        "data_source": data["source"],
+        "seed": config["seed"],
+        "batch": batch,
+        "version": config["versions"]["train"],
+        **settings,
+    }
+    if run["method"] == "lora":
+        recipe["lora"] = {
+            "rank": run["rank"],
+            "targets": list(config["lora_targets"][run["targets"]]),
+            "alpha": settings["lora_alpha"],
+            "dropout": settings["lora_dropout"],
+        }
+        recipe["ortho_reg"] = run.get("ortho_reg")
+    return recipe
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(stable_json(recipe).encode()).hexdigest()[:12]
+
+
+def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: int) -> int:
+    """Accumulation steps that keep the paper's global batch on `world_size` processes."""
+    per_step = per_device_batch * world_size
+    if global_batch % per_step:
+        raise ConfigError(
+            f"global batch {global_batch} is not a multiple of per_device_batch {per_device_batch} x "
+            f"{world_size} processes; change the job's GPU count or the per-device batch"
+        )
+    return global_batch // per_step
+
+
+def runs_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Method, rank, targets and λ per run name, for aggregation and figures."""
+    meta: dict[str, dict[str, Any]] = {}
+    for run in config["runs"]:
+        method = run["method"]
+        if run.get("ortho_reg"):
+            method = f"reg-{run['ortho_reg']['mode']}"
+        meta[run["name"]] = {
+            "method": method,
+            "rank": run.get("rank"),
+            "targets": run.get("targets"),
+            "lambda": None,
+            "source": None,
+        }
+    for om in orthomerge_runs(config):
+        meta[om.name] = {**meta[om.source], "method": f"om-{om.variant}", "lambda": om.lam, "source": om.source}
+    return meta
+
+
+def max_lora_rank(config: dict[str, Any], model: str) -> int:
+    """vLLM `max_lora_rank` for one model's adapters (0 when it has none)."""
+    ranks = [r["rank"] for r in config["runs"] if r["method"] == "lora" and model in r["models"]]
+    return vllm_lora_rank(max(ranks)) if ranks else 0
+
+

@@ -1,0 +1,134 @@
+"""Safety fine-tuning data: DirectRefusal-style records rendered with a model's chat template.
+
+Each example becomes a prompt/completion pair (loss on the completion only, Section 4.1):
+
+    prompt     = the user turn rendered with the model's chat template, generation prompt included
+    completion = "<think>" + think + "</think>" + refusal + eos_token      (Appendix A.1)
+
+On a cluster the rows come from the hub (`TianshengHuang/DirectRefusal`, or the first 1,000 rows
+of `anonymous4486/repnoise_beavertail` as Safety-Tax builds it); locally the same loader reads a
+file with the same columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+class DataError(ValueError):
+    """A data problem, naming the file, column and row."""
+
+
+@dataclass(frozen=True)
+class RefusalRow:
+    prompt: str
+    refusal: str
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV, JSON (array) or JSONL file; bad encoding or syntax names the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 (byte {err.start})") from err
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if path.suffix == ".json":
+        rows = json.loads(text)
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON array of records")
+        return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
+    return rows
+
+
+def load_refusal_rows(source: dict[str, Any], name: str = "training data") -> list[RefusalRow]:
+    """Load refusal rows from the hub (`hub`) or a local file (`path`) and check their fields."""
+    if "path" in source:
+        origin = source["path"]
+        rows = read_table(origin)
+    else:
+        from datasets import load_dataset
+
+        origin = f"{source['hub']} (split {source.get('split', 'train')})"
+        rows = list(load_dataset(source["hub"], split=source.get("split", "train")))
+    if source.get("rows"):
+        rows = rows[: source["rows"]]
+    if not rows:
+        raise DataError(f"{origin}: no rows in {name}")
+    return [_refusal_row(row, i, origin, source) for i, row in enumerate(rows)]
+
+
+def _refusal_row(row: dict[str, Any], index: int, origin: str, source: dict[str, Any]) -> RefusalRow:
+    values = {}
+    for field in (source["prompt_field"], source["response_field"]):
+        if field not in row:
+            raise DataError(f"{origin}: row {index}: missing column '{field}' (columns: {', '.join(row)})")
+        value = row[field]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{origin}: row {index}: column '{field}' is empty")
+        values[field] = value
+    refusal = values[source["response_field"]]
+    marker = source.get("response_marker")
+    if marker:
+        if marker not in refusal:
+            raise DataError(
+                f"{origin}: row {index}: column '{source['response_field']}' has no '{marker}' marker"
+            )
+        refusal = refusal.split(marker, 1)[1]
+    refusal = refusal.strip()
+    if not refusal:
+        raise DataError(f"{origin}: row {index}: column '{source['response_field']}' has no refusal text")
+    return RefusalRow(prompt=values[source["prompt_field"]].strip(), refusal=refusal)
+
+
+def render_prompt(tokenizer: Any, user_text: str) -> str:
+    """The user turn rendered with the chat template, ready for generation.
+
+    The template's own BOS is dropped when the tokenizer adds one on encoding, so the text can be
+    tokenized normally (by TRL or by generation) without a double BOS.
+    """
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        text = text[len(bos) :]
+    return text
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def refusal_completion(prompt_text: str, think: str, refusal: str, eos_token: str) -> str:
+    """`<think>think</think>refusal<eos>`; the opening tag is left out if the prompt already ends with it."""
+    opening = "" if prompt_text.rstrip().endswith(THINK_OPEN) else THINK_OPEN
+    return f"{opening}{think}{THINK_CLOSE}{refusal}{eos_token}"
+
+
+def build_examples(rows: list[RefusalRow], tokenizer: Any, think: str) -> list[dict[str, str]]:
+    examples = []
+    for row in rows:
+        prompt = render_prompt(tokenizer, row.prompt)
+        examples.append(
+            {"prompt": prompt, "completion": refusal_completion(prompt, think, row.refusal, tokenizer.eos_token)}
+        )
+    return examples

@@ -1,0 +1,597 @@
+"""One function per figure of the paper (Figures 1–7) plus two beyond it.
+
+Every function takes tidy tables (the aggregated results table, the agreement table or the
+weight-analysis rows) and an output path, and always writes a PNG: when the data a figure needs is
+absent it writes a placeholder that says what is missing, so the report always builds.
+Colours are Okabe–Ito (colour-blind safe) and every method also has its own marker, so figures
+read in grayscale. Matplotlib is used through `Figure` objects only (no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from safelora.aggregate import (
+    AVERAGE_COLUMN,
+    LORA_FAMILY,
+    ColumnKey,
+    base_variant_columns,
+    first_column,
+    headline_reasoning_columns,
+    metric_columns,
+    pareto_front,
+)
+
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
+}  # fmt: skip
+# Yellow is left out everywhere: it vanishes on white.
+SERIES = [(OKABE_ITO[c], m) for c, m in
+          [("vermillion", "o"), ("blue", "s"), ("green", "D"), ("orange", "^"), ("purple", "v"), ("sky", "P"),
+           ("black", "X")]]  # fmt: skip
+
+METHOD_STYLE = {
+    "base": ("Base model", OKABE_ITO["black"], "s"),
+    "full": ("Full fine-tuning", OKABE_ITO["blue"], "^"),
+    "lora": ("LoRA", OKABE_ITO["vermillion"], "o"),
+    "reg-col": ("Regularization-col", OKABE_ITO["sky"], "v"),
+    "reg-both": ("Regularization-both", OKABE_ITO["green"], "D"),
+    "om-col": ("OrthoMerge-col", OKABE_ITO["orange"], "P"),
+    "om-both": ("OrthoMerge-both", OKABE_ITO["purple"], "*"),
+}
+TARGET_LABELS = {"mlp": "MLP", "mlp_attn": "MLP + QKVO"}
+MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALIGNMENT_METRICS = {
+    "col_cos": r"(a) column: $\|W_I^\top \Delta W\| \,/\, \|W_I\| \|\Delta W\|$",
+    "col_top16": r"(b) column: $\|U_{16} U_{16}^\top \Delta W\| \,/\, \|\Delta W\|$",
+    "row_cos": r"(c) row: $\|W_I \Delta W^\top\| \,/\, \|W_I\| \|\Delta W\|$",
+    "row_top16": r"(d) row: $\|V_{16} V_{16}^\top \Delta W^\top\| \,/\, \|\Delta W\|$",
+}
+
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 13,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+SAFER = "↑ safer"
+BETTER = "↑ better"
+CI_NOTE = "error bars: 95% bootstrap intervals"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _new_figure(rows: int, cols: int, panel: tuple[float, float], **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
+    """Render to memory, then write beside `out` and rename, so no half-written PNG is left."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, out)
+
+
+def placeholder(out: str | os.PathLike[str], title: str, message: str) -> None:
+    """A figure that says what data it is waiting for."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(8, 3), layout="constrained")
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.62, title, ha="center", va="center", fontsize=14, weight="bold", transform=ax.transAxes)
+        ax.text(0.5, 0.35, f"Not drawn: {message}", ha="center", va="center", wrap=True, transform=ax.transAxes)
+        _save(fig, out)
+
+
+def _empty_panel(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.35", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _lighten(color: str, strength: float) -> tuple[float, float, float]:
+    """Blend with white: strength 1 is the colour itself, 0 is white."""
+    rgb = np.array(to_rgb(color))
+    return tuple(1 - strength * (1 - rgb))  # type: ignore[return-value]
+
+
+def _epoch_strength(epochs: pd.Series) -> pd.Series:
+    """0.3 for a run's first epoch up to 1 for its last: lighter = earlier (Figures 3c and 7)."""
+    order = epochs.rank(method="dense")
+    top = order.max()
+    return 0.3 + 0.7 * (order - 1) / (top - 1) if top > 1 else pd.Series(1.0, index=epochs.index)
+
+
+def _err(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """Asymmetric error-bar lengths from `_lo`/`_hi`; missing bounds draw no bar."""
+    value = rows[column].to_numpy(float)
+    low = np.nan_to_num(value - rows[f"{column}_lo"].to_numpy(float), nan=0.0)
+    high = np.nan_to_num(rows[f"{column}_hi"].to_numpy(float) - value, nan=0.0)
+    return np.vstack([np.clip(low, 0, None), np.clip(high, 0, None)])
+
+
+def _scatter_ci(
+    ax: Axes, rows: pd.DataFrame, x: str, y: str, color: Any, marker: str, label: str | None = None, **kw: Any
+) -> None:
+    rows = rows[rows[x].notna() & rows[y].notna()]
+    if rows.empty:
+        return
+    ax.errorbar(
+        rows[x], rows[y], xerr=_err(rows, x), yerr=_err(rows, y), fmt="none", ecolor=color, elinewidth=0.8,
+        capsize=2, alpha=0.6, zorder=2,
+    )  # fmt: skip
+    ax.scatter(rows[x], rows[y], color=color, marker=marker, s=kw.pop("s", 46), edgecolors="0.15", linewidths=0.5,
+               label=label, zorder=3, **kw)  # fmt: skip
+
+
+def _method_handles(methods: Sequence[str]) -> list[Line2D]:
+    return [
+        Line2D([], [], color=METHOD_STYLE[m][1], marker=METHOD_STYLE[m][2], linestyle="", markersize=8,
+               markeredgecolor="0.15", label=METHOD_STYLE[m][0])
+        for m in methods
+    ]  # fmt: skip
+
+
+def _bottom_legend(fig: Figure, handles: Sequence[Any], title: str | None = None) -> None:
+    if handles:
+        fig.legend(handles=list(handles), loc="outside lower center", ncol=min(len(handles), 4), frameon=False,
+                   title=title)  # fmt: skip
+
+
+def _safety_label(key: ColumnKey) -> str:
+    return f"{key.benchmark_label} safety score ({SAFER})"
+
+
+def _final_epochs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each run's last epoch (the checkpoint the rank ablation reports)."""
+    return rows[rows["epoch"] == rows.groupby(["model", "run"])["epoch"].transform("max")]
+
+
+def _main_lora(table: pd.DataFrame) -> pd.Series:
+    return (table["method"] == "lora") & table["main"].astype(bool)
+
+
+def _models(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table["model"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 2 and 6: reasoning vs safety per checkpoint
+
+
+def _reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str], columns: list[ColumnKey], title: str) -> None:
+    safety = first_column(metric_columns(table), "safety")
+    if safety is None or not columns:
+        what = "a safety benchmark" if safety is None else "the reasoning benchmarks this figure shows"
+        placeholder(out, title, f"the results table has no scores for {what}.")
+        return
+    rows = table[table["method"].isin(["base", "full"]) | _main_lora(table)]
+    models = _models(table)
+    methods = [m for m in ("base", "full", "lora") if (rows["method"] == m).any()]
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), len(columns), (3.7, 3.3), sharex=True)
+        for i, model in enumerate(models):
+            for j, key in enumerate(columns):
+                ax = axes[i, j]
+                panel = rows[(rows["model"] == model) & rows[key.name].notna() & rows[safety.name].notna()]
+                ax.set_title(f"{model}: {key.benchmark_label}")
+                if panel.empty:
+                    _empty_panel(ax, "no scores yet")
+                    continue
+                for method in methods:
+                    _, color, marker = METHOD_STYLE[method]
+                    _scatter_ci(ax, panel[panel["method"] == method], safety.name, key.name, color, marker)
+                if j == 0:
+                    ax.set_ylabel(f"pass@1 ({BETTER})")
+                if i == len(models) - 1:
+                    ax.set_xlabel(_safety_label(safety))
+        fig.suptitle(f"{title}\nevery checkpoint (all epochs); {CI_NOTE}")
+        _bottom_legend(fig, _method_handles(methods))
+        _save(fig, out)
+
+
+def fig2_reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 2: pass@1 (plus variants of HumanEval/MBPP) vs safety, base vs full vs LoRA."""
+    columns = headline_reasoning_columns(metric_columns(table))
+    _reasoning_vs_safety(table, out, columns, "Figure 2: reasoning vs safety (HumanEval+ / MBPP+)")
+
+
+def fig6_reasoning_vs_safety_base(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 6: as Figure 2 on the base (non-plus) variants of the code benchmarks."""
+    columns = base_variant_columns(metric_columns(table))
+    _reasoning_vs_safety(table, out, columns, "Figure 6: reasoning vs safety (base HumanEval / MBPP)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 3 and 7: LoRA rank and target-module ablations
+
+
+def _ablation_rows(table: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """LoRA runs sharing the main run's target modules (one per rank), and full fine-tuning."""
+    rows = table[table["model"] == model]
+    main = rows[_main_lora(rows)]
+    targets = main["targets"].iloc[0] if not main.empty else "mlp"
+    lora = rows[(rows["method"] == "lora") & (rows["targets"] == targets) & rows["rank"].notna()]
+    return lora, rows[rows["method"] == "full"]
+
+
+def _module_rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """LoRA runs at the main run's rank, one per target-module set (Figure 3c)."""
+    rows = table[(table["model"] == model) & (table["method"] == "lora")]
+    main = rows[rows["main"].astype(bool)]
+    if main.empty:
+        return rows.iloc[0:0]
+    return rows[rows["rank"] == main["rank"].iloc[0]]
+
+
+def _summary_reasoning(table: pd.DataFrame) -> tuple[str, str] | None:
+    """Average reasoning pass@1 when any row has it, else the first reasoning column."""
+    if AVERAGE_COLUMN in table and table[AVERAGE_COLUMN].notna().any():
+        return AVERAGE_COLUMN, "average reasoning pass@1"
+    headline = headline_reasoning_columns(metric_columns(table))
+    return (headline[0].name, f"{headline[0].benchmark_label} pass@1") if headline else None
+
+
+def _rank_positions(lora: pd.DataFrame, full: pd.DataFrame) -> dict[Any, int]:
+    ranks = sorted(int(r) for r in lora["rank"].dropna().unique())
+    positions: dict[Any, int] = {r: i for i, r in enumerate(ranks)}
+    if not full.empty:
+        positions["full"] = len(ranks)
+    return positions
+
+
+def _rank_axis(ax: Axes, positions: dict[Any, int]) -> None:
+    ax.set_xticks(list(positions.values()), [f"r={p}" if p != "full" else "full" for p in positions])
+    ax.set_xlim(-0.5, len(positions) - 0.5)
+    ax.set_xlabel("LoRA rank (full fine-tuning rightmost)")
+
+
+def _plot_against_rank(ax: Axes, final: pd.DataFrame, positions: dict[Any, int], column: str, color: str,
+                       marker: str) -> None:  # fmt: skip
+    points = final.assign(pos=[positions["full" if m == "full" else int(r)] for m, r in zip(final["method"], final["rank"])])
+    points = points[points[column].notna()].sort_values("pos")
+    if points.empty:
+        return
+    ax.errorbar(points["pos"], points[column], yerr=_err(points, column), color=color, marker=marker, markersize=7,
+                markeredgecolor="0.15", capsize=3, linewidth=1.4)  # fmt: skip
+
+
+def _module_panel(ax: Axes, rows: pd.DataFrame, safety: ColumnKey, reasoning: tuple[str, str]) -> list[Line2D]:
+    handles = []
+    for (targets, group), (color, marker) in zip(rows.groupby("targets", sort=True), SERIES):
+        group = group.assign(strength=_epoch_strength(group["epoch"]))
+        for _, row in group.iterrows():
+            _scatter_ci(ax, row.to_frame().T, safety.name, reasoning[0], _lighten(color, row["strength"]), marker)
+        label = f"LoRA {TARGET_LABELS.get(targets, targets)} (r={int(group['rank'].iloc[0])})"
+        handles.append(Line2D([], [], color=color, marker=marker, linestyle="", markersize=8, label=label,
+                              markeredgecolor="0.15"))  # fmt: skip
+    ax.set_xlabel(_safety_label(safety))
+    ax.set_ylabel(f"{reasoning[1]} ({BETTER})")
+    ax.set_title("(c) target modules; lighter = earlier epoch")
+    return handles
+
+
+def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 3: (a) reasoning and (b) safety at the final epoch per LoRA rank, full rightmost;
+    (c) MLP vs MLP+QKVO LoRA, every epoch, lightness by epoch."""
+    title = "Figure 3: LoRA rank and target-module ablations"
+    safety = first_column(metric_columns(table), "safety")
+    reasoning = _summary_reasoning(table)
+    headline = headline_reasoning_columns(metric_columns(table))
+    models = [m for m in _models(table)
+              if _ablation_rows(table, m)[0]["rank"].nunique() >= 2 or _module_rows(table, m)["targets"].nunique() >= 2]  # fmt: skip
+    if safety is None or reasoning is None or not models:
+        placeholder(out, title, "needs safety and reasoning scores for LoRA runs of at least two ranks "
+                                "(rank ablation) or two target-module sets (MLP vs MLP + QKVO).")  # fmt: skip
+        return
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), 3, (4.4, 3.6))
+        handles: list[Any] = []
+        for i, model in enumerate(models):
+            lora, full = _ablation_rows(table, model)
+            final = _final_epochs(pd.concat([lora, full]))
+            positions = _rank_positions(lora, full)
+            ax_a, ax_b, ax_c = axes[i]
+            if lora["rank"].nunique() >= 2:
+                for key, (color, marker) in zip(headline, SERIES):
+                    _plot_against_rank(ax_a, final, positions, key.name, color, marker)
+                _plot_against_rank(ax_b, final, positions, safety.name, METHOD_STYLE["lora"][1], "o")
+                for ax in (ax_a, ax_b):
+                    _rank_axis(ax, positions)
+                ax_a.set_ylabel(f"pass@1 ({BETTER})")
+                ax_b.set_ylabel(_safety_label(safety))
+            else:
+                _empty_panel(ax_a, "only one LoRA rank")
+                _empty_panel(ax_b, "only one LoRA rank")
+            ax_a.set_title(f"{model}: (a) reasoning, final epoch")
+            ax_b.set_title(f"{model}: (b) safety, final epoch")
+            modules = _module_rows(table, model)
+            if modules["targets"].nunique() >= 2:
+                handles += [h for h in _module_panel(ax_c, modules, safety, reasoning) if h.get_label() not in
+                            {x.get_label() for x in handles}]  # fmt: skip
+            else:
+                _empty_panel(ax_c, "no second target-module set\n(MLP + QKVO) for this model")
+                ax_c.set_title("(c) target modules")
+        bench_handles = [Line2D([], [], color=c, marker=m, markeredgecolor="0.15", label=k.benchmark_label)
+                         for k, (c, m) in zip(headline, SERIES)]  # fmt: skip
+        fig.suptitle(f"{title}\n{CI_NOTE}")
+        _bottom_legend(fig, bench_handles + handles)
+        _save(fig, out)
+
+
+def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 7: reasoning vs safety for every LoRA rank (and full) at every epoch; lighter = earlier."""
+    title = "Figure 7: LoRA ranks across all epochs"
+    safety = first_column(metric_columns(table), "safety")
+    headline = headline_reasoning_columns(metric_columns(table))
+    models = [m for m in _models(table) if _ablation_rows(table, m)[0]["rank"].nunique() >= 2]
+    if safety is None or not headline or not models:
+        placeholder(out, title, "needs safety and reasoning scores for LoRA runs of at least two ranks.")
+        return
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), len(headline), (3.7, 3.4), sharex=True)
+        labels: dict[str, Line2D] = {}
+        for i, model in enumerate(models):
+            lora, full = _ablation_rows(table, model)
+            series = [(f"r={int(r)}", g) for r, g in lora.groupby("rank")] + ([("full", full)] if not full.empty else [])
+            for j, key in enumerate(headline):
+                ax = axes[i, j]
+                ax.set_title(f"{model}: {key.benchmark_label}")
+                for (label, group), (color, marker) in zip(series, SERIES):
+                    if label == "full":
+                        color, marker = METHOD_STYLE["full"][1], METHOD_STYLE["full"][2]
+                    group = group.assign(strength=_epoch_strength(group["epoch"]))
+                    for _, row in group.iterrows():
+                        _scatter_ci(ax, row.to_frame().T, safety.name, key.name, _lighten(color, row["strength"]), marker)
+                    labels.setdefault(label, Line2D([], [], color=color, marker=marker, linestyle="", markersize=8,
+                                                    markeredgecolor="0.15", label=label))  # fmt: skip
+                if j == 0:
+                    ax.set_ylabel(f"pass@1 ({BETTER})")
+                if i == len(models) - 1:
+                    ax.set_xlabel(_safety_label(safety))
+        fig.suptitle(f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
+        _bottom_legend(fig, list(labels.values()), title="LoRA rank")
+        _save(fig, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 5: Pareto fronts per method
+
+
+def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 5: per method, only the checkpoints on its (safety, pass@1) Pareto front."""
+    title = "Figure 5: Pareto-optimal checkpoints per method"
+    safety = first_column(metric_columns(table), "safety")
+    headline = headline_reasoning_columns(metric_columns(table))
+    rows = table[table["method"].isin(LORA_FAMILY) & ((table["method"] != "lora") | table["main"].astype(bool))]
+    if safety is None or not headline or rows.empty:
+        placeholder(out, title, "needs safety and reasoning scores for LoRA-family runs "
+                                "(LoRA, Regularization, OrthoMerge).")  # fmt: skip
+        return
+    models = _models(rows)
+    methods = [m for m in LORA_FAMILY if (rows["method"] == m).any()]
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), len(headline), (3.7, 3.4), sharex=True)
+        for i, model in enumerate(models):
+            for j, key in enumerate(headline):
+                ax = axes[i, j]
+                ax.set_title(f"{model}: {key.benchmark_label}")
+                panel = rows[(rows["model"] == model) & rows[key.name].notna() & rows[safety.name].notna()]
+                if panel.empty:
+                    _empty_panel(ax, "no scores yet")
+                    continue
+                for method in methods:
+                    points = panel[panel["method"] == method]
+                    front = points[pareto_front(list(zip(points[safety.name], points[key.name])))]
+                    front = front.sort_values(safety.name)
+                    _, color, marker = METHOD_STYLE[method]
+                    ax.plot(front[safety.name], front[key.name], color=color, linewidth=1, alpha=0.7, zorder=1)
+                    _scatter_ci(ax, front, safety.name, key.name, color, marker, s=70 if marker == "*" else 46)
+                if j == 0:
+                    ax.set_ylabel(f"pass@1 ({BETTER})")
+                if i == len(models) - 1:
+                    ax.set_xlabel(_safety_label(safety))
+        fig.suptitle(f"{title} (epochs and λ per method)\n{CI_NOTE}")
+        _bottom_legend(fig, _method_handles(methods))
+        _save(fig, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond the paper: over-refusal and judge agreement
+
+
+def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Safety vs over-refusal for every checkpoint: upper left is safe without refusing benign prompts."""
+    title = "Safety vs over-refusal"
+    keys = metric_columns(table)
+    safety, refusal = first_column(keys, "safety"), first_column(keys, "over_refusal")
+    if safety is None or refusal is None:
+        placeholder(out, title, "needs both a safety and an over-refusal benchmark in the results table.")
+        return
+    models = _models(table)
+    methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(1, len(models), (4.6, 4.0), sharey=True)
+        for ax, model in zip(axes[0], models):
+            panel = table[table["model"] == model]
+            for method in methods:
+                _, color, marker = METHOD_STYLE[method]
+                _scatter_ci(ax, panel[panel["method"] == method], refusal.name, safety.name, color, marker)
+            ax.set_title(model)
+            ax.set_xlabel(f"{refusal.benchmark_label} over-refusal rate (↓ better)")
+        axes[0, 0].set_ylabel(_safety_label(safety))
+        fig.suptitle(f"{title}: every checkpoint\n{CI_NOTE}")
+        _bottom_legend(fig, _method_handles(methods))
+        _save(fig, out)
+
+
+def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Cohen's kappa between graders per checkpoint, one row per checkpoint."""
+    title = "Judge agreement (Cohen's κ)"
+    agreement = agreement[agreement["kappa"].notna()] if "kappa" in agreement else agreement.iloc[0:0]
+    if agreement.empty:
+        placeholder(out, title, "no Score file has an agreement entry (benchmarks with a single grader).")
+        return
+    agreement = agreement.assign(
+        checkpoint=[f"{m} · {r} · e{e}" for m, r, e in zip(agreement["model"], agreement["run"], agreement["epoch"])],
+        pair=[f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])],
+    )  # fmt: skip
+    checkpoints = list(dict.fromkeys(agreement["checkpoint"]))
+    position = {c: i for i, c in enumerate(checkpoints)}
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(8.5, min(2.4 + 0.28 * len(checkpoints), 60)), layout="constrained")
+        ax = fig.subplots()
+        for (pair, group), (color, marker) in zip(agreement.groupby("pair", sort=True), SERIES):
+            kappa = group.groupby("checkpoint")["kappa"].mean()
+            ax.scatter(kappa.values, [position[c] for c in kappa.index], color=color, marker=marker, s=46,
+                       edgecolors="0.15", linewidths=0.5, label=pair, zorder=3)  # fmt: skip
+        ax.set_yticks(range(len(checkpoints)), checkpoints)
+        ax.set_ylim(len(checkpoints) - 0.5, -0.5)
+        ax.set_xlim(min(-0.05, float(agreement["kappa"].min()) - 0.05), 1.05)
+        ax.axvline(0, color="0.4", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("Cohen's κ (1 = perfect agreement, 0 = chance)")
+        fig.suptitle(title)
+        _bottom_legend(fig, ax.get_legend_handles_labels()[0])
+        _save(fig, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 1 and 4: weight analysis
+
+
+def _module_order(modules: Sequence[str]) -> list[str]:
+    """Modules in q, k, v, o, gate, up, down order (matched on the name's end), others after."""
+    def rank(name: str) -> tuple[int, str]:
+        for i, short in enumerate(MODULE_ORDER):
+            if name.endswith(short):
+                return (i, name)
+        return (len(MODULE_ORDER), name)
+
+    return sorted(set(modules), key=rank)
+
+
+def _run_label(rows: pd.DataFrame) -> str:
+    first = rows.iloc[0]
+    if first["method"] == "full":
+        return f"full fine-tuning, epoch {int(first['epoch'])}"
+    targets = TARGET_LABELS.get(first["targets"], first["targets"])
+    return f"LoRA r={int(first['rank'])} {targets}, epoch {int(first['epoch'])}"
+
+
+def fig1_stable_rank(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 1: stable rank of ΔW per layer, colour by module; full fine-tuning, LoRA alongside."""
+    title = "Figure 1: stable rank of the weight update ΔW per layer"
+    rows = _final_epochs(weights[weights["method"].isin(["full", "lora"])]) if len(weights) else weights
+    if rows.empty:
+        placeholder(out, title, "no weight-analysis table of a full or LoRA run (results/analysis/weights/).")
+        return
+    panels = [(m, g) for (m, _, _), g in rows.groupby(["model", "method", "run"], sort=False)]
+    panels.sort(key=lambda p: (p[0], p[1]["method"].iloc[0] != "full", p[1]["run"].iloc[0]))
+    modules = _module_order(rows["module"])
+    styles = dict(zip(modules, SERIES))
+    cols = min(len(panels), 3)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(-(-len(panels) // cols), cols, (5.2, 3.4))
+        for ax, (model, group) in zip(axes.flat, panels):
+            for module in modules:
+                data = group[group["module"] == module].sort_values("layer")
+                color, marker = styles[module]
+                ax.plot(data["layer"], data["stable_rank"], color=color, marker=marker, markersize=4, linewidth=1,
+                        label=module)  # fmt: skip
+            ax.set_title(f"{model}: {_run_label(group)}")
+            ax.set_xlabel("layer index")
+            ax.set_ylabel("stable rank of ΔW")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_axis_off()
+        fig.suptitle(f"{title}\nstable rank = ‖ΔW‖²_F / ‖ΔW‖²_2 (each panel has its own scale)")
+        handles = [Line2D([], [], color=c, marker=m, label=mod) for mod, (c, m) in styles.items()]
+        _bottom_legend(fig, handles, title="module")
+        _save(fig, out)
+
+
+def _alignment_runs(weights: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Full and the LoRA run to compare with it: MLP + QKVO LoRA if analysed (as in the paper),
+    else the main LoRA run, else any; each at its last analysed epoch."""
+    rows = _final_epochs(weights[weights["model"] == model])
+    full = rows[rows["method"] == "full"]
+    lora = rows[rows["method"] == "lora"]
+    for choice in (lora[lora["targets"] == "mlp_attn"], lora[lora["main"].astype(bool)], lora):
+        if not choice.empty:
+            return full, choice[choice["run"] == choice["run"].iloc[0]]
+    return full, lora
+
+
+def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+    """Figure 4: the four alignment metrics, averaged over layers per module type, full vs LoRA."""
+    title = "Figure 4: alignment of ΔW with the initial weights W_I (mean over layers)"
+    models = [m for m in _models(weights) if all(not r.empty for r in _alignment_runs(weights, m))] if len(weights) else []
+    if not models:
+        placeholder(out, title, "needs weight-analysis tables of both a full and a LoRA run of one model.")
+        return
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), 4, (3.9, 3.4))
+        handles: list[Any] = []
+        for i, model in enumerate(models):
+            full, lora = _alignment_runs(weights, model)
+            modules = _module_order(pd.concat([full, lora])["module"])
+            x = np.arange(len(modules))
+            for ax, (metric, label) in zip(axes[i], ALIGNMENT_METRICS.items()):
+                bars = []
+                for offset, run, (color, hatch) in ((-0.2, full, (OKABE_ITO["blue"], "")),
+                                                    (0.2, lora, (OKABE_ITO["vermillion"], "//"))):  # fmt: skip
+                    means = run.groupby("module")[metric].mean().reindex(modules)
+                    bars.append(ax.bar(x + offset, means.to_numpy(float), width=0.4, color=color, hatch=hatch,
+                                       edgecolor="0.15", linewidth=0.5, label=_run_label(run)))  # fmt: skip
+                ax.set_xticks(x, [m.removesuffix("_proj") for m in modules])
+                ax.set_title(label, fontsize=10)
+                ax.set_xlabel("module")
+                if metric == "col_cos":
+                    ax.set_ylabel(f"{model}\nmean over layers (↓ more orthogonal)")
+            handles += [b for b in bars if b.get_label() not in {h.get_label() for h in handles}]
+        fig.suptitle(title)
+        _bottom_legend(fig, handles)
+        _save(fig, out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+# name -> (function, what it reads: "table" = results table, "agreement", "weights")
+FIGURES: dict[str, tuple[Callable[[pd.DataFrame, str | os.PathLike[str]], None], str]] = {
+    "fig1": (fig1_stable_rank, "weights"),
+    "fig2": (fig2_reasoning_vs_safety, "table"),
+    "fig3": (fig3_rank_ablation, "table"),
+    "fig4": (fig4_alignment, "weights"),
+    "fig5": (fig5_pareto, "table"),
+    "fig6": (fig6_reasoning_vs_safety_base, "table"),
+    "fig7": (fig7_rank_all_epochs, "table"),
+    "overrefusal": (overrefusal_vs_safety, "table"),
+    "agreement": (judge_agreement, "agreement"),
+}

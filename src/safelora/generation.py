@@ -1,0 +1,253 @@
+"""Generation behind one interface: vLLM on GPUs, transformers on CPU, one record format.
+
+A LoRA checkpoint is served unmerged (vLLM `enable_lora`, PEFT on transformers). Work is split
+into fixed chunks of prompts, each written atomically to a partial folder beside the output and
+seeded by its position, so a killed job resumes from the chunks already written and produces the
+same records as an uninterrupted run. The partial folder carries a fingerprint of everything that
+determines the output; a mismatch discards it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from safelora.io import atomic_write_jsonl, atomic_write_text, read_jsonl, stable_json
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(Protocol):
+    engine: str
+
+    def count_tokens(self, prompt: str) -> int: ...
+
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
+        """n completions per prompt; `seeds[i]` seeds prompt i's samples."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to load: a base model (folder or hub id) and optionally a LoRA adapter on top."""
+
+    base: str
+    adapter: str | None = None
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    tensor_parallel: int = 1
+    max_lora_rank: int = 8
+
+
+class TransformersBackend:
+    """CPU (or single-GPU) generation with transformers; adapters applied with PEFT, unmerged."""
+
+    def __init__(self, ref: ModelRef, batch_size: int = 16) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.engine = f"transformers=={transformers.__version__}"
+        self.batch_size = batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(ref.adapter or ref.base)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = getattr(torch, ref.dtype) if self.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype)
+        if ref.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, ref.adapter)
+        self.model = model.to(self.device).eval()
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt)["input_ids"])
+
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
+        results = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            results.extend(self._generate_batch(batch, sampling, seeds[start]))
+        return results
+
+    def _generate_batch(self, prompts: list[str], sampling: Sampling, seed: int) -> list[list[Completion]]:
+        import torch
+
+        torch.manual_seed(seed)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "num_return_sequences": sampling.n}
+        if sampling.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        with torch.no_grad():
+            output = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        eos_ids = _eos_ids(self.model, self.tokenizer)
+        completions = []
+        for row, tokens in enumerate(new_tokens.tolist()):
+            prompt_tokens = int(encoded["attention_mask"][row // sampling.n].sum())
+            length = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
+            finish = "stop" if length is not None else "length"
+            kept = tokens[:length] if length is not None else tokens
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            completions.append(Completion(text, finish, prompt_tokens, len(kept)))
+        return [completions[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class VLLMBackend:
+    """vLLM generation; a LoRA adapter is served unmerged through a LoRARequest."""
+
+    def __init__(self, ref: ModelRef, seed: int) -> None:
+        import vllm
+        from vllm import LLM
+
+        self.engine = f"vllm=={vllm.__version__}"
+        self.adapter = ref.adapter
+        self.llm = LLM(
+            model=ref.base,
+            dtype=ref.dtype,
+            max_model_len=ref.max_model_len,
+            tensor_parallel_size=ref.tensor_parallel,
+            enable_lora=ref.adapter is not None,
+            max_lora_rank=ref.max_lora_rank if ref.adapter else None,
+            seed=seed,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt)["input_ids"])
+
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
+        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        return [
+            [
+                Completion(o.text, o.finish_reason or "stop", len(out.prompt_token_ids), len(o.token_ids))
+                for o in out.outputs
+            ]
+            for out in outputs
+        ]
+
+
+def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backend:
+    if name == "vllm":
+        return VLLMBackend(ref, seed)
+    if name == "transformers":
+        return TransformersBackend(ref, batch_size)
+    raise ValueError(f"unknown generation backend '{name}' (vllm, transformers)")
+
+
+def check_context(backend: Backend, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int) -> None:
+    """Fail clearly if a prompt plus the generation budget does not fit the model's context."""
+    for prompt_id, prompt in zip(ids, prompts):
+        needed = backend.count_tokens(prompt) + max_new_tokens
+        if needed > max_model_len:
+            raise ValueError(
+                f"prompt '{prompt_id}' needs {needed} tokens (prompt + max_new_tokens {max_new_tokens}) "
+                f"but max_model_len is {max_model_len}: raise models.<model>.max_model_len"
+            )
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    ids: list[str]
+    prompts: list[str]
+    sampling: Sampling
+    chunk_size: int
+    fingerprint: dict[str, Any]
+
+
+def _chunk_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+def run_generation(job: GenerationJob, backend: Backend, output: Path) -> None:
+    """Generate chunk by chunk into `<output>.partial/`, then publish `output` atomically."""
+    partial = _partial_dir(output, job.fingerprint)
+    n_chunks = (len(job.prompts) + job.chunk_size - 1) // job.chunk_size
+    for index in range(n_chunks):
+        chunk_file = partial / f"chunk-{index:05d}.jsonl"
+        if chunk_file.exists():
+            continue
+        lo, hi = index * job.chunk_size, min(len(job.prompts), (index + 1) * job.chunk_size)
+        seeds = [_chunk_seed(job.sampling.seed, i) for i in range(lo, hi)]
+        completions = backend.generate(job.prompts[lo:hi], job.sampling, seeds)
+        atomic_write_jsonl(chunk_file, _records(job, backend.engine, lo, completions))
+    records = [r for index in range(n_chunks) for r in read_jsonl(partial / f"chunk-{index:05d}.jsonl")]
+    atomic_write_jsonl(output, records)
+    shutil.rmtree(partial)
+
+
+def _records(job: GenerationJob, engine: str, offset: int, completions: list[list[Completion]]) -> list[dict[str, Any]]:
+    sampling = asdict(job.sampling)
+    return [
+        {
+            "prompt_id": job.ids[offset + i],
+            "sample_index": j,
+            "prompt": job.prompts[offset + i],
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "sampling": sampling,
+            "engine": engine,
+        }
+        for i, samples in enumerate(completions)
+        for j, c in enumerate(samples)
+    ]
+
+
+def _partial_dir(output: Path, fingerprint: dict[str, Any]) -> Path:
+    partial = output.with_name(output.name + ".partial")
+    stamp = partial / "fingerprint.json"
+    digest = hashlib.sha256(stable_json(fingerprint).encode()).hexdigest()
+    if partial.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
+        shutil.rmtree(partial)
+    if not partial.exists():
+        partial.mkdir(parents=True)
+        atomic_write_text(stamp, digest + "\n")
+    return partial

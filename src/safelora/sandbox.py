@@ -1,0 +1,364 @@
+"""Run untrusted Python code with no network, resource limits and a private file system view.
+
+Layers (docs/sandbox.md has the threat model and the hostile-snippet results):
+
+1. ``unshare --user --map-root-user --net --mount --pid --fork --kill-child --mount-proc``
+   (util-linux): a fresh network namespace holding only a loopback device that is down (no route
+   anywhere, not even to 127.0.0.1, and no abstract Unix sockets of the host), a private mount
+   table, and a PID namespace whose init is the untrusted program: when it exits or the sandbox
+   is killed, the kernel kills every process left inside.
+2. This file run as a launcher inside the namespaces (standard library only): the whole mount
+   tree is made read-only and nosuid; empty tmpfs mounts hide ``/work``, ``/root``, ``/home``,
+   ``/run``, the checkout and the caller's home; only the Python installation is bound back
+   read-only; ``/tmp``, ``/var/tmp`` and ``/dev/shm`` become small private tmpfs mounts that
+   vanish with the sandbox. The launcher checks that the only network interface is ``lo`` and
+   refuses to run the code otherwise.
+3. rlimits: address space, processes (against fork bombs), CPU seconds, file size, no core dumps.
+4. ``setpriv``: every capability dropped and no-new-privs set, so the code cannot undo the mounts.
+5. The parent: a minimal environment (no tokens), a wall-clock timeout that sends SIGTERM and then
+   SIGKILL to the whole process group, and capped capture of stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Mount points replaced by an empty read-only tmpfs inside the sandbox.
+HIDDEN_DIRS = ("/work", "/root", "/home", "/run", "/mnt", "/media", "/srv", "/opt")
+# Mount points replaced by a private writable tmpfs inside the sandbox.
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+WORKDIR = "/tmp/work"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+_SETUP_OK = b"ok"
+_STATUS_ERROR_EXIT = 125  # the launcher's own exit status when setup fails
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The OS-level isolation (namespaces, mounts) could not be set up; nothing was run."""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    killed_by_signal: int | None  # the signal that ended the program, if any
+    wall_s: float
+    output_truncated: bool  # stdout or stderr went over max_output_bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if path is None:
+        raise SandboxUnavailableError(f"`{name}` (util-linux) is not installed; cannot sandbox")
+    return path
+
+
+def _python_install_dirs(python: str) -> list[str]:
+    """Folders the interpreter needs: the venv and the base installation, resolved."""
+    found = subprocess.run(
+        [python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
+        capture_output=True, text=True, check=True, env={"PATH": SANDBOX_PATH},
+    ).stdout.split()
+    dirs = {d for p in found for d in (p, os.path.realpath(p))}
+    dirs.add(os.path.dirname(os.path.realpath(python)))
+    return sorted(dirs)
+
+
+def _hidden_dirs() -> list[str]:
+    checkout = Path(__file__).resolve().parents[2]
+    extra = [str(checkout), os.path.expanduser("~")]
+    dirs = {os.path.realpath(d) for d in (*HIDDEN_DIRS, *extra) if os.path.isdir(d)}
+    dirs.discard("/")
+    # A folder inside another hidden one is hidden already.
+    return sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs))
+
+
+class _CappedReader(threading.Thread):
+    def __init__(self, stream, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.limit = stream, limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def run(self) -> None:
+        while chunk := self.stream.read(65536):
+            room = self.limit - self.size
+            if room > 0:
+                self.chunks.append(chunk[:room])
+                self.size += min(room, len(chunk))
+            if len(chunk) > room:
+                self.truncated = True
+        self.stream.close()
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+def _write_stdin(stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+    except BrokenPipeError:
+        pass
+    finally:
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the sandbox's process group, then SIGKILL if it is still there."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+def run_sandboxed(
+    code: str,
+    *,
+    timeout_s: float,
+    memory_mb: int,
+    stdin: str | None = None,
+    max_processes: int = 64,
+    cpu_s: int | None = None,
+    file_size_mb: int = 64,
+    scratch_mb: int = 256,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    max_output_bytes: int = 16 * 2**20,
+    grace_s: float = 1.0,
+) -> SandboxResult:
+    """Run `code` as ``python main.py`` in the sandbox's private working directory.
+
+    `memory_mb` is the address-space limit, `cpu_s` the CPU-seconds limit (default: the wall-clock
+    timeout rounded up plus one), `max_processes` the process/thread limit, `scratch_mb` the size
+    of each private tmpfs. `env` adds variables to the minimal environment (PATH, HOME, LANG).
+    Raises SandboxUnavailableError when the isolation cannot be set up; then nothing ran.
+    """
+    spec = {
+        "code": code,
+        "python": python,
+        "hidden": _hidden_dirs(),
+        "exposed": _python_install_dirs(python),
+        "scratch": list(SCRATCH_DIRS),
+        "scratch_mb": scratch_mb,
+        "setpriv": _tool("setpriv"),
+        "rlimits": {
+            "RLIMIT_AS": memory_mb * 2**20,
+            "RLIMIT_NPROC": max_processes,
+            "RLIMIT_CPU": cpu_s if cpu_s is not None else int(timeout_s) + 1,
+            "RLIMIT_FSIZE": file_size_mb * 2**20,
+            "RLIMIT_CORE": 0,
+        },
+        "env": {"PATH": SANDBOX_PATH, "HOME": WORKDIR, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+                "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+    }
+    # Real root makes the namespaces directly and the launcher drops to `nobody` afterwards;
+    # anyone else needs a user namespace to make them.
+    as_user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    unshare = [_tool("unshare"), *as_user, "--net", "--mount", "--pid", "--fork", "--kill-child",
+               "--mount-proc"]
+    with tempfile.TemporaryDirectory(prefix="safelora-sandbox-") as host_dir:
+        spec_path = os.path.join(host_dir, "spec.json")
+        with open(spec_path, "w", encoding="utf-8") as fh:
+            json.dump(spec, fh)
+        status_r, status_w = os.pipe()
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [*unshare, python, "-I", "-S", os.path.abspath(__file__), spec_path, str(status_w)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={"PATH": SANDBOX_PATH}, cwd=host_dir, pass_fds=(status_w,),
+                start_new_session=True,
+            )
+        finally:
+            os.close(status_w)
+        readers = [_CappedReader(proc.stdout, max_output_bytes),
+                   _CappedReader(proc.stderr, max_output_bytes)]
+        for reader in readers:
+            reader.start()
+        feeder = threading.Thread(
+            target=_write_stdin, args=(proc.stdin, (stdin or "").encode()), daemon=True)
+        feeder.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop_group(proc, grace_s)
+        else:
+            # The namespace is gone with its init; a straggler would only be a stuck pipe holder.
+            _stop_group(proc, grace_s)
+        wall_s = time.monotonic() - start
+        with os.fdopen(status_r, "rb") as fh:
+            status = fh.read()
+        for thread in (*readers, feeder):
+            thread.join(timeout=5)
+    stdout, stderr = readers[0].text(), readers[1].text()
+    if status != _SETUP_OK and not timed_out:
+        detail = status.decode(errors="replace") or stderr.strip() or f"exit {proc.returncode}"
+        raise SandboxUnavailableError(f"sandbox setup failed, code not run: {detail}")
+    rc = proc.returncode
+    return SandboxResult(
+        returncode=rc, stdout=stdout, stderr=stderr, timed_out=timed_out,
+        killed_by_signal=_signal_of(rc), wall_s=wall_s,
+        output_truncated=any(r.truncated for r in readers),
+    )
+
+
+def _signal_of(returncode: int) -> int | None:
+    """unshare reports a child killed by signal N as its own death by N (or exit 128+N)."""
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode <= 128 + 64:
+        return returncode - 128
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher: runs inside the namespaces as root of the new user namespace, standard library
+# only (it is started with ``python -I -S`` before the mounts hide the checkout).
+
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC = 0x2, 0x4, 0x8, 0x1000, 0x4000
+_AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
+_SYS_MOUNT_SETATTR = 442  # the same number on every Linux architecture
+_CLONE_NEWUSER = 0x10000000
+_PR_SET_DUMPABLE = 4
+NOBODY = 65534
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                       ctypes.c_ulong(flags), data.encode() if data else None),
+           f"mount {source} on {target}")
+
+
+def _make_readonly(path: str) -> None:
+    """Recursively mark the mounts at `path` read-only and nosuid (mount_setattr(2))."""
+    attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID)
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE,
+                         ctypes.byref(attr), ctypes.sizeof(attr)), f"read-only {path}")
+
+
+def _network_interfaces() -> list[str]:
+    with open("/proc/net/dev", encoding="ascii") as fh:
+        return [line.split(":")[0].strip() for line in fh.readlines()[2:]]
+
+
+def _setup(spec: dict) -> None:
+    exposed = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in spec["exposed"]
+               if any(p == h or p.startswith(h + "/") for h in spec["hidden"])]
+    _make_readonly("/")
+    # A fresh proc of the new PID namespace, writable, for the user namespace maps.
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    for path in spec["hidden"]:
+        _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    for path, fd in exposed:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
+        os.close(fd)
+    for path in spec["hidden"]:
+        _make_readonly(path)
+    for path in spec["scratch"]:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV,
+                   f"size={spec['scratch_mb']}m,mode=1777")
+    os.makedirs(WORKDIR)
+    with open(os.path.join(WORKDIR, "main.py"), "w", encoding="utf-8") as fh:
+        fh.write(spec["code"])
+    os.chdir(WORKDIR)
+    interfaces = _network_interfaces()
+    if interfaces != ["lo"]:
+        raise RuntimeError(f"network not isolated: interfaces {interfaces}")
+    if _in_initial_user_namespace():
+        _become_nobody()
+    for name, value in spec["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+
+
+def _in_initial_user_namespace() -> bool:
+    with open("/proc/self/uid_map", encoding="ascii") as fh:
+        return fh.read().split() == ["0", "0", "4294967295"]
+
+
+def _become_nobody() -> None:
+    """Real root: drop to uid/gid 65534, then enter a user namespace of our own.
+
+    The kernel exempts real root from RLIMIT_NPROC, so the fork-bomb limit needs another uid;
+    the extra user namespace gives this sandbox its own process count for that uid, so a fork
+    bomb in one sandbox cannot starve another one running beside it.
+    """
+    os.chown(WORKDIR, NOBODY, NOBODY)
+    os.chown(os.path.join(WORKDIR, "main.py"), NOBODY, NOBODY)
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    # Changing uid made us non-dumpable, which leaves /proc/self owned by root.
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+    _check(_libc.unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{NOBODY} {NOBODY} 1"),
+                       ("gid_map", f"{NOBODY} {NOBODY} 1")):
+        with open(f"/proc/self/{name}", "w", encoding="ascii") as fh:
+            fh.write(text)
+
+
+def _launch(spec_path: str, status_fd: int) -> None:
+    os.set_inheritable(status_fd, False)
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    try:
+        _setup(spec)
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises
+        os.write(status_fd, f"{type(err).__name__}: {err}".encode())
+        os._exit(_STATUS_ERROR_EXIT)
+    os.write(status_fd, _SETUP_OK)
+    os.close(status_fd)
+    setpriv = [spec["setpriv"], "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
+               "--ambient-caps=-all"]
+    os.execve(setpriv[0], [*setpriv, "--", spec["python"], "main.py"], spec["env"])
+
+
+if __name__ == "__main__":
+    _launch(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Aggregate Score files into the results table (CSV, Markdown), the missing list and judge agreement."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scores", nargs="*", default=[], help="Score JSON files (results/scores/...)")
+    parser.add_argument("--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}")
+    parser.add_argument("--expected", required=True, help="JSON list of expected checkpoints [model, run, epoch]")
+    parser.add_argument("--out-csv", required=True, help="results table (CSV)")
+    parser.add_argument("--out-md", required=True, help="results table (Markdown)")
+    parser.add_argument("--out-missing", required=True, help="text list of expected checkpoints without scores")
+    parser.add_argument("--out-agreement", required=True, help="judge agreement table (CSV)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from safelora import aggregate
+    from safelora.io import atomic_write_text
+
+    files = aggregate.read_score_files(args.scores)
+    scores = aggregate.scores_frame(files)
+    expected = aggregate.load_expected(args.expected)
+    meta = aggregate.load_runs_meta(args.runs_meta)
+    table = aggregate.results_table(scores, expected, meta, n_boot=args.n_boot, seed=args.seed, level=args.level)
+    missing = aggregate.missing_report(scores, expected)
+    aggregate.write_csv(table, args.out_csv)
+    atomic_write_text(args.out_md, aggregate.to_markdown(table))
+    atomic_write_text(args.out_missing, aggregate.missing_text(missing))
+    aggregate.write_csv(aggregate.agreement_frame(files), args.out_agreement)
+    print(f"{len(table)} checkpoints, {len(missing)} incomplete; wrote {args.out_csv}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""OrthoMerge a PEFT LoRA adapter against the base SVD cache and write it as a new adapter folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--adapter", required=True, help="source PEFT LoRA adapter folder")
+    p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
+    p.add_argument("--variant", choices=["col", "both"], required=True,
+                   help="col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)")
+    p.add_argument("--lam", type=float, required=True, help="scale lambda of the projected update")
+    p.add_argument("--k", type=int, default=64, help="singular vectors projected out (default 64)")
+    p.add_argument("--out", required=True, help="output adapter folder (replaced atomically)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from safelora.orthomerge import orthomerge_adapter
+
+    orthomerge_adapter(args.adapter, args.svd, args.out, variant=args.variant, lam=args.lam, k=args.k)
+    print(f"OrthoMerge-{args.variant} lambda={args.lam} k={args.k} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Draw one figure (Figures 1-7, over-refusal, judge agreement) from the aggregated tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "overrefusal", "agreement")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--figure", required=True, choices=FIGURES)
+    parser.add_argument("--table", help="results.csv (fig2/3/5/6/7, overrefusal) or agreement.csv (agreement)")
+    parser.add_argument("--weights", nargs="*", default=[], help="weight-analysis CSVs (fig1, fig4)")
+    parser.add_argument("--runs-meta", help="runs metadata JSON (fig1, fig4)")
+    parser.add_argument("--out", required=True, help="output PNG")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import pandas as pd
+
+    from safelora import aggregate, figures
+
+    function, reads = figures.FIGURES[args.figure]
+    if reads == "weights":
+        if not args.runs_meta:
+            print(f"{args.figure} needs --runs-meta", file=sys.stderr)
+            return 2
+        data = aggregate.load_weight_tables(args.weights, aggregate.load_runs_meta(args.runs_meta))
+    elif not args.table:
+        print(f"{args.figure} needs --table", file=sys.stderr)
+        return 2
+    elif reads == "agreement":
+        data = pd.read_csv(args.table)
+    else:
+        data = aggregate.read_results_table(args.table)
+    function(data, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
