@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The paper's grid unless another config is given (--configfile config/demo.yaml replaces it
+# rather than being merged into it).
+if not config:
+
+    configfile: "config.yaml"
+
 
 
 report: "rules/report/workflow.rst"

@@ -1,6 +1,7 @@
 # Plumbing only: validate the config, build the run grid, define paths and input functions.
 # All logic lives in the `safelora` package (src/safelora).
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -72,8 +73,13 @@ def train_manifest(model, run):
     return f"results/train/{model}/{run}/manifest.json"
 
 
-def recipe(model, run):
+@functools.lru_cache(maxsize=None)
+def _recipe(model, run):
     return grid.training_recipe(config, model, run)
+
+
+def recipe(model, run):
+    return _recipe(model, run)
 
 
 def recipe_json(wildcards):
@@ -91,6 +97,12 @@ def train_state_dir(wildcards):
 
 def train_checkpoint_dir(wildcards):
     return f"results/checkpoints/{wildcards.model}/{wildcards.run}/{_recipe_hash(wildcards)}"
+
+
+def trained_checkpoint(model, run, epoch):
+    """Folder of a trained run's epoch (full model or LoRA adapter), known at planning time."""
+    digest = grid.recipe_hash(recipe(model, run))
+    return f"results/checkpoints/{model}/{run}/{digest}/epoch-{epoch}"
 
 
 def train_inputs(wildcards):
@@ -271,7 +283,7 @@ def runs_meta_json(wildcards):
 
 def bootstrap_args(wildcards):
     b = config.get("aggregate", {}).get("bootstrap", {})
-    return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)}"
+    return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)} --level {b.get('level', 0.95)}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +302,17 @@ def orthomerge_source_manifest(wildcards):
 
 
 def orthomerge_source_args(wildcards):
-    return f"--manifest {orthomerge_source_manifest(wildcards)} --epoch {wildcards.epoch}"
+    source = grid.orthomerge_run(config, wildcards.run).source
+    return f"--adapter {trained_checkpoint(wildcards.model, source, wildcards.epoch)}"
+
+
+def analysis_manifest(wildcards):
+    return train_manifest(wildcards.model, wildcards.run)
+
+
+def analysis_checkpoint_args(wildcards):
+    ckpt = trained_checkpoint(wildcards.model, wildcards.run, wildcards.epoch)
+    return f"--base {base_model(wildcards.model)} --checkpoint {ckpt}"
 
 
 def orthomerge_settings(wildcards):

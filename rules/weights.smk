@@ -29,14 +29,15 @@ rule base_svd:
 
 rule analyze_weights:
     input:
-        unpack(checkpoint_inputs),
+        manifest=analysis_manifest,
+        base=base_model_files,
         svd="results/analysis/svd/{model}.safetensors",
     output:
         "results/analysis/weights/{model}/{run}/epoch-{epoch}.csv",
     log:
         "results/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
     params:
-        checkpoint=checkpoint_args,
+        checkpoint=analysis_checkpoint_args,
         norm=config.get("analysis", {}).get("norm", "fro"),
         top=config.get("analysis", {}).get("top_k", 16),
         version=config["versions"]["analysis"],

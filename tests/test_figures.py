@@ -147,8 +147,14 @@ def test_plot_cli(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
     subprocess.run([sys.executable, script, "--figure", "fig2", "--table", str(table_path), "--out", str(out)],
                    check=True)  # fmt: skip
     assert out.read_bytes().startswith(PNG_MAGIC)
-    missing = subprocess.run([sys.executable, script, "--figure", "fig4", "--out", str(out)], capture_output=True)
-    assert missing.returncode == 2 and b"--runs-meta" in missing.stderr
+    agreement_path = tmp_path / "agreement.csv"
+    agg.write_csv(synthetic[1], agreement_path)
+    subprocess.run([sys.executable, script, "--figure", "agreement", "--agreement", str(agreement_path),
+                    "--out", str(tmp_path / "agreement.png")], check=True)  # fmt: skip
+    assert (tmp_path / "agreement.png").stat().st_size > 20_000
+    for figure, needs in (("fig4", b"--runs-meta"), ("agreement", b"--agreement"), ("fig5", b"--table")):
+        missing = subprocess.run([sys.executable, script, "--figure", figure, "--out", str(out)], capture_output=True)
+        assert missing.returncode == 2 and needs in missing.stderr
 
 
 def test_cli_lists_every_figure() -> None:

@@ -190,17 +190,22 @@ def test_model_penalty_is_mean_of_dense_layer_penalties(mode):
     randomize_lora_b(model)
     # rank 64 + oversample 64 covers every matrix: the SVD is exact, W_k = W_I.
     reg = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0))
-    dense = []
+    dense = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A"):
             W = module.base_layer.weight.detach()
-            dense.append(2.0 * dense_penalty(
+            dense[base_weight_name(name)] = 2.0 * dense_penalty(
                 module.lora_A["default"].weight, module.lora_B["default"].weight,
                 module.scaling["default"], W, torch.linalg.matrix_norm(W), mode,
-            ))
-    torch.testing.assert_close(reg.penalty(), torch.stack(dense).mean(), rtol=1e-4, atol=0)
+            )
+    per_layer = reg.per_layer()
+    assert per_layer.keys() == dense.keys()
+    for name in dense:
+        torch.testing.assert_close(per_layer[name], dense[name], rtol=1e-4, atol=0)
+    all_dense = torch.stack(list(dense.values()))
+    torch.testing.assert_close(reg.penalty(), all_dense.mean(), rtol=1e-4, atol=0)
     summed = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0, reduction="sum"))
-    torch.testing.assert_close(summed.penalty(), torch.stack(dense).sum(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(summed.penalty(), all_dense.sum(), rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["col", "both"])

@@ -12,9 +12,10 @@ FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "overrefusal"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--figure", required=True, choices=FIGURES)
-    parser.add_argument("--table", help="results.csv (fig2/3/5/6/7, overrefusal) or agreement.csv (agreement)")
+    parser.add_argument("--table", help="results table CSV (fig2, fig3, fig5, fig6, fig7, overrefusal)")
+    parser.add_argument("--agreement", help="judge-agreement CSV (agreement)")
     parser.add_argument("--weights", nargs="*", default=[], help="weight-analysis CSVs (fig1, fig4)")
-    parser.add_argument("--runs-meta", help="runs metadata JSON (fig1, fig4)")
+    parser.add_argument("--runs-meta", help="runs metadata JSON (needed by fig1, fig4; the table carries it otherwise)")
     parser.add_argument("--out", required=True, help="output PNG")
     return parser.parse_args(argv)
 
@@ -31,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.figure} needs --runs-meta", file=sys.stderr)
             return 2
         data = aggregate.load_weight_tables(args.weights, aggregate.load_runs_meta(args.runs_meta))
-    elif not args.table:
-        print(f"{args.figure} needs --table", file=sys.stderr)
-        return 2
     elif reads == "agreement":
-        data = pd.read_csv(args.table)
+        if not args.agreement:
+            print(f"{args.figure} needs --agreement", file=sys.stderr)
+            return 2
+        data = pd.read_csv(args.agreement)
     else:
+        if not args.table:
+            print(f"{args.figure} needs --table", file=sys.stderr)
+            return 2
         data = aggregate.read_results_table(args.table)
     function(data, args.out)
     return 0

@@ -192,7 +192,8 @@ def _read_metric(entry: Any, path: str, index: int) -> dict[str, Any]:
         path,
         where,
     )
-    if len(per_problem) != counts["n_problems"]:
+    # a problem whose samples were all unparseable has no per-problem value
+    if len(per_problem) > counts["n_problems"]:
         raise ScoreFileError(
             f"{path}: {where}key 'per_problem' has {len(per_problem)} problems but n_problems is {counts['n_problems']}"
         )

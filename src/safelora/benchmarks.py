@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safelora.data import DataError, read_table
+from safelora.scoring import gpqa_prompt, shuffle_choices
 
-GPQA_TEMPLATE = (
-    "You are solving a multiple-choice question. At the end, present your\n"
-    "final answer using the format: Final Answer: \\boxed{{X}}, where X is\n"
-    "one of A, B, C, or D.\n"
-    "Question: {question}\n"
-    "Choices:\n"
-    "(A) {a}\n"
-    "(B) {b}\n"
-    "(C) {c}\n"
-    "(D) {d}"
-)  # Appendix A.3, verbatim
 
 
 @dataclass(frozen=True)
@@ -110,13 +99,6 @@ def _evalplus_items(source: dict[str, Any]) -> list[BenchmarkItem]:
     return items
 
 
-def shuffle_choices(item_id: str, correct: str, incorrect: list[str], seed: int) -> tuple[list[str], str]:
-    """Deterministic per (seed, item) order of the four choices; returns them and the correct letter."""
-    choices = [correct, *incorrect]
-    random.Random(f"{seed}:{item_id}").shuffle(choices)
-    return choices, "ABCD"[choices.index(correct)]
-
-
 def _gpqa_items(source: dict[str, Any], seed: int) -> list[BenchmarkItem]:
     from datasets import load_dataset
 
@@ -125,8 +107,8 @@ def _gpqa_items(source: dict[str, Any], seed: int) -> list[BenchmarkItem]:
     for index, row in enumerate(rows):
         item_id = str(row.get("Record ID", index))
         incorrect = [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
-        choices, letter = shuffle_choices(item_id, row["Correct Answer"].strip(), incorrect, seed)
-        prompt = GPQA_TEMPLATE.format(question=row["Question"].strip(), a=choices[0], b=choices[1], c=choices[2], d=choices[3])
+        choices, letter = shuffle_choices(row["Correct Answer"].strip(), incorrect, seed, item_id)
+        prompt = gpqa_prompt(row["Question"].strip(), choices)
         items.append(BenchmarkItem(id=item_id, prompt=prompt, answer=letter, meta={"shuffle_seed": seed}))
     return items
 

@@ -99,14 +99,17 @@ def _refusal_row(row: dict[str, Any], index: int, origin: str, source: dict[str,
 
 
 def render_prompt(tokenizer: Any, user_text: str) -> str:
-    """The user turn rendered with the chat template, ready for generation.
+    """The user turn rendered with the chat template, ready for generation."""
+    return render_messages(tokenizer, [{"role": "user", "content": user_text}])
+
+
+def render_messages(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A conversation rendered with the chat template plus the generation prompt.
 
     The template's own BOS is dropped when the tokenizer adds one on encoding, so the text can be
     tokenized normally (by TRL or by generation) without a double BOS.
     """
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-    )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     if bos and text.startswith(bos) and _adds_bos(tokenizer):
         text = text[len(bos) :]

@@ -43,6 +43,10 @@ SERIES = [(OKABE_ITO[c], m) for c, m in
           [("vermillion", "o"), ("blue", "s"), ("green", "D"), ("orange", "^"), ("purple", "v"), ("sky", "P"),
            ("black", "X")]]  # fmt: skip
 
+# LoRA ranks in Figure 7: no blue and no triangle, which mark full fine-tuning beside them.
+RANK_SERIES = [(OKABE_ITO[c], m) for c, m in
+               [("vermillion", "o"), ("green", "D"), ("orange", "P"), ("purple", "v"), ("sky", "X"), ("black", "h")]]  # fmt: skip
+
 METHOD_STYLE = {
     "base": ("Base model", OKABE_ITO["black"], "s"),
     "full": ("Full fine-tuning", OKABE_ITO["blue"], "^"),
@@ -139,14 +143,15 @@ def _err(rows: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _scatter_ci(
-    ax: Axes, rows: pd.DataFrame, x: str, y: str, color: Any, marker: str, label: str | None = None, **kw: Any
+    ax: Axes, rows: pd.DataFrame, x: str, y: str, color: Any, marker: str, label: str | None = None,
+    ci_alpha: float = 0.6, **kw: Any,
 ) -> None:
     rows = rows[rows[x].notna() & rows[y].notna()]
     if rows.empty:
         return
     ax.errorbar(
         rows[x], rows[y], xerr=_err(rows, x), yerr=_err(rows, y), fmt="none", ecolor=color, elinewidth=0.8,
-        capsize=2, alpha=0.6, zorder=2,
+        capsize=2, alpha=ci_alpha, zorder=2,
     )  # fmt: skip
     ax.scatter(rows[x], rows[y], color=color, marker=marker, s=kw.pop("s", 46), edgecolors="0.15", linewidths=0.5,
                label=label, zorder=3, **kw)  # fmt: skip
@@ -162,7 +167,8 @@ def _method_handles(methods: Sequence[str]) -> list[Line2D]:
 
 def _bottom_legend(fig: Figure, handles: Sequence[Any], title: str | None = None) -> None:
     if handles:
-        fig.legend(handles=list(handles), loc="outside lower center", ncol=min(len(handles), 4), frameon=False,
+        per_row = max(1, int(fig.get_figwidth() // 2.3))  # about 2.3 inches per entry
+        fig.legend(handles=list(handles), loc="outside lower center", ncol=min(len(handles), per_row), frameon=False,
                    title=title)  # fmt: skip
 
 
@@ -177,6 +183,11 @@ def _final_epochs(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _main_lora(table: pd.DataFrame) -> pd.Series:
     return (table["method"] == "lora") & table["main"].astype(bool)
+
+
+def _has_points(rows: pd.DataFrame, x: str, ys: Sequence[str]) -> bool:
+    """Whether any row has `x` and at least one of `ys`."""
+    return bool((rows[x].notna() & rows[list(ys)].notna().any(axis=1)).any())
 
 
 def _models(table: pd.DataFrame) -> list[str]:
@@ -194,7 +205,10 @@ def _reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str], colum
         placeholder(out, title, f"the results table has no scores for {what}.")
         return
     rows = table[table["method"].isin(["base", "full"]) | _main_lora(table)]
-    models = _models(table)
+    if not _has_points(rows, safety.name, [k.name for k in columns]):
+        placeholder(out, title, "no checkpoint of the base model, full fine-tuning or LoRA is scored yet.")
+        return
+    models = _models(rows)
     methods = [m for m in ("base", "full", "lora") if (rows["method"] == m).any()]
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(len(models), len(columns), (3.7, 3.3), sharex=True)
@@ -286,7 +300,8 @@ def _plot_against_rank(ax: Axes, final: pd.DataFrame, positions: dict[Any, int],
 
 def _module_panel(ax: Axes, rows: pd.DataFrame, safety: ColumnKey, reasoning: tuple[str, str]) -> list[Line2D]:
     handles = []
-    for (targets, group), (color, marker) in zip(rows.groupby("targets", sort=True), SERIES):
+    # SERIES[4:]: colours not used by the benchmark lines of panels (a) and (b)
+    for (targets, group), (color, marker) in zip(rows.groupby("targets", sort=True), SERIES[4:]):
         group = group.assign(strength=_epoch_strength(group["epoch"]))
         for _, row in group.iterrows():
             _scatter_ci(ax, row.to_frame().T, safety.name, reasoning[0], _lighten(color, row["strength"]), marker)
@@ -295,7 +310,6 @@ def _module_panel(ax: Axes, rows: pd.DataFrame, safety: ColumnKey, reasoning: tu
                               markeredgecolor="0.15"))  # fmt: skip
     ax.set_xlabel(_safety_label(safety))
     ax.set_ylabel(f"{reasoning[1]} ({BETTER})")
-    ax.set_title("(c) target modules; lighter = earlier epoch")
     return handles
 
 
@@ -323,7 +337,7 @@ def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None
             if lora["rank"].nunique() >= 2:
                 for key, (color, marker) in zip(headline, SERIES):
                     _plot_against_rank(ax_a, final, positions, key.name, color, marker)
-                _plot_against_rank(ax_b, final, positions, safety.name, METHOD_STYLE["lora"][1], "o")
+                _plot_against_rank(ax_b, final, positions, safety.name, OKABE_ITO["black"], "o")
                 for ax in (ax_a, ax_b):
                     _rank_axis(ax, positions)
                 ax_a.set_ylabel(f"pass@1 ({BETTER})")
@@ -334,15 +348,15 @@ def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None
             ax_a.set_title(f"{model}: (a) reasoning, final epoch")
             ax_b.set_title(f"{model}: (b) safety, final epoch")
             modules = _module_rows(table, model)
+            ax_c.set_title(f"{model}: (c) target modules, all epochs")
             if modules["targets"].nunique() >= 2:
                 handles += [h for h in _module_panel(ax_c, modules, safety, reasoning) if h.get_label() not in
                             {x.get_label() for x in handles}]  # fmt: skip
             else:
                 _empty_panel(ax_c, "no second target-module set\n(MLP + QKVO) for this model")
-                ax_c.set_title("(c) target modules")
         bench_handles = [Line2D([], [], color=c, marker=m, markeredgecolor="0.15", label=k.benchmark_label)
                          for k, (c, m) in zip(headline, SERIES)]  # fmt: skip
-        fig.suptitle(f"{title}\n{CI_NOTE}")
+        fig.suptitle(f"{title}\n(c): lighter = earlier epoch; {CI_NOTE}")
         _bottom_legend(fig, bench_handles + handles)
         _save(fig, out)
 
@@ -361,13 +375,13 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
         labels: dict[str, Line2D] = {}
         for i, model in enumerate(models):
             lora, full = _ablation_rows(table, model)
-            series = [(f"r={int(r)}", g) for r, g in lora.groupby("rank")] + ([("full", full)] if not full.empty else [])
+            full_style = (METHOD_STYLE["full"][1], METHOD_STYLE["full"][2])
+            series = [(f"LoRA r={int(r)}", g, style) for (r, g), style in zip(lora.groupby("rank"), RANK_SERIES)]
+            series += [("full fine-tuning", full, full_style)] if not full.empty else []
             for j, key in enumerate(headline):
                 ax = axes[i, j]
                 ax.set_title(f"{model}: {key.benchmark_label}")
-                for (label, group), (color, marker) in zip(series, SERIES):
-                    if label == "full":
-                        color, marker = METHOD_STYLE["full"][1], METHOD_STYLE["full"][2]
+                for label, group, (color, marker) in series:
                     group = group.assign(strength=_epoch_strength(group["epoch"]))
                     for _, row in group.iterrows():
                         _scatter_ci(ax, row.to_frame().T, safety.name, key.name, _lighten(color, row["strength"]), marker)
@@ -378,7 +392,7 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
                 if i == len(models) - 1:
                     ax.set_xlabel(_safety_label(safety))
         fig.suptitle(f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
-        _bottom_legend(fig, list(labels.values()), title="LoRA rank")
+        _bottom_legend(fig, list(labels.values()))
         _save(fig, out)
 
 
@@ -392,7 +406,7 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
     safety = first_column(metric_columns(table), "safety")
     headline = headline_reasoning_columns(metric_columns(table))
     rows = table[table["method"].isin(LORA_FAMILY) & ((table["method"] != "lora") | table["main"].astype(bool))]
-    if safety is None or not headline or rows.empty:
+    if safety is None or not headline or not _has_points(rows, safety.name, [k.name for k in headline]):
         placeholder(out, title, "needs safety and reasoning scores for LoRA-family runs "
                                 "(LoRA, Regularization, OrthoMerge).")  # fmt: skip
         return
@@ -414,7 +428,8 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
                     front = front.sort_values(safety.name)
                     _, color, marker = METHOD_STYLE[method]
                     ax.plot(front[safety.name], front[key.name], color=color, linewidth=1, alpha=0.7, zorder=1)
-                    _scatter_ci(ax, front, safety.name, key.name, color, marker, s=70 if marker == "*" else 46)
+                    _scatter_ci(ax, front, safety.name, key.name, color, marker, ci_alpha=0.35,
+                                s=90 if marker == "*" else 46)
                 if j == 0:
                     ax.set_ylabel(f"pass@1 ({BETTER})")
                 if i == len(models) - 1:
@@ -436,6 +451,9 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
     if safety is None or refusal is None:
         placeholder(out, title, "needs both a safety and an over-refusal benchmark in the results table.")
         return
+    if not _has_points(table, refusal.name, [safety.name]):
+        placeholder(out, title, "no checkpoint has both a safety and an over-refusal score yet.")
+        return
     models = _models(table)
     methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
     with matplotlib.rc_context(STYLE):
@@ -444,7 +462,8 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
             panel = table[table["model"] == model]
             for method in methods:
                 _, color, marker = METHOD_STYLE[method]
-                _scatter_ci(ax, panel[panel["method"] == method], refusal.name, safety.name, color, marker)
+                _scatter_ci(ax, panel[panel["method"] == method], refusal.name, safety.name, color, marker,
+                            ci_alpha=0.3)
             ax.set_title(model)
             ax.set_xlabel(f"{refusal.benchmark_label} over-refusal rate (↓ better)")
         axes[0, 0].set_ylabel(_safety_label(safety))
@@ -454,32 +473,34 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
 
 
 def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> None:
-    """Cohen's kappa between graders per checkpoint, one row per checkpoint."""
-    title = "Judge agreement (Cohen's κ)"
+    """Cohen's kappa between two graders per checkpoint: a run x epoch grid per model and grader pair."""
+    title = "Judge agreement (Cohen's κ) per checkpoint"
     agreement = agreement[agreement["kappa"].notna()] if "kappa" in agreement else agreement.iloc[0:0]
     if agreement.empty:
         placeholder(out, title, "no Score file has an agreement entry (benchmarks with a single grader).")
         return
     agreement = agreement.assign(
-        checkpoint=[f"{m} · {r} · e{e}" for m, r, e in zip(agreement["model"], agreement["run"], agreement["epoch"])],
-        pair=[f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])],
-    )  # fmt: skip
-    checkpoints = list(dict.fromkeys(agreement["checkpoint"]))
-    position = {c: i for i, c in enumerate(checkpoints)}
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(8.5, min(2.4 + 0.28 * len(checkpoints), 60)), layout="constrained")
-        ax = fig.subplots()
-        for (pair, group), (color, marker) in zip(agreement.groupby("pair", sort=True), SERIES):
-            kappa = group.groupby("checkpoint")["kappa"].mean()
-            ax.scatter(kappa.values, [position[c] for c in kappa.index], color=color, marker=marker, s=46,
-                       edgecolors="0.15", linewidths=0.5, label=pair, zorder=3)  # fmt: skip
-        ax.set_yticks(range(len(checkpoints)), checkpoints)
-        ax.set_ylim(len(checkpoints) - 0.5, -0.5)
-        ax.set_xlim(min(-0.05, float(agreement["kappa"].min()) - 0.05), 1.05)
-        ax.axvline(0, color="0.4", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("Cohen's κ (1 = perfect agreement, 0 = chance)")
+        pair=[f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])]
+    )
+    panels = list(agreement.groupby(["model", "pair"], sort=False))
+    runs = max(g["run"].nunique() for _, g in panels)
+    epochs = max(g["epoch"].nunique() for _, g in panels)
+    with matplotlib.rc_context({**STYLE, "axes.grid": False}):
+        fig, axes = _new_figure(len(panels), 1, (3.2 + 0.6 * epochs, 0.8 + 0.32 * runs))
+        for ax, ((model, pair), group) in zip(axes[:, 0], panels):
+            grid = group.pivot_table(index="run", columns="epoch", values="kappa", aggfunc="mean")
+            grid = grid.reindex(index=list(dict.fromkeys(group["run"])), columns=sorted(grid.columns))
+            image = ax.imshow(grid.to_numpy(float), cmap="cividis", vmin=0, vmax=1, aspect="auto")
+            for (i, j), kappa in np.ndenumerate(grid.to_numpy(float)):
+                if not np.isnan(kappa):
+                    ax.text(j, i, f"{kappa:.2f}", ha="center", va="center", fontsize=9,
+                            color="white" if kappa < 0.6 else "black")  # fmt: skip
+            ax.set_xticks(range(grid.shape[1]), [str(e) for e in grid.columns])
+            ax.set_yticks(range(grid.shape[0]), list(grid.index))
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{model}: {pair}")
+        fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.6, label="κ (1 = perfect, 0 = chance; blank = not scored)")
         fig.suptitle(title)
-        _bottom_legend(fig, ax.get_legend_handles_labels()[0])
         _save(fig, out)
 
 
@@ -531,7 +552,7 @@ def fig1_stable_rank(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None
             ax.set_ylabel("stable rank of ΔW")
         for ax in list(axes.flat)[len(panels):]:
             ax.set_axis_off()
-        fig.suptitle(f"{title}\nstable rank = ‖ΔW‖²_F / ‖ΔW‖²_2 (each panel has its own scale)")
+        fig.suptitle(f"{title}\n" + r"stable rank $= \|\Delta W\|_F^2 \,/\, \|\Delta W\|_2^2$ (each panel has its own scale)")
         handles = [Line2D([], [], color=c, marker=m, label=mod) for mod, (c, m) in styles.items()]
         _bottom_legend(fig, handles, title="module")
         _save(fig, out)
@@ -551,7 +572,7 @@ def _alignment_runs(weights: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd
 
 def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
     """Figure 4: the four alignment metrics, averaged over layers per module type, full vs LoRA."""
-    title = "Figure 4: alignment of ΔW with the initial weights W_I (mean over layers)"
+    title = "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"
     models = [m for m in _models(weights) if all(not r.empty for r in _alignment_runs(weights, m))] if len(weights) else []
     if not models:
         placeholder(out, title, "needs weight-analysis tables of both a full and a LoRA run of one model.")

@@ -41,6 +41,7 @@ class Completion:
 
 class Backend(Protocol):
     engine: str
+    tokenizer: Any
 
     def count_tokens(self, prompt: str) -> int: ...
 

@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode(directory: bool = False) -> int:
+    """Permissions a plain open()/mkdir() would give, instead of mkstemp's private 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def stable_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace variation: a stable representation for params."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -27,6 +34,7 @@ def _temporary_sibling(path: Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{suffix}.tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _default_mode())
     try:
         yield tmp_path
     finally:
@@ -72,6 +80,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
         if path.exists():

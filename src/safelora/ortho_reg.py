@@ -60,7 +60,7 @@ class OrthoRegConfig:
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.beta < 0 or self.eps <= 0 or self.oversample < 0 or self.power_iters < 0:
-            raise ValueError("beta and oversample, power_iters must be >= 0 and eps > 0")
+            raise ValueError("beta, oversample and power_iters must be >= 0, eps must be > 0")
 
 
 def _sum_last2(x: torch.Tensor) -> torch.Tensor:

@@ -222,24 +222,30 @@ def run_sandboxed(
         for thread in (*readers, feeder):
             thread.join(timeout=5)
     stdout, stderr = readers[0].text(), readers[1].text()
-    if status != _SETUP_OK and not timed_out:
-        detail = status.decode(errors="replace") or stderr.strip() or f"exit {proc.returncode}"
+    started, _, ending = status.decode(errors="replace").partition("\n")
+    if started != _SETUP_OK.decode():
+        detail = started or stderr.strip() or f"exit {proc.returncode}"
         raise SandboxUnavailableError(f"sandbox setup failed, code not run: {detail}")
-    rc = proc.returncode
+    returncode, signum = _program_end(ending, proc.returncode)
     return SandboxResult(
-        returncode=rc, stdout=stdout, stderr=stderr, timed_out=timed_out,
-        killed_by_signal=_signal_of(rc), wall_s=wall_s,
+        returncode=returncode, stdout=stdout, stderr=stderr, timed_out=timed_out,
+        killed_by_signal=signum, wall_s=wall_s,
         output_truncated=any(r.truncated for r in readers),
     )
 
 
-def _signal_of(returncode: int) -> int | None:
-    """unshare reports a child killed by signal N as its own death by N (or exit 128+N)."""
-    if returncode < 0:
-        return -returncode
-    if 128 < returncode <= 128 + 64:
-        return returncode - 128
-    return None
+def _program_end(ending: str, unshare_returncode: int) -> tuple[int, int | None]:
+    """(returncode, signal) of the program from the launcher's report, negative if signalled.
+
+    Without a report the launcher itself was killed (the wall-clock timeout): use unshare's.
+    """
+    kind, _, value = ending.partition(" ")
+    if kind == "exit":
+        return int(value), None
+    if kind == "signal":
+        return -int(value), int(value)
+    signum = -unshare_returncode if unshare_returncode < 0 else None
+    return unshare_returncode, signum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +318,10 @@ def _setup(spec: dict) -> None:
     interfaces = _network_interfaces()
     if interfaces != ["lo"]:
         raise RuntimeError(f"network not isolated: interfaces {interfaces}")
+
+
+def _drop_privileges(spec: dict) -> None:
+    """In the program's process, before exec: another uid if we are real root, then rlimits."""
     if _in_initial_user_namespace():
         _become_nobody()
     for name, value in spec["rlimits"].items():
@@ -345,6 +355,12 @@ def _become_nobody() -> None:
 
 
 def _launch(spec_path: str, status_fd: int) -> None:
+    """Set up, then stay as the namespace's init: run the program as a child and report its end.
+
+    The status pipe carries ``ok`` (sent by the child just before exec) and then
+    ``exit N`` / ``signal S``, or an error message if setup failed. Exiting ends the PID
+    namespace, so the kernel kills whatever the program left behind.
+    """
     os.set_inheritable(status_fd, False)
     with open(spec_path, encoding="utf-8") as fh:
         spec = json.load(fh)
@@ -353,11 +369,23 @@ def _launch(spec_path: str, status_fd: int) -> None:
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises
         os.write(status_fd, f"{type(err).__name__}: {err}".encode())
         os._exit(_STATUS_ERROR_EXIT)
-    os.write(status_fd, _SETUP_OK)
-    os.close(status_fd)
-    setpriv = [spec["setpriv"], "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
-               "--ambient-caps=-all"]
-    os.execve(setpriv[0], [*setpriv, "--", spec["python"], "main.py"], spec["env"])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _drop_privileges(spec)
+            setpriv = [spec["setpriv"], "--no-new-privs", "--bounding-set=-all",
+                       "--inh-caps=-all", "--ambient-caps=-all"]
+            os.write(status_fd, _SETUP_OK + b"\n")
+            os.execve(setpriv[0], [*setpriv, "--", spec["python"], "main.py"], spec["env"])
+        except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
+            os.write(status_fd, f"{type(err).__name__}: {err}".encode())
+        os._exit(_STATUS_ERROR_EXIT)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        os.write(status_fd, f"signal {os.WTERMSIG(status)}".encode())
+        os._exit(128 + os.WTERMSIG(status))
+    os.write(status_fd, f"exit {os.WEXITSTATUS(status)}".encode())
+    os._exit(os.WEXITSTATUS(status))
 
 
 if __name__ == "__main__":

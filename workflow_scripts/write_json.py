@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Write a JSON value given on the command line to a file, atomically."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from safelora.io import atomic_write_json
+
+    atomic_write_json(args.out, json.loads(args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
