@@ -14,8 +14,8 @@ rule describe_grid:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/write_json.py --json {params.meta:q} --out {output.meta} > {log} 2>&1"
-        " && python workflow_scripts/write_json.py --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/write_json.py --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        " && python {workflow.basedir}/workflow_scripts/write_json.py --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
 
 
 rule aggregate:
@@ -38,7 +38,7 @@ rule aggregate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
+        "python {workflow.basedir}/workflow_scripts/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
         " --expected {input.expected} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
@@ -58,4 +58,4 @@ rule figure:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"

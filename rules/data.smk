@@ -13,7 +13,7 @@ rule prepare_model:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule build_train_set:
@@ -33,7 +33,7 @@ rule build_train_set:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
+        "python {workflow.basedir}/workflow_scripts/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
         " --think {params.think:q} --out {output} > {log} 2>&1"
 
 
@@ -50,5 +50,5 @@ rule build_benchmark:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q}"
+        "python {workflow.basedir}/workflow_scripts/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q}"
         " --out {output} > {log} 2>&1"

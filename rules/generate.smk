@@ -26,6 +26,6 @@ rule generate:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python workflow_scripts/generate.py {params.checkpoint} --items {input.prompts}"
+        "python {workflow.basedir}/workflow_scripts/generate.py {params.checkpoint} --items {input.prompts}"
         " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
         " --model-settings {params.model_settings:q} --out {output} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule grade_text:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
+        "python {workflow.basedir}/workflow_scripts/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -43,7 +43,7 @@ rule execute_code:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/execute_code.py --dataset {params.dataset} --problems {params.problems}"
+        "python {workflow.basedir}/workflow_scripts/execute_code.py --dataset {params.dataset} --problems {params.problems}"
         " --generations {input.generations} --out {output.plus} --out-base {output.base}"
         " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
 
@@ -70,6 +70,6 @@ rule judge:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
+        "python {workflow.basedir}/workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
         " --backend {params.backend} --out {output} > {log} 2>&1"

@@ -19,5 +19,5 @@ rule orthomerge:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/orthomerge.py {params.source} --svd {input.svd} {params.settings}"
+        "python {workflow.basedir}/workflow_scripts/orthomerge.py {params.source} --svd {input.svd} {params.settings}"
         " --out {output} > {log} 2>&1"

@@ -15,6 +15,6 @@ rule score:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python workflow_scripts/score.py --model {wildcards.model} --run {wildcards.run}"
+        "python {workflow.basedir}/workflow_scripts/score.py --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
         " --verdicts {input} --out {output} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule write_recipe:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
+        "python {workflow.basedir}/workflow_scripts/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -39,6 +39,6 @@ rule train:
         "../envs/train.yaml"
     shell:
         "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 0 ? {resources.gpu} : 1 ))"
-        " workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
+        " {workflow.basedir}/workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --manifest {output.manifest} > {log} 2>&1"

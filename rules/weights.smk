@@ -23,7 +23,7 @@ rule base_svd:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/base_svd.py --base {params.base} --out {output} --k {params.rank}"
+        "python {workflow.basedir}/workflow_scripts/base_svd.py --base {params.base} --out {output} --k {params.rank}"
         " --modules {params.modules} > {log} 2>&1"
 
 
@@ -48,5 +48,5 @@ rule analyze_weights:
     conda:
         "../envs/train.yaml"
     shell:
-        "python workflow_scripts/analyze_weights.py {params.checkpoint} --svd {input.svd}"
+        "python {workflow.basedir}/workflow_scripts/analyze_weights.py {params.checkpoint} --svd {input.svd}"
         " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"

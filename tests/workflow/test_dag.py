@@ -1,0 +1,65 @@
+"""The whole DAG on a tiny real model: trains, evaluates, analyzes, aggregates; reruns are exact."""
+
+import json
+
+import pytest
+import yaml
+
+from dag import planned_jobs, snakemake, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model):
+    workdir = tmp_path_factory.mktemp("dag")
+    write_config(workdir, tiny_config(tiny_model))
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_dag_produces_table_figures_and_weight_analysis(finished_run):
+    table = (finished_run / "results/aggregate/results.csv").read_text()
+    for run in ("base", "full", "lora-r4-mlp", "lora-r4-mlp.om-both-l1.2"):
+        assert f",{run}," in table
+    assert (finished_run / "results/figures/fig2.png").stat().st_size > 10_000
+    weights = (finished_run / "results/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
+    assert weights[0].startswith("layer,module,stable_rank") and len(weights) == 1 + 2 * 7
+    score = json.loads((finished_run / "results/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
+    assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
+    manifest = json.loads((finished_run / "results/train/tiny/lora-r4-mlp/manifest.json").read_text())
+    assert manifest["global_batch"] == 8 and manifest["gradient_accumulation"] == 2
+
+
+@pytest.mark.slow
+def test_rerun_with_nothing_changed_plans_nothing(finished_run):
+    assert planned_jobs(finished_run) == {}
+
+
+@pytest.mark.slow
+def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["benchmarks"]["arithmetic"]["scorer_version"] = 2
+    write_config(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        config["benchmarks"]["arithmetic"]["scorer_version"] = 1
+        write_config(finished_run, config)
+    # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 7, "all": 1}
+
+
+@pytest.mark.slow
+def test_one_runs_learning_rate_reruns_only_that_run(finished_run):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["runs"][1]["overrides"] = {"learning_rate": 1e-4}  # the full run
+    write_config(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        del config["runs"][1]["overrides"]
+        write_config(finished_run, config)
+    # full: recipe, training, 1 checkpoint x 3 benchmarks, its weight analysis, then aggregation.
+    assert jobs["write_recipe"] == 1 and jobs["train"] == 1 and jobs["generate"] == 3
+    assert jobs["analyze_weights"] == 1 and "build_train_set" not in jobs and "base_svd" not in jobs
