@@ -11,10 +11,12 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
+from safelora.benchmarks import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
 validate(config, grid.SCHEMA_PATH, set_default=False)
 grid.complete_config(config)
+check_local_data(config)
 
 CHECKPOINTS = grid.checkpoints(config)
 RUN_NAMES = grid.all_run_names(config)

@@ -40,11 +40,13 @@ def models(tiny_model: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vllm-models")
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], init_lora_weights=False)
+    targets = ["gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(root / "adapter")
     peft_model.merge_and_unload().save_pretrained(root / "merged")
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / "merged")
+    for folder in ("adapter", "merged"):  # as training exports them: with the tokenizer
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / folder)
     return {"base": tiny_model, "adapter": root / "adapter", "merged": root / "merged"}
 
 
@@ -54,7 +56,9 @@ def served(models):
     pytest.importorskip("vllm", reason=INSTALL)
     refs = {
         "base": ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN),
-        "lora": ModelRef(base=str(models["base"]), adapter=str(models["adapter"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4),
+        "lora": ModelRef(
+            base=str(models["base"]), adapter=str(models["adapter"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4
+        ),
         "merged": ModelRef(base=str(models["merged"]), max_model_len=MAX_MODEL_LEN),
     }
     engines: dict[str, VLLMBackend] = {}

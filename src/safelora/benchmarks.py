@@ -123,3 +123,18 @@ def _check_items(name: str, items: list[BenchmarkItem]) -> None:
         if item.id in seen:
             raise DataError(f"benchmark '{name}': duplicate item id '{item.id}'")
         seen.add(item.id)
+
+
+def check_local_data(config: dict[str, Any]) -> None:
+    """Load every local data file the config names, so bad data fails before any job is planned.
+
+    Hub sources are checked when their job loads them (no network at planning time).
+    """
+    from safelora.data import load_refusal_rows
+
+    for name, source in config["training_data"]["sources"].items():
+        if "path" in source and name == config["training_data"]["source"]:
+            load_refusal_rows(source, name=f"training_data.sources.{name}")
+    for name, bench in config["benchmarks"].items():
+        if "hub" not in bench["source"]:
+            load_benchmark(name, bench)

@@ -152,7 +152,8 @@ class VLLMBackend:
         self.adapter = ref.adapter
         lora: dict[str, Any] = {}
         if ref.adapter:
-            lora = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(max(ref.max_lora_rank, adapter_rank(ref.adapter)))}
+            rank = max(ref.max_lora_rank, adapter_rank(ref.adapter))
+            lora = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(rank)}
         self.llm = LLM(
             model=ref.base,
             dtype="float32" if on_cpu else ref.dtype,
@@ -207,7 +208,9 @@ class VLLMBackend:
             for lora in (self._lora_request(), None)
         )
         token = with_lora.token_ids[0]
-        if token == without.token_ids[0] and with_lora.logprobs[0][token].logprob == without.logprobs[0][token].logprob:
+        if without.token_ids[0] == token and (
+            without.logprobs[0][token].logprob == with_lora.logprobs[0][token].logprob
+        ):
             raise RuntimeError(
                 f"vLLM served the LoRA adapter {self.adapter} but the output equals the base model's: "
                 "the adapter was not applied (check its target modules against the model's layers)"

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from dag import planned_jobs, snakemake, tiny_config, write_config
+from dag import FAKE_TOKEN, planned_jobs, snakemake, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,11 @@ def test_one_runs_learning_rate_reruns_only_that_run(finished_run):
     # full: recipe, training, 1 checkpoint x 3 benchmarks, its weight analysis, then aggregation.
     assert jobs["write_recipe"] == 1 and jobs["train"] == 1 and jobs["generate"] == 3
     assert jobs["analyze_weights"] == 1 and "build_train_set" not in jobs and "base_svd" not in jobs
+
+
+@pytest.mark.slow
+def test_no_output_log_or_metadata_contains_the_hub_token(finished_run):
+    files = [p for p in finished_run.rglob("*") if p.is_file()]
+    assert len(files) > 100  # results, logs, benchmarks and Snakemake's metadata
+    leaked = [str(p) for p in files if FAKE_TOKEN.encode() in p.read_bytes()]
+    assert leaked == []

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Start a single-node SLURM (munged, slurmctld, slurmd) for tests/test_slurm.py. Needs root.
+# Usage: start_slurm.sh STATE_DIR   (pid files and logs go there; stop with stop_slurm.sh STATE_DIR)
+set -euo pipefail
+state=${1:?state directory}
+here=$(cd "$(dirname "$0")" && pwd)
+host=$(hostname -s)
+mkdir -p "$state/ctld" "$state/d" "$state/gpus" /etc/slurm
+for i in 0 1 2 3 4 5 6 7; do ln -sf /dev/null "$state/gpus/nvidia$i"; done
+sed -e "s|@HOST@|$host|g" -e "s|@STATE@|$state|g" "$here/slurm.conf.in" > /etc/slurm/slurm.conf
+echo "NodeName=$host Name=gpu File=$state/gpus/nvidia[0-7]" > /etc/slurm/gres.conf
+mkdir -p /run/munge && chown munge:munge /run/munge
+if ! pgrep -u munge -x munged > /dev/null; then
+    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    echo started > "$state/munged.started"
+fi
+/usr/sbin/slurmctld
+/usr/sbin/slurmd
+for _ in $(seq 50); do
+    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then exit 0; fi
+    sleep 0.2
+done
+echo "SLURM node did not become idle" >&2
+sinfo >&2 || true
+tail -20 "$state/slurmctld.log" "$state/slurmd.log" >&2 || true
+exit 1
