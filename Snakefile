@@ -26,12 +26,14 @@ include: "rules/judge.smk"
 include: "rules/score.smk"
 include: "rules/weights.smk"
 include: "rules/aggregate.smk"
+include: "rules/prune.smk"
 
 
 localrules:
     all,
     write_recipe,
     describe_grid,
+    prune,
 
 
 rule all:

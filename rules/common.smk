@@ -370,9 +370,39 @@ def figure_args(wildcards):
     return args
 
 
+# ------------------------------------------------------------------------------------------
+# Pruning
+
+
+def prune_inputs(wildcards):
+    """Everything that reads a run's checkpoints must be finished before they are pruned."""
+    model, run = wildcards.model, wildcards.run
+    derived = {c.run for c in CHECKPOINTS if grid.is_orthomerge(c.run) and grid.orthomerge_run(config, c.run).source == run}
+    scores = [score_file(c, b) for c in CHECKPOINTS if c.model == model and (c.run == run or c.run in derived)
+              for b in config["benchmarks"]]
+    analyses = [f for c, f in zip(ANALYSIS_CHECKPOINTS, analysis_files()) if (c.model, c.run) == (model, run)]
+    return {"manifest": train_manifest(model, run), "scores": scores, "analyses": analyses}
+
+
+def prune_keep(wildcards):
+    keep = config["prune"]["keep_epochs"]
+    return keep if isinstance(keep, str) else stable_json(keep)
+
+
+def prune_state_flag(wildcards):
+    return "--trainer-state" if config["prune"]["trainer_state"] else ""
+
+
+def prune_targets():
+    if not config.get("prune"):
+        return []
+    return [f"results/train/{model}/{run}/pruned.json" for model, run in grid.training_runs(config)]
+
+
 def final_targets():
     return [
         "results/aggregate/results.csv",
         "results/aggregate/results.md",
         *[f"results/figures/{name}.png" for name in FIGURES],
+        *prune_targets(),
     ]

@@ -28,4 +28,4 @@ rule generate:
     shell:
         "python {workflow.basedir}/workflow_scripts/generate.py {params.checkpoint} --items {input.prompts}"
         " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
-        " --model-settings {params.model_settings:q} --out {output} > {log} 2>&1"
+        " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

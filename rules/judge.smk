@@ -72,4 +72,4 @@ rule judge:
     shell:
         "python {workflow.basedir}/workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
-        " --backend {params.backend} --out {output} > {log} 2>&1"
+        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

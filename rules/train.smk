@@ -41,4 +41,4 @@ rule train:
         "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 0 ? {resources.gpu} : 1 ))"
         " {workflow.basedir}/workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

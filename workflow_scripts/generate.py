@@ -23,7 +23,12 @@ def main() -> int:
     parser.add_argument("--sampling", required=True, help="JSON: n, temperature, top_p, max_new_tokens, seed")
     parser.add_argument("--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
     args = parser.parse_args()
+
+    from safelora.housekeeping import MemoryGuard
+
+    MemoryGuard(args.mem_mb).start()
 
     from safelora.data import render_prompt
     from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, make_backend, run_generation

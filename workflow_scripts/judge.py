@@ -19,7 +19,12 @@ def main() -> int:
     parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
     args = parser.parse_args()
+
+    from safelora.housekeeping import MemoryGuard
+
+    MemoryGuard(args.mem_mb).start()
 
     from safelora.judging import run_judge
 
