@@ -26,8 +26,8 @@ rule aggregate:
     output:
         csv=report("results/aggregate/results.csv", caption="report/results.rst", category="Tables"),
         md="results/aggregate/results.md",
-        missing="results/aggregate/missing.txt",
-        agreement="results/aggregate/agreement.csv",
+        missing=report("results/aggregate/missing.txt", caption="report/missing.rst", category="Tables"),
+        agreement=report("results/aggregate/agreement.csv", caption="report/agreement_table.rst", category="Tables"),
     log:
         "results/logs/aggregate/aggregate.log",
     params:
@@ -47,7 +47,7 @@ rule figure:
     input:
         unpack(figure_inputs),
     output:
-        report("results/figures/{figure}.png", caption="report/{figure}.rst", category="Figures"),
+        report("results/figures/{figure}.png", caption="report/figure.rst", category="Figures"),
     log:
         "results/logs/figure/{figure}.log",
     params:

@@ -18,13 +18,14 @@ rule base_svd:
         version=config["versions"]["analysis"],
     threads: 8
     resources:
+        gpu=1,
         mem_mb=32000,
         runtime=240,
     conda:
         "../envs/train.yaml"
     shell:
         "python {workflow.basedir}/workflow_scripts/base_svd.py --base {params.base} --out {output} --k {params.rank}"
-        " --modules {params.modules} > {log} 2>&1"
+        " --modules {params.modules} --device $( [ {resources.gpu} -gt 0 ] && echo cuda || echo cpu ) > {log} 2>&1"
 
 
 rule analyze_weights:

@@ -10,7 +10,7 @@ import sys
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--base", required=True, help="base transformers checkpoint folder (safetensors)")
+    p.add_argument("--base", required=True, help="base model: a local checkpoint folder or a hub id")
     p.add_argument("--checkpoint", required=True,
                    help="fine-tuned checkpoint folder or PEFT LoRA adapter folder (auto-detected)")
     p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
@@ -25,9 +25,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from safelora.models import local_model_dir
     from safelora.weights import analyze_checkpoint, write_analysis_csv
 
-    rows = analyze_checkpoint(args.base, args.checkpoint, args.svd, norm=args.norm, top=args.top, rtol=args.rtol)
+    rows = analyze_checkpoint(local_model_dir(args.base), args.checkpoint, args.svd, norm=args.norm, top=args.top, rtol=args.rtol)
     write_analysis_csv(rows, args.out)
     print(f"{len(rows)} rows -> {args.out}")
     return 0

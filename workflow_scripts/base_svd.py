@@ -9,7 +9,7 @@ import sys
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--base", required=True, help="base transformers checkpoint folder (safetensors)")
+    p.add_argument("--base", required=True, help="base model: a local checkpoint folder or a hub id")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--k", type=int, default=64, help="singular triplets kept per weight (default 64)")
     p.add_argument("--modules", nargs="+",
@@ -24,10 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from safelora.models import local_model_dir
     from safelora.weights import DEFAULT_MODULES, compute_base_svd
 
     residuals = compute_base_svd(
-        args.base, args.out, k=args.k, modules=args.modules or DEFAULT_MODULES, oversample=args.oversample,
+        local_model_dir(args.base), args.out, k=args.k, modules=args.modules or DEFAULT_MODULES, oversample=args.oversample,
         res_tol=args.res_tol, device=args.device,
     )
     print(f"{len(residuals)} weights, max residual {max(residuals.values()):.2e} -> {args.out}")

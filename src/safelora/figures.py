@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -33,6 +33,7 @@ from safelora.aggregate import (
     metric_columns,
     pareto_front,
 )
+from safelora.io import atomic_write_bytes
 
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
@@ -93,15 +94,17 @@ def _new_figure(rows: int, cols: int, panel: tuple[float, float], **kwargs: Any)
     return fig, axes
 
 
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width, so one-panel figures do not clip it."""
+    width = max(30, int(fig.get_figwidth() * 10))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")))
+
+
 def _save(fig: Figure, out: str | os.PathLike[str]) -> None:
-    """Render to memory, then write beside `out` and rename, so no half-written PNG is left."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Render to memory, then write atomically, so no half-written PNG is left."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def placeholder(out: str | os.PathLike[str], title: str, message: str) -> None:
@@ -227,7 +230,7 @@ def _reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str], colum
                     ax.set_ylabel(f"pass@1 ({BETTER})")
                 if i == len(models) - 1:
                     ax.set_xlabel(_safety_label(safety))
-        fig.suptitle(f"{title}\nevery checkpoint (all epochs); {CI_NOTE}")
+        _suptitle(fig, f"{title}\nevery checkpoint (all epochs); {CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
         _save(fig, out)
 
@@ -356,7 +359,7 @@ def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None
                 _empty_panel(ax_c, "no second target-module set\n(MLP + QKVO) for this model")
         bench_handles = [Line2D([], [], color=c, marker=m, markeredgecolor="0.15", label=k.benchmark_label)
                          for k, (c, m) in zip(headline, SERIES)]  # fmt: skip
-        fig.suptitle(f"{title}\n(c): lighter = earlier epoch; {CI_NOTE}")
+        _suptitle(fig, f"{title}\n(c): lighter = earlier epoch; {CI_NOTE}")
         _bottom_legend(fig, bench_handles + handles)
         _save(fig, out)
 
@@ -391,7 +394,7 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
                     ax.set_ylabel(f"pass@1 ({BETTER})")
                 if i == len(models) - 1:
                     ax.set_xlabel(_safety_label(safety))
-        fig.suptitle(f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
+        _suptitle(fig, f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
         _bottom_legend(fig, list(labels.values()))
         _save(fig, out)
 
@@ -434,7 +437,7 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
                     ax.set_ylabel(f"pass@1 ({BETTER})")
                 if i == len(models) - 1:
                     ax.set_xlabel(_safety_label(safety))
-        fig.suptitle(f"{title} (epochs and λ per method)\n{CI_NOTE}")
+        _suptitle(fig, f"{title} (epochs and λ per method)\n{CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
         _save(fig, out)
 
@@ -467,7 +470,7 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
             ax.set_title(model)
             ax.set_xlabel(f"{refusal.benchmark_label} over-refusal rate (↓ better)")
         axes[0, 0].set_ylabel(_safety_label(safety))
-        fig.suptitle(f"{title}: every checkpoint\n{CI_NOTE}")
+        _suptitle(fig, f"{title}: every checkpoint\n{CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
         _save(fig, out)
 
@@ -500,7 +503,7 @@ def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> Non
             ax.set_xlabel("epoch")
             ax.set_title(f"{model}: {pair}")
         fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.6, label="κ (1 = perfect, 0 = chance; blank = not scored)")
-        fig.suptitle(title)
+        _suptitle(fig, title)
         _save(fig, out)
 
 
@@ -552,7 +555,7 @@ def fig1_stable_rank(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None
             ax.set_ylabel("stable rank of ΔW")
         for ax in list(axes.flat)[len(panels):]:
             ax.set_axis_off()
-        fig.suptitle(f"{title}\n" + r"stable rank $= \|\Delta W\|_F^2 \,/\, \|\Delta W\|_2^2$ (each panel has its own scale)")
+        _suptitle(fig, f"{title}\n" + r"stable rank $= \|\Delta W\|_F^2 \,/\, \|\Delta W\|_2^2$ (each panel has its own scale)")
         handles = [Line2D([], [], color=c, marker=m, label=mod) for mod, (c, m) in styles.items()]
         _bottom_legend(fig, handles, title="module")
         _save(fig, out)
@@ -597,7 +600,7 @@ def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
                 if metric == "col_cos":
                     ax.set_ylabel(f"{model}\nmean over layers (↓ more orthogonal)")
             handles += [b for b in bars if b.get_label() not in {h.get_label() for h in handles}]
-        fig.suptitle(title)
+        _suptitle(fig, title)
         _bottom_legend(fig, handles)
         _save(fig, out)
 

@@ -42,6 +42,20 @@ def _temporary_sibling(path: Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path beside `path` for any writer; it replaces `path` on success."""
+    path = Path(path)
+    with _temporary_sibling(path) as tmp:
+        yield tmp
+        os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     path = Path(path)
     with _temporary_sibling(path) as tmp:

@@ -37,6 +37,16 @@ def prepare_gguf_model(source: dict[str, str], out: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def local_model_dir(ref: str) -> str:
+    """A local folder of a model's safetensors: `ref` itself, or its hub snapshot (from the HF cache,
+    downloading on a cluster with network; the token comes from HF_TOKEN or the cache)."""
+    if Path(ref).is_dir():
+        return ref
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(ref, allow_patterns=["*.safetensors", "*.json"])
+
+
 def resolve_checkpoint(base: str, manifest: str | None, epoch: int | None, adapter: str | None) -> tuple[str, str | None]:
     """(model to load, LoRA adapter or None) for a checkpoint named by base/manifest/epoch/adapter."""
     if manifest is None:

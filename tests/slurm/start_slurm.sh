@@ -22,5 +22,5 @@ for _ in $(seq 50); do
 done
 echo "SLURM node did not become idle" >&2
 sinfo >&2 || true
-tail -20 "$state/slurmctld.log" "$state/slurmd.log" >&2 || true
+tail -n 20 "$state/slurmctld.log" "$state/slurmd.log" >&2 || true
 exit 1
