@@ -33,12 +33,13 @@ rule train:
     threads: 8
     resources:
         gpu=train_gpus,
+        nodes=1,
         mem_mb=64000,
         runtime=1440,
     conda:
         "../envs/train.yaml"
     shell:
-        "torchrun --standalone --nproc_per_node=$(( {resources.gpu} > 0 ? {resources.gpu} : 1 ))"
+        "bash {workflow.basedir}/workflow_scripts/launch_train.sh {resources.gpu} {resources.nodes}"
         " {workflow.basedir}/workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Planning cost of the real workflow vs a bare Snakefile with the same jobs and the same DAG.
+
+1. `snakemake -n --profile profiles/slurm` on the config (default: the paper grid) lists every
+   job with its inputs and outputs; that listing defines the bare workflow: one rule per real
+   rule, one job per real job (output `o/<rule>/<jobid>`), each job depending on the jobs that
+   produce its real inputs. So job counts per rule and every edge are the real DAG's; what the
+   bare one lacks is our input functions, params, resources expressions, profile and groups.
+2. Dry run: both `snakemake -n`, interleaved, several repetitions, in this one process tree.
+3. No-op rerun: every output of both workflows is created empty (directories for `directory()`
+   outputs), with modification times ascending along the DAG, and both are dry-run again: each
+   must plan nothing; the time is what Snakemake needs to decide that.
+Prints every time, the medians, and the ratios real / bare (goal: at most 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake_cmd(snakefile: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(snakefile), *args]
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed, result.stdout
+
+
+def bare_snakefile(jobs, workdir: Path) -> Path:
+    """Write the bare workflow (Snakefile + deps.json) reproducing the planned jobs' DAG."""
+    producer = {path: job for job in jobs for path in job.outputs}
+    deps = {}
+    for job in jobs:
+        sources = {(producer[p].rule, producer[p].jobid) for p in job.inputs if p in producer}
+        deps[str(job.jobid)] = sorted(f"o/{rule}/{jobid}" for rule, jobid in sources)
+    (workdir / "deps.json").write_text(json.dumps(deps))
+    root = next(job for job in jobs if job.rule == "all")
+    lines = ["import json", 'DEPS = json.load(open("deps.json"))', "wildcard_constraints:", '    i=r"\\d+"',
+             "rule all:", f'    input: DEPS["{root.jobid}"]']
+    for rule in sorted({job.rule for job in jobs} - {"all"}):
+        lines += [f"rule {rule}:", "    input: lambda w: DEPS[w.i]", f'    output: "o/{rule}/{{i}}"',
+                  '    shell: "touch {output}"']
+    path = workdir / "Snakefile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def depths(jobs) -> dict[int, int]:
+    """Longest path from a source job, so outputs can get ascending modification times."""
+    producer = {path: job.jobid for job in jobs for path in job.outputs}
+    parents = {job.jobid: {producer[p] for p in job.inputs if p in producer} for job in jobs}
+    depth: dict[int, int] = {}
+
+    def visit(jobid: int) -> int:
+        if jobid not in depth:
+            depth[jobid] = 1 + max((visit(p) for p in parents[jobid]), default=-1)
+        return depth[jobid]
+
+    sys.setrecursionlimit(100_000)
+    for jobid in parents:
+        visit(jobid)
+    return depth
+
+
+def directory_rules() -> set[str]:
+    """Rules of the real workflow whose output is a `directory()`."""
+    found = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule )", smk.read_text(), flags=re.M):
+            name = re.match(r"rule (\w+):", block)
+            if name and "directory(" in block.split("log:")[0]:
+                found.add(name.group(1))
+    return found
+
+
+def create_outputs(jobs, workdir: Path, path_of, dirs: set[str]) -> None:
+    base = time.time() - 10_000
+    depth = depths(jobs)
+    for job in jobs:
+        for out in path_of(job):
+            target = workdir / out
+            if job.rule in dirs:
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            os.utime(target, (base + depth[job.jobid], base + depth[job.jobid]))
+
+
+def report(name: str, bare: list[float], real: list[float]) -> None:
+    print(f"{name}: bare  " + "  ".join(f"{t:6.2f}" for t in bare) + f"   median {statistics.median(bare):6.2f} s")
+    print(f"{name}: real  " + "  ".join(f"{t:6.2f}" for t in real) + f"   median {statistics.median(real):6.2f} s")
+    print(f"{name}: ratio real/bare = {statistics.median(real) / statistics.median(bare):.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles/slurm")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-profile", action="store_true", help="also time the real workflow without the profile")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    from safelora.gpu_hours import parse_dryrun
+
+    with tempfile.TemporaryDirectory() as tmp:
+        real_dir, bare_dir = Path(tmp, "real"), Path(tmp, "bare")
+        real_dir.mkdir()
+        bare_dir.mkdir()
+        (real_dir / "data").symlink_to(REPO / "data")  # the config's relative data paths
+        real = snakemake_cmd(REPO / "Snakefile", "--configfile", str(args.configfile.resolve()),
+                             "--profile", str(args.profile.resolve()))
+        plain = snakemake_cmd(REPO / "Snakefile", "--configfile", str(args.configfile.resolve()))
+        _, listing = timed(real, real_dir)  # warm-up, and the job listing
+        jobs = parse_dryrun(listing)
+        bare = snakemake_cmd(bare_snakefile(jobs, bare_dir))
+        counts = {}
+        for job in jobs:
+            counts[job.rule] = counts.get(job.rule, 0) + 1
+        print(f"{len(jobs)} jobs in {len(counts)} rules: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
+        timed(bare, bare_dir)  # warm-up
+
+        times: dict[str, list[float]] = {"bare": [], "real": [], "plain": []}
+        for _ in range(args.repeats):
+            times["bare"].append(timed(bare, bare_dir)[0])
+            times["real"].append(timed(real, real_dir)[0])
+            if args.no_profile:
+                times["plain"].append(timed(plain, real_dir)[0])
+        report("dry run", times["bare"], times["real"])
+        if args.no_profile:
+            report("dry run, real without profile", times["bare"], times["plain"])
+
+        create_outputs(jobs, bare_dir, lambda job: [f"o/{job.rule}/{job.jobid}"] if job.rule != "all" else [], set())
+        create_outputs(jobs, real_dir, lambda job: job.outputs if job.rule != "all" else [], directory_rules())
+        noop: dict[str, list[float]] = {"bare": [], "real": []}
+        for _ in range(args.repeats):
+            for name, cmd, cwd in (("bare", bare, bare_dir), ("real", real, real_dir)):
+                elapsed, out = timed(cmd, cwd)
+                if "Nothing to be done" not in out:
+                    sys.exit(f"no-op run of the {name} workflow planned jobs:\n{out[-3000:]}")
+                noop[name].append(elapsed)
+        report("no-op rerun", noop["bare"], noop["real"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Print the GPU-hours of what `snakemake -n --profile profiles/slurm` would run, per rule."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dry_run(configfile: Path, profile: Path, targets: list[str]) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-n", *targets, "--configfile", str(configfile), "--profile", str(profile)]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
+    return result.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles/slurm")
+    parser.add_argument("--dryrun-file", type=Path, help="a saved `snakemake -n` listing instead of running one")
+    parser.add_argument("targets", nargs="*", help="targets of the dry run (default: the whole grid)")
+    args = parser.parse_args()
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "src"))
+    from safelora import config as grid
+    from safelora.gpu_hours import estimate, format_table, parse_dryrun
+
+    text = args.dryrun_file.read_text() if args.dryrun_file else dry_run(args.configfile, args.profile, args.targets)
+    config = yaml.safe_load(args.configfile.read_text())
+    grid.validate_schema(config)
+    grid.complete_config(config, REPO)
+    jobs = parse_dryrun(text)
+    print(f"{len(jobs)} planned jobs ({args.configfile.name}, profile {args.profile.name})")
+    print(format_table(estimate(jobs, config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

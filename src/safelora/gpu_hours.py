@@ -1,0 +1,191 @@
+"""GPU-hour estimate of a planned DAG: jobs from `snakemake -n`, hours from throughput assumptions.
+
+The planned jobs (rule, wildcards, resources) are parsed from Snakemake's dry-run listing, so the
+estimate counts exactly what a run would execute, with the GPU counts the profile gives each job.
+Hours per job come from the config (prompts, samples, token budgets, epochs) and `Assumptions`,
+whose defaults are stated for H100/H200-class 80 GB GPUs with their basis; replace them with
+figures from a pilot run (generation records carry `completion_tokens`; `benchmark:` files carry
+wall times) for a sharper estimate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from safelora import config as grid
+
+_JOB_START = re.compile(r"^\s*(?:local)?rule (\w+):$")
+_FIELD = re.compile(r"^\s*(input|output|jobid|wildcards|resources): (.*)$")
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of a dry run, as Snakemake printed it."""
+
+    rule: str
+    jobid: int
+    wildcards: dict[str, str]
+    resources: dict[str, str]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def gpus(self) -> int:
+        return int(self.resources.get("gpu") or 0)
+
+
+def _pairs(text: str) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in text.split(", ") if item)
+
+
+def parse_dryrun(text: str) -> list[PlannedJob]:
+    """Jobs of a `snakemake -n` listing (group members included), in printed order."""
+    jobs: list[PlannedJob] = []
+    current: dict[str, Any] | None = None
+
+    def flush() -> None:
+        if current is not None and "jobid" in current:
+            jobs.append(PlannedJob(**current))
+
+    for line in text.splitlines():
+        start = _JOB_START.match(line)
+        if start:
+            flush()
+            current = {"rule": start.group(1), "wildcards": {}, "resources": {}}
+            continue
+        found = _FIELD.match(line)
+        if current is None or not found:
+            continue
+        key, value = found.groups()
+        if key == "jobid":
+            current["jobid"] = int(value)
+        elif key in ("wildcards", "resources"):
+            current[key] = _pairs(value)
+        else:
+            current[f"{key}s"] = tuple(value.split(", "))
+    flush()
+    return jobs
+
+
+# Problems per benchmark source when `limit` is null (counted in the shipped files; GPQA Diamond
+# has 198 questions, Rein et al. 2023).
+PROBLEMS = {"strongreject": 313, "xstest": 250, "aime": 30, "gpqa": 198, "humaneval": 164, "mbpp": 378}
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Throughput per GPU and lengths; each default states its basis."""
+
+    # vLLM decode throughput per GPU, bf16, many concurrent long reasoning samples. KV cache bounds
+    # concurrency: Qwen2.5-7B holds 57 KB/token (28 layers x 4 KV heads x 128 x 2 x 2 B), so ~55 GB
+    # of free memory keeps ~60 sequences of 16k tokens in flight -> ~3,000 tok/s; 14B holds
+    # 196 KB/token (48 x 8 x 128 x 2 x 2 B) -> ~16 sequences -> ~1,000 tok/s.
+    decode_tok_s: dict[str, float] = field(default_factory=lambda: {"7B": 3000.0, "14B": 1000.0})
+    # Mean completion length per benchmark kind, capped by the benchmark's max_new_tokens.
+    # R1-Distill reasoning traces: AIME ~13k tokens, GPQA ~8k, code ~5k (published length
+    # reports for DeepSeek-R1-Distill-Qwen); safety prompts mostly hit the 2,048 cap before training.
+    mean_completion: dict[str, float] = field(default_factory=lambda: {
+        "math": 13000.0, "multiple_choice": 8000.0, "code": 5000.0, "safety": 1500.0, "over_refusal": 1500.0})
+    # Loading weights + CUDA graph capture per vLLM engine start (seconds), by GPUs per job.
+    engine_start_s: float = 180.0
+    # Judge prefill per GPU (tok/s): an 8B model ~20k, a 32B model ~5k (4x the FLOPs per token).
+    judge_prefill_tok_s: dict[str, float] = field(default_factory=lambda: {
+        "meta-llama/Llama-Guard-3-8B": 20000.0, "Qwen/Qwen2.5-32B-Instruct": 5000.0})
+    judge_start_s: float = 300.0
+    # Share of AIME samples math-verify leaves to the Qwen judge (issue 8's fallback).
+    fallback_share: float = 0.5
+    # Training: DirectRefusal rows when `rows` is null (Safety-Tax: ~1,000), and samples/s per GPU
+    # for ~300-token examples (full FT pays ZeRO-3 communication and gradient checkpointing).
+    train_rows: int = 1000
+    train_samples_s: dict[tuple[str, str], float] = field(default_factory=lambda: {
+        ("full", "7B"): 3.0, ("full", "14B"): 1.5, ("lora", "7B"): 6.0, ("lora", "14B"): 3.0})
+    train_start_s: float = 300.0
+    # Writing one epoch's checkpoint: full weights (7B 15 GB, 14B 30 GB) vs a LoRA adapter.
+    export_s: dict[tuple[str, str], float] = field(default_factory=lambda: {
+        ("full", "7B"): 60.0, ("full", "14B"): 120.0, ("lora", "7B"): 5.0, ("lora", "14B"): 5.0})
+    # Cached base SVD on one GPU: read the bf16 weights, then a rank-64 SVD of each of the 7 module
+    # weights per layer at ~2 s each (7B: 28 layers, 14B: 48).
+    base_svd_s: dict[str, float] = field(default_factory=lambda: {"7B": 600.0, "14B": 1000.0})
+
+
+def samples(config: dict[str, Any], benchmark: str) -> int:
+    """Generated samples of one benchmark: problems (or the limit) x n."""
+    bench = config["benchmarks"][benchmark]
+    problems = bench.get("limit") or PROBLEMS[benchmark]
+    return problems * bench["sampling"]["n"]
+
+
+def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) -> float:
+    bench = config["benchmarks"][benchmark]
+    return min(a.mean_completion[bench["kind"]], bench["sampling"]["max_new_tokens"])
+
+
+def generate_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    size = config["models"][job.wildcards["model"]]["size"]
+    tokens = samples(config, job.wildcards["benchmark"]) * completion_tokens(config, job.wildcards["benchmark"], a)
+    return (a.engine_start_s + tokens / (a.decode_tok_s[size] * job.gpus)) / 3600
+
+
+def judge_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    spec = config["judges"][job.wildcards["judge"]]
+    benchmark = job.wildcards["benchmark"]
+    n = samples(config, benchmark)
+    if spec.get("fallback_for"):  # judges only what its backed-up grader left, on short answers
+        n, per_sample = n * a.fallback_share, 200.0
+    else:  # reads the prompt and the whole response
+        per_sample = 200.0 + completion_tokens(config, benchmark, a)
+    return (a.judge_start_s + n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * job.gpus)) / 3600
+
+
+def train_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
+    key = (recipe["method"], config["models"][job.wildcards["model"]]["size"])
+    rows = recipe["data"].get("rows") or a.train_rows
+    epochs = recipe["epochs"]
+    seconds = a.train_start_s + epochs * (rows / (a.train_samples_s[key] * job.gpus) + a.export_s[key])
+    return seconds / 3600
+
+
+def base_svd_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    return a.base_svd_s[config["models"][job.wildcards["model"]]["size"]] / 3600
+
+
+HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours, "base_svd": base_svd_hours}
+
+
+@dataclass
+class RuleEstimate:
+    rule: str
+    jobs: int = 0
+    gpus: set[int] = field(default_factory=set)
+    gpu_hours: float = 0.0
+
+
+def estimate(jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None) -> list[RuleEstimate]:
+    """GPU-hours per rule; a job without GPUs costs none (its CPU time is not counted)."""
+    a = a or Assumptions()
+    rules: dict[str, RuleEstimate] = defaultdict(lambda: RuleEstimate(""))
+    for job in jobs:
+        row = rules[job.rule]
+        row.rule = job.rule
+        row.jobs += 1
+        row.gpus.add(job.gpus)
+        if job.gpus:
+            if job.rule not in HOURS:
+                raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
+            row.gpu_hours += job.gpus * HOURS[job.rule](job, config, a)
+    return sorted(rules.values(), key=lambda r: (-r.gpu_hours, r.rule))
+
+
+def format_table(rows: list[RuleEstimate]) -> str:
+    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, and the total."""
+    lines = ["| rule | jobs | GPUs per job | GPU-hours |", "|---|---:|---:|---:|"]
+    for row in rows:
+        gpus = "-".join(str(g) for g in sorted({min(row.gpus), max(row.gpus)}))
+        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |")
+    total = sum(r.gpu_hours for r in rows)
+    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** |")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""GPU-hour estimate: dry-run parsing and the per-job arithmetic."""
+
+import copy
+
+import pytest
+import yaml
+
+from safelora import config as grid
+from safelora.gpu_hours import Assumptions, PlannedJob, estimate, format_table, parse_dryrun
+
+LISTING = """\
+Building DAG of jobs...
+[Sat Nov 28 15:30:23 2026]
+localrule write_recipe:
+    output: results/train/m/lora-r4-mlp/recipe.yaml
+    jobid: 3
+    wildcards: model=m, run=lora-r4-mlp
+    resources: tmpdir=/tmp, mem_mb=1000, slurm_partition=, runtime=5, gpu=0
+[Sat Nov 28 15:30:54 2026] Group job score (jobs in lexicogr. order):
+
+    [Sat Nov 28 15:30:54 2026]
+    rule score:
+        input: a/x.jsonl, a/y.jsonl
+        output: results/scores/m/base/epoch-0/b.json
+        jobid: 7
+        wildcards: model=m, run=base, epoch=0, benchmark=b
+        resources: tmpdir=/tmp, mem_mb=2000, runtime=10
+Job stats:
+"""
+
+
+def test_parse_dryrun_reads_local_and_grouped_jobs():
+    jobs = parse_dryrun(LISTING)
+    assert [(j.rule, j.jobid) for j in jobs] == [("write_recipe", 3), ("score", 7)]
+    assert jobs[0].wildcards == {"model": "m", "run": "lora-r4-mlp"}
+    assert jobs[0].resources["slurm_partition"] == "" and jobs[0].gpus == 0
+    assert jobs[1].inputs == ("a/x.jsonl", "a/y.jsonl") and jobs[1].outputs == ("results/scores/m/base/epoch-0/b.json",)
+    assert jobs[1].gpus == 0  # no gpu resource printed: none
+
+
+@pytest.fixture(scope="module")
+def demo_config(repo):
+    config = yaml.safe_load((repo / "config/demo.yaml").read_text())
+    grid.validate_schema(config)
+    grid.complete_config(config, repo)
+    config["judges"] = {"guard": {"kind": "llama_guard", "hub": "org/guard", "tensor_parallel": 1},
+                        "math": {"kind": "math_judge", "hub": "org/math", "fallback_for": "last_number",
+                                 "tensor_parallel": 2}}
+    return config
+
+
+def _assumptions(**overrides):
+    base = dict(decode_tok_s={"135M": 1000.0}, mean_completion={"math": 100.0, "safety": 10.0},
+                engine_start_s=0.0, judge_prefill_tok_s={"org/guard": 1000.0, "org/math": 500.0},
+                judge_start_s=0.0, fallback_share=0.5, train_rows=None,
+                train_samples_s={("lora", "135M"): 2.0, ("full", "135M"): 1.0}, train_start_s=0.0,
+                export_s={("lora", "135M"): 0.0, ("full", "135M"): 36.0})
+    return Assumptions(**{**base, **overrides})
+
+
+def _job(rule, gpus, **wildcards):
+    return PlannedJob(rule=rule, jobid=0, wildcards=wildcards, resources={"gpu": str(gpus)})
+
+
+def test_generation_hours_are_tokens_over_throughput_times_gpus(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["benchmarks"]["arithmetic"].update(limit=10)  # 10 problems x n=4, capped at 12 new tokens
+    job = _job("generate", 2, model="smollm2", benchmark="arithmetic")
+    (row,) = estimate([job], config, _assumptions(engine_start_s=36.0))
+    # (36 s + 40 x 12 tokens / (1000 tok/s x 2 GPUs)) x 2 GPUs
+    assert row.gpu_hours == pytest.approx(2 * (36 + 480 / 2000) / 3600)
+
+
+def test_fallback_judge_reads_only_its_share_of_short_answers(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["benchmarks"]["arithmetic"].update(limit=10)
+    guard = _job("judge", 1, model="smollm2", benchmark="strongreject", judge="guard")
+    math_judge = _job("judge", 2, model="smollm2", benchmark="arithmetic", judge="math")
+    config["benchmarks"]["strongreject"].update(limit=50)
+    (row,) = estimate([guard, math_judge], config, _assumptions())
+    guard_s = 50 * (200 + 10) / 1000  # prompt + min(10, 32) completion tokens per sample
+    math_s = 40 * 0.5 * 200 / (500 * 2)
+    assert row.jobs == 2 and row.gpus == {1, 2}
+    assert row.gpu_hours == pytest.approx((guard_s + 2 * math_s) / 3600)
+
+
+def test_training_hours_follow_epochs_rows_and_gpus(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["training_data"]["sources"]["demo"]["rows"] = 96
+    config["training"]["full"]["epochs"] = 2
+    full = _job("train", 4, model="smollm2", run="full")
+    (row,) = estimate([full], config, _assumptions())
+    assert row.gpu_hours == pytest.approx(4 * 2 * (96 / (1.0 * 4) + 36) / 3600)
+
+
+def test_cpu_jobs_cost_nothing_and_unknown_gpu_rules_are_refused(demo_config):
+    rows = estimate([_job("score", 0), _job("score", 0)], demo_config, _assumptions())
+    assert [(r.rule, r.jobs, r.gpu_hours) for r in rows] == [("score", 2, 0.0)]
+    with pytest.raises(ValueError, match="analyze_weights"):
+        estimate([_job("analyze_weights", 1)], demo_config, _assumptions())
+
+
+def test_table_lists_rules_gpu_ranges_and_total(demo_config):
+    jobs = [_job("train", 2, model="smollm2", run="lora-r4-mlp"), _job("train", 4, model="smollm2", run="full"),
+            _job("score", 0)]
+    table = format_table(estimate(jobs, demo_config, _assumptions()))
+    assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 |" in table
+    assert table.splitlines()[-1].startswith("| **total** | 3 |")
