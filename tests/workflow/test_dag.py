@@ -71,3 +71,18 @@ def test_no_output_log_or_metadata_contains_the_hub_token(finished_run):
     assert len(files) > 100  # results, logs, benchmarks and Snakemake's metadata
     leaked = [str(p) for p in files if FAKE_TOKEN.encode() in p.read_bytes()]
     assert leaked == []
+
+
+@pytest.mark.slow
+def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it(finished_run):
+    score = finished_run / "results/scores/tiny/full/epoch-1/arithmetic.json"
+    data = json.loads(score.read_text())
+    original = score.read_text()
+    data["metrics"][0]["value"] = 0.5
+    score.write_text(json.dumps(data))
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        score.write_text(original)
+    # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
+    assert jobs == {"aggregate": 1, "figure": 7, "all": 1}
