@@ -112,3 +112,20 @@ def test_adapter_rank_reads_rank_pattern(tmp_path):
     assert adapter_rank(tmp_path) == 12
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "rank_pattern": None}))
     assert adapter_rank(tmp_path) == 4
+
+
+@pytest.mark.slow
+def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(models, tmp_path):
+    """OrthoMerge writes an ordinary PEFT adapter: vLLM serves it unmerged and agrees with PEFT."""
+    pytest.importorskip("vllm", reason=INSTALL)
+    from safelora.orthomerge import orthomerge_adapter
+    from safelora.weights import compute_base_svd
+
+    svd = tmp_path / "svd.safetensors"
+    compute_base_svd(models["base"], svd, k=16)
+    merged_adapter = tmp_path / "om-both"
+    orthomerge_adapter(models["adapter"], svd, merged_adapter, variant="both", lam=1.2, k=16)
+    ref = ModelRef(base=str(models["base"]), adapter=str(merged_adapter), max_model_len=MAX_MODEL_LEN, max_lora_rank=4)
+    vllm_texts = greedy_texts(VLLMBackend(ref, seed=0))
+    hf_texts = greedy_texts(TransformersBackend(ModelRef(base=str(models["base"]), adapter=str(merged_adapter), dtype="float32")))
+    assert [t for t, _, _ in vllm_texts] == [t for t, _, _ in hf_texts]
