@@ -294,23 +294,28 @@ def _network_interfaces() -> list[str]:
 
 
 def _setup(spec: dict) -> None:
+    # The interpreter's folders may lie under a hidden folder (a venv in the checkout) or under a
+    # scratch one (a checkout in /tmp): keep a handle on them, then bind them back read-only.
+    scratch = [p for p in spec["scratch"] if os.path.isdir(p)]
+    # A hidden folder inside a scratch one (a checkout in /tmp) disappears with the scratch mount.
+    hidden = [h for h in spec["hidden"] if not any(h == s or h.startswith(s + "/") for s in scratch)]
+    covered = [*hidden, *scratch]
     exposed = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in spec["exposed"]
-               if any(p == h or p.startswith(h + "/") for h in spec["hidden"])]
+               if any(p == h or p.startswith(h + "/") for h in covered)]
     _make_readonly("/")
     # A fresh proc of the new PID namespace, writable, for the user namespace maps.
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
-    for path in spec["hidden"]:
+    for path in hidden:
         _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    for path in scratch:
+        _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['scratch_mb']}m,mode=1777")
     for path, fd in exposed:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
         os.close(fd)
-    for path in spec["hidden"]:
         _make_readonly(path)
-    for path in spec["scratch"]:
-        if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV,
-                   f"size={spec['scratch_mb']}m,mode=1777")
+    for path in hidden:
+        _make_readonly(path)
     os.makedirs(WORKDIR)
     with open(os.path.join(WORKDIR, "main.py"), "w", encoding="utf-8") as fh:
         fh.write(spec["code"])
