@@ -14,6 +14,8 @@ def finished_run(tmp_path_factory, tiny_model):
     write_config(workdir, tiny_config(tiny_model))
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    report = snakemake(workdir, "--report", str(workdir / "results/report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
     return workdir
 
 
@@ -23,6 +25,7 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     for run in ("base", "full", "lora-r4-mlp", "lora-r4-mlp.om-both-l1.2"):
         assert f",{run}," in table
     assert (finished_run / "results/figures/fig2.png").stat().st_size > 10_000
+    assert (finished_run / "results/report.html").stat().st_size > 100_000  # figures embedded
     weights = (finished_run / "results/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
     assert weights[0].startswith("layer,module,stable_rank") and len(weights) == 1 + 2 * 7
     score = json.loads((finished_run / "results/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
