@@ -124,18 +124,35 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
 
 
 @pytest.mark.slow
-def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, train_data, monkeypatch):
-    """One gloo process, as torchrun would set it up; checkpoints are consolidated 16-bit-gather saves."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}.items():
-        monkeypatch.setenv(key, value)
-    p = paths(tmp_path, tiny_model, train_data)
+def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, train_data, repo):
+    """One gloo process, as torchrun sets it up, through the real CLI. It runs in a subprocess:
+    ZeRO-3 leaves process-wide state (zero.Init, a process group) that would leak into other tests.
+    Checkpoints are the consolidated 16-bit-gather saves and load without DeepSpeed."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe_path = tmp_path / "recipe.yaml"
     r = recipe("full", epochs=1, deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
-    assert training.train(r, p) == 0
+    recipe_path.write_text(yaml.safe_dump(r))
+    p = paths(tmp_path, tiny_model, train_data)
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(repo / "workflow_scripts/train.py"), "--recipe", str(recipe_path),
+         "--train-data", str(train_data), "--base", str(tiny_model), "--state-dir", str(p.state_dir),
+         "--checkpoint-dir", str(p.checkpoint_dir), "--manifest", str(p.manifest)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((p.state_dir / "deepspeed.json").read_text())
     assert state["zero_optimization"]["stage"] == 3
     assert state["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(p.checkpoint_dir / "epoch-1")  # loads without DeepSpeed
+    model = AutoModelForCausalLM.from_pretrained(p.checkpoint_dir / "epoch-1")
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    trained, initial = model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
+    assert trained.shape == initial.shape == (256, 128)
+    assert not torch.equal(trained, initial)
