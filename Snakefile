@@ -34,6 +34,10 @@ localrules:
     write_recipe,
     describe_grid,
     prune,
+    grade_text,
+    score,
+    aggregate,
+    figure,
 
 
 rule all:
