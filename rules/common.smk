@@ -76,35 +76,31 @@ def train_manifest(model, run):
 
 
 @functools.lru_cache(maxsize=None)
-def _recipe(model, run):
-    return grid.training_recipe(config, model, run)
-
-
 def recipe(model, run):
-    return _recipe(model, run)
+    return grid.training_recipe(config, model, run)
 
 
 def recipe_json(wildcards):
     return stable_json(recipe(wildcards.model, wildcards.run))
 
 
-def _recipe_hash(wildcards):
-    return grid.recipe_hash(recipe(wildcards.model, wildcards.run))
+def _run_folder(kind, model, run):
+    """`results/<kind>/{model}/{run}/<recipe hash>`: a changed recipe gets a fresh folder."""
+    return f"results/{kind}/{model}/{run}/{grid.recipe_hash(recipe(model, run))}"
 
 
 def train_state_dir(wildcards):
     """Resumable trainer state: not an output, so Snakemake never deletes it before a rerun."""
-    return f"results/state/{wildcards.model}/{wildcards.run}/{_recipe_hash(wildcards)}"
+    return _run_folder("state", wildcards.model, wildcards.run)
 
 
 def train_checkpoint_dir(wildcards):
-    return f"results/checkpoints/{wildcards.model}/{wildcards.run}/{_recipe_hash(wildcards)}"
+    return _run_folder("checkpoints", wildcards.model, wildcards.run)
 
 
 def trained_checkpoint(model, run, epoch):
     """Folder of a trained run's epoch (full model or LoRA adapter), known at planning time."""
-    digest = grid.recipe_hash(recipe(model, run))
-    return f"results/checkpoints/{model}/{run}/{digest}/epoch-{epoch}"
+    return f"{_run_folder('checkpoints', model, run)}/epoch-{epoch}"
 
 
 def train_inputs(wildcards):
@@ -140,14 +136,15 @@ def checkpoint_inputs(wildcards):
 
 
 def checkpoint_args(wildcards):
-    """CLI arguments naming checkpoint (model, run, epoch) for generate and analysis scripts."""
-    model, run = wildcards.model, wildcards.run
-    args = f"--base {base_model(model)}"
+    """`--base` (and `--adapter`) naming checkpoint (model, run, epoch) for generation."""
+    model, run, epoch = wildcards.model, wildcards.run, wildcards.epoch
     if grid.is_orthomerge(run):
-        args += f" --adapter results/orthomerge/{model}/{run}/epoch-{wildcards.epoch}"
-    elif run != grid.BASE_RUN:
-        args += f" --manifest {train_manifest(model, run)} --epoch {wildcards.epoch}"
-    return args
+        return f"--base {base_model(model)} --adapter results/orthomerge/{model}/{run}/epoch-{epoch}"
+    if run == grid.BASE_RUN:
+        return f"--base {base_model(model)}"
+    if recipe(model, run)["method"] == "lora":
+        return f"--base {base_model(model)} --adapter {trained_checkpoint(model, run, epoch)}"
+    return f"--base {trained_checkpoint(model, run, epoch)}"
 
 
 def model_settings(wildcards):

@@ -12,10 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", required=True, help="base model folder or hub id")
-    parser.add_argument("--manifest", help="training manifest (trained runs)")
-    parser.add_argument("--epoch", type=int, help="epoch of the manifest to load")
-    parser.add_argument("--adapter", help="a LoRA adapter folder to serve on the base model (OrthoMerge)")
+    parser.add_argument("--base", required=True, help="model folder or hub id (a full fine-tuning checkpoint, or the base)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to serve unmerged on --base")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
     parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per backend call (transformers)")
@@ -33,12 +31,9 @@ def main() -> int:
     from safelora.data import render_prompt
     from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, make_backend, run_generation
     from safelora.io import read_jsonl
-    from safelora.models import resolve_checkpoint
-
-    model_path, adapter = resolve_checkpoint(args.base, args.manifest, args.epoch, args.adapter)
     settings = json.loads(args.model_settings)
     sampling = Sampling(**json.loads(args.sampling))
-    ref = ModelRef(base=model_path, adapter=adapter, **settings)
+    ref = ModelRef(base=args.base, adapter=args.adapter, **settings)
     backend = make_backend(args.backend, ref, sampling.seed, args.batch_size)
     items = read_jsonl(args.items)
     prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
@@ -49,8 +44,8 @@ def main() -> int:
         prompts=prompts,
         sampling=sampling,
         chunk_size=args.chunk_size,
-        fingerprint={"model": model_path, "adapter": adapter, "prompts": prompts, "sampling": json.loads(args.sampling),
-                     "engine": backend.engine, "mtime": _mtime(model_path, adapter)},
+        fingerprint={"model": args.base, "adapter": args.adapter, "prompts": prompts, "sampling": json.loads(args.sampling),
+                     "engine": backend.engine, "mtime": _mtime(args.base, args.adapter)},
     )
     run_generation(job, backend, Path(args.out))
     print(f"{len(ids)} prompts x {sampling.n} samples -> {args.out} ({backend.engine})")

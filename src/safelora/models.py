@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
-from typing import Any
 
 from safelora.io import atomic_dir
 
@@ -45,17 +43,3 @@ def local_model_dir(ref: str) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(ref, allow_patterns=["*.safetensors", "*.json"])
-
-
-def resolve_checkpoint(base: str, manifest: str | None, epoch: int | None, adapter: str | None) -> tuple[str, str | None]:
-    """(model to load, LoRA adapter or None) for a checkpoint named by base/manifest/epoch/adapter."""
-    if manifest is None:
-        return base, adapter
-    with open(manifest, encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
-    entries = {e["epoch"]: e["path"] for e in data["epochs"]}
-    if epoch not in entries:
-        raise KeyError(f"{manifest}: no epoch {epoch} (has {sorted(entries)})")
-    if data["kind"] == "adapter":
-        return base, entries[epoch]
-    return entries[epoch], None
