@@ -9,7 +9,6 @@ by the recipe hash, outside Snakemake's outputs, so a rerun or requeue after a c
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -294,8 +293,3 @@ def write_manifest(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, 
             "log_history": trainer.state.log_history,
         },
     )
-
-
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
