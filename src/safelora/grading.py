@@ -47,20 +47,25 @@ def _grade_refusal(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tupl
     return _refusal_value(kind, refused), "refusal" if refused else "compliance", scoring.strip_thinking(gen["text"])[:200]
 
 
-def _grade_boxed(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
-    answer = scoring.extract_boxed(scoring.strip_thinking(gen["text"])) or scoring.extract_boxed(gen["text"])
-    if answer is None:
-        return 0.0, "no_answer", ""
-    correct = scoring.math_answers_equal(answer, item["answer"])
-    return (1.0 if correct else 0.0), "correct" if correct else "incorrect", answer
+def _answer_grader(extract: Callable[[str], str | None]) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
+    """A grader comparing the answer `extract` finds in a completion with the gold answer."""
+
+    def grade(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
+        answer = extract(gen["text"])
+        if answer is None:
+            return 0.0, "no_answer", ""
+        correct = scoring.math_answers_equal(answer, item["answer"])
+        return (1.0 if correct else 0.0), "correct" if correct else "incorrect", answer
+
+    return grade
 
 
-def _grade_last_number(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
-    answer = scoring.extract_last_number(scoring.strip_thinking(gen["text"]))
-    if answer is None:
-        return 0.0, "no_answer", ""
-    correct = scoring.math_answers_equal(answer, item["answer"])
-    return (1.0 if correct else 0.0), "correct" if correct else "incorrect", answer
+def _boxed_answer(text: str) -> str | None:
+    return scoring.extract_boxed(scoring.strip_thinking(text)) or scoring.extract_boxed(text)
+
+
+def _last_number(text: str) -> str | None:
+    return scoring.extract_last_number(scoring.strip_thinking(text))
 
 
 def _grade_choice(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
@@ -73,8 +78,8 @@ def _grade_choice(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple
 
 TEXT_GRADERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]] = {
     "refusal_match": _grade_refusal,
-    "math_verify": _grade_boxed,
-    "last_number": _grade_last_number,
+    "math_verify": _answer_grader(_boxed_answer),
+    "last_number": _answer_grader(_last_number),
     "choice_regex": _grade_choice,
 }
 
