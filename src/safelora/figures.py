@@ -179,6 +179,14 @@ def _safety_label(key: ColumnKey) -> str:
     return f"{key.benchmark_label} safety score ({SAFER})"
 
 
+def _label_grid_edges(ax: Axes, bottom_row: bool, left_column: bool, safety: ColumnKey) -> None:
+    """Reasoning-vs-safety panels: the y label on the left column, the x label on the bottom row."""
+    if left_column:
+        ax.set_ylabel(f"pass@1 ({BETTER})")
+    if bottom_row:
+        ax.set_xlabel(_safety_label(safety))
+
+
 def _final_epochs(rows: pd.DataFrame) -> pd.DataFrame:
     """Each run's last epoch (the checkpoint the rank ablation reports)."""
     return rows[rows["epoch"] == rows.groupby(["model", "run"])["epoch"].transform("max")]
@@ -226,10 +234,7 @@ def _reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str], colum
                 for method in methods:
                     _, color, marker = METHOD_STYLE[method]
                     _scatter_ci(ax, panel[panel["method"] == method], safety.name, key.name, color, marker)
-                if j == 0:
-                    ax.set_ylabel(f"pass@1 ({BETTER})")
-                if i == len(models) - 1:
-                    ax.set_xlabel(_safety_label(safety))
+                _label_grid_edges(ax, i == len(models) - 1, j == 0, safety)
         _suptitle(fig, f"{title}\nevery checkpoint (all epochs); {CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
         _save(fig, out)
@@ -390,10 +395,7 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
                         _scatter_ci(ax, row.to_frame().T, safety.name, key.name, _lighten(color, row["strength"]), marker)
                     labels.setdefault(label, Line2D([], [], color=color, marker=marker, linestyle="", markersize=8,
                                                     markeredgecolor="0.15", label=label))  # fmt: skip
-                if j == 0:
-                    ax.set_ylabel(f"pass@1 ({BETTER})")
-                if i == len(models) - 1:
-                    ax.set_xlabel(_safety_label(safety))
+                _label_grid_edges(ax, i == len(models) - 1, j == 0, safety)
         _suptitle(fig, f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
         _bottom_legend(fig, list(labels.values()))
         _save(fig, out)
@@ -433,10 +435,7 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
                     ax.plot(front[safety.name], front[key.name], color=color, linewidth=1, alpha=0.7, zorder=1)
                     _scatter_ci(ax, front, safety.name, key.name, color, marker, ci_alpha=0.35,
                                 s=90 if marker == "*" else 46)
-                if j == 0:
-                    ax.set_ylabel(f"pass@1 ({BETTER})")
-                if i == len(models) - 1:
-                    ax.set_xlabel(_safety_label(safety))
+                _label_grid_edges(ax, i == len(models) - 1, j == 0, safety)
         _suptitle(fig, f"{title} (epochs and λ per method)\n{CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
         _save(fig, out)
