@@ -49,26 +49,12 @@ def build_models(root: Path, shape: str, rank: int, dtype: str) -> dict[str, str
     sys.path.insert(0, str(REPO / "tests"))
     import torch
     from peft import LoraConfig, get_peft_model
-    from tiny_model import build_tokenizer
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from tiny_model import build_tokenizer, random_qwen2
 
     hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
     tokenizer = build_tokenizer(REPO)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
+    model = random_qwen2(tokenizer, hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
+                         kv_heads=kv_heads, max_positions=4096, seed=0)
     paths = {name: root / name for name in ("base", "adapter", "merged")}
     model.to(getattr(torch, dtype)).save_pretrained(paths["base"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)

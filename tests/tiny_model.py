@@ -40,27 +40,34 @@ def build_tokenizer(repo: Path):
     )
 
 
-def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
-    """Save a random-weight Qwen2 (head size 32, as vLLM needs) with its tokenizer into `out`."""
+def random_qwen2(tokenizer, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                 max_positions: int, seed: int):
+    """A Qwen2 with random weights and tied embeddings, sized by the arguments, for `tokenizer`."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = build_tokenizer(repo)
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=max(1, hidden // 64),
-        max_position_embeddings=1024,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = Qwen2ForCausalLM(config)
+    return Qwen2ForCausalLM(config)
+
+
+def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
+    """Save a random-weight Qwen2 (head size 32, as vLLM needs) with its tokenizer into `out`."""
+    tokenizer = build_tokenizer(repo)
+    model = random_qwen2(tokenizer, hidden=hidden, intermediate=2 * hidden, layers=layers, heads=hidden // 32,
+                         kv_heads=max(1, hidden // 64), max_positions=1024, seed=seed)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
