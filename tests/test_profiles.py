@@ -76,7 +76,7 @@ def test_paper_dry_run_gives_training_jobs_the_papers_gpu_counts(paper_dry_run):
 
 
 def test_paper_dry_run_gpus_only_on_gpu_rules_and_per_judge_size(paper_dry_run):
-    text, jobs = paper_dry_run
+    _, jobs = paper_dry_run
     rules = {j.rule for j in jobs}
     assert {"generate", "judge", "grade_text", "execute_code", "score"} <= rules
     for job in jobs:
