@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
