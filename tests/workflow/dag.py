@@ -65,9 +65,12 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "HF_TOKEN": FAKE_TOKEN}
+def snakemake(workdir: Path, *args: str, timeout: int = 1200, job_path: str | None = None) -> subprocess.CompletedProcess:
+    """Snakemake of this interpreter; its jobs find `python` on `job_path` (default: this interpreter first)."""
+    env = {**os.environ, "PATH": job_path or f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "HF_TOKEN": FAKE_TOKEN}
+    if job_path:
+        env.pop("PYTHONPATH", None)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--profile", str(REPO / "profiles/local"), *args, "--configfile", str(workdir / "config.yaml")]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
