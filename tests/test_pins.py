@@ -40,6 +40,14 @@ def test_cpu_and_gpu_vllm_are_the_same_release():
     assert disagreements(cpu, "requirements-vllm.txt") == []
 
 
+def test_post_deploy_scripts_pin_at_the_constraints_versions():
+    scripts = sorted((REPO / "envs").glob("*.post-deploy.sh"))
+    assert scripts
+    for script in scripts:
+        found = pins(re.findall(r"[\w.-]+==[\w.+-]+", script.read_text(encoding="utf-8")), script.name)
+        assert found and sorted(set(found) - set(LOCK)) == [] and disagreements(found, script.name) == []
+
+
 def test_makefile_and_ci_take_every_version_from_the_pin_files():
     for path in ("Makefile", ".ci/run"):
         assert re.findall(r"[\w.-]+==[\w.+-]+", (REPO / path).read_text(encoding="utf-8")) == [], path
