@@ -11,6 +11,9 @@ rule describe_grid:
     params:
         meta=runs_meta_json,
         expected=expected_checkpoints,
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/eval.yaml"
     shell:
@@ -33,8 +36,10 @@ rule aggregate:
     params:
         bootstrap=bootstrap_args,
         version=config["versions"]["aggregate"],
+    # results table with 2,000 bootstrap resamples
     resources:
         mem_mb=4000,
+        runtime=60,
     conda:
         "../envs/eval.yaml"
     shell:
@@ -55,6 +60,7 @@ rule figure:
         version=config["versions"]["aggregate"],
     resources:
         mem_mb=4000,
+        runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:

@@ -8,8 +8,10 @@ rule prepare_model:
         "results/logs/prepare_model/{model}.log",
     params:
         source=model_source,
+    # GGUF -> transformers (demo model only)
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/train.yaml"
     shell:
@@ -28,8 +30,10 @@ rule build_train_set:
         source=train_data_source,
         think=config["training_data"]["think"],
         version=config["versions"]["data"],
+    # tokenizer + chat template over ~1,000 DirectRefusal rows
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/train.yaml"
     shell:
@@ -45,8 +49,10 @@ rule build_benchmark:
     params:
         spec=benchmark_spec,
         version=config["versions"]["data"],
+    # reads a CSV/JSONL (GPQA: the hub) into BenchmarkItem records
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/eval.yaml"
     shell:

@@ -18,7 +18,9 @@ rule generate:
         sampling=sampling,
         model_settings=model_settings,
         version=config["versions"]["generate"],
-    threads: 8
+    threads: 8  # vLLM tokenization and detokenization
+    # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
+    # runtime: 32,768-token reasoning samples; generation resumes by chunks on retry.
     resources:
         gpu=generation_gpus,
         mem_mb=64000,

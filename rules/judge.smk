@@ -13,8 +13,10 @@ rule grade_text:
     params:
         kind=benchmark_kind,
         version=grader_version,
+    # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
+        runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:
@@ -36,7 +38,8 @@ rule execute_code:
         timeout=execution_timeout,
         memory=execution_memory,
         version=grader_version,
-    threads: 4
+    threads: 4  # EvalPlus workers (one sandboxed process each)
+    # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
         mem_mb=16000,
         runtime=120,
@@ -63,6 +66,7 @@ rule judge:
         backend=config["generation"]["backend"],
         fallback=judge_fallback_arg,
     threads: 8
+    # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
     resources:
         gpu=judge_gpus,
         mem_mb=64000,

@@ -14,8 +14,10 @@ rule orthomerge:
         settings=orthomerge_settings,
         source=orthomerge_source_args,
         version=config["versions"]["orthomerge"],
+    # LoRA factors and a cached rank-64 SVD: CPU only
     resources:
         mem_mb=16000,
+        runtime=30,
     conda:
         "../envs/train.yaml"
     shell:

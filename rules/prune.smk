@@ -14,6 +14,10 @@ rule prune:
         state=train_state_dir,
         keep=prune_keep,
         trainer_state=prune_state_flag,
+    # deletes pruned checkpoints and trainer state
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/train.yaml"
     shell:

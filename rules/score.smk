@@ -12,6 +12,7 @@ rule score:
         settings=score_settings,
     resources:
         mem_mb=2000,
+        runtime=10,
     conda:
         "../envs/eval.yaml"
     shell:

@@ -10,6 +10,9 @@ rule write_recipe:
         "results/logs/write_recipe/{model}/{run}.log",
     params:
         recipe=recipe_json,
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/train.yaml"
     shell:
@@ -30,11 +33,14 @@ rule train:
         state=train_state_dir,
         checkpoints=train_checkpoint_dir,
         svd=train_svd_arg,
-    threads: 8
+    threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
+    # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.
+    # mem_mb: every rank loads the bf16 weights: 14B full, 8 ranks x 28 GB = 224 GB.
+    # runtime: a longer run is preempted cleanly (SIGTERM -> save -> exit 75 -> retry resumes).
     resources:
         gpu=train_gpus,
         nodes=1,
-        mem_mb=64000,
+        mem_mb=256000,
         runtime=1440,
     conda:
         "../envs/train.yaml"

@@ -16,7 +16,9 @@ rule base_svd:
         rank=config.get("analysis", {}).get("svd_rank", 64),
         modules=analysis_modules,
         version=config["versions"]["analysis"],
-    threads: 8
+    threads: 8  # reading safetensors shards while the GPU factorizes
+    # gpu: the SVDs run on cuda; `gpu: 0` in a profile's set-resources runs them on CPU.
+    # truncated SVD of every base weight, tensor by tensor (14B: 48 layers)
     resources:
         gpu=1,
         mem_mb=32000,
@@ -43,6 +45,7 @@ rule analyze_weights:
         top=config.get("analysis", {}).get("top_k", 16),
         version=config["versions"]["analysis"],
     threads: 8
+    # torch.linalg on CPU, one tensor at a time
     resources:
         mem_mb=32000,
         runtime=240,
