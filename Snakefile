@@ -14,7 +14,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-
 report: "rules/report/workflow.rst"
 
 

@@ -13,6 +13,7 @@ rule grade_text:
     params:
         kind=benchmark_kind,
         version=grader_version,
+        script=workflow_script("grade.py"),
     # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
@@ -20,7 +21,7 @@ rule grade_text:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
+        "python {params.script} --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -38,6 +39,7 @@ rule execute_code:
         timeout=execution_timeout,
         memory=execution_memory,
         version=grader_version,
+        script=workflow_script("execute_code.py"),
     threads: 4  # EvalPlus workers (one sandboxed process each)
     # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
@@ -46,7 +48,7 @@ rule execute_code:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/execute_code.py --dataset {params.dataset} --problems {params.problems}"
+        "python {params.script} --dataset {params.dataset} --problems {params.problems}"
         " --generations {input.generations} --out {output.plus} --out-base {output.base}"
         " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
 
@@ -65,6 +67,7 @@ rule judge:
         kind=benchmark_kind,
         backend=config["generation"]["backend"],
         fallback=judge_fallback_arg,
+        script=workflow_script("judge.py"),
     threads: 8
     # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
     resources:
@@ -74,6 +77,6 @@ rule judge:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
+        "python {params.script} --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
         " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"
