@@ -6,12 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The paper's grid unless another config is given (--configfile config/demo.yaml replaces it
-# rather than being merged into it).
-if not config:
+# The paper's grid unless another config file is given: `--configfile config/demo.yaml` replaces
+# config.yaml (a whole config, never merged into it); `--config key=value` overrides either one
+# (Snakemake re-applies command-line values over the `configfile:` directive).
+if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
-
 
 
 report: "rules/report/workflow.rst"

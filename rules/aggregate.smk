@@ -11,11 +11,15 @@ rule describe_grid:
     params:
         meta=runs_meta_json,
         expected=expected_checkpoints,
+        script=workflow_script("write_json.py"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/write_json.py --json {params.meta:q} --out {output.meta} > {log} 2>&1"
-        " && python {workflow.basedir}/workflow_scripts/write_json.py --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        "python {params.script} --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        " && python {params.script} --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
 
 
 rule aggregate:
@@ -33,12 +37,15 @@ rule aggregate:
     params:
         bootstrap=bootstrap_args,
         version=config["versions"]["aggregate"],
+        script=workflow_script("aggregate.py"),
+    # results table with 2,000 bootstrap resamples
     resources:
         mem_mb=4000,
+        runtime=60,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
+        "python {params.script} --scores {input.scores} --runs-meta {input.meta}"
         " --expected {input.expected} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
@@ -53,9 +60,11 @@ rule figure:
     params:
         args=figure_args,
         version=config["versions"]["aggregate"],
+        script=workflow_script("plot.py"),
     resources:
         mem_mb=4000,
+        runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"
+        "python {params.script} --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"

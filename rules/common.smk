@@ -38,6 +38,20 @@ wildcard_constraints:
 
 
 # ------------------------------------------------------------------------------------------
+# Workflow scripts
+
+
+def workflow_script(name):
+    """`params: script=workflow_script("x.py")`: the path of a workflow script, for `shell:`.
+
+    A path names code, not data. The function takes `input`, which makes it a derived param for
+    Snakemake: left out of the `params` rerun trigger, so a checkout in another folder reruns
+    nothing (code changes rerun a stage through `versions:`, docs/cluster.md)."""
+    path = str(Path(workflow.basedir) / "workflow_scripts" / name)
+    return lambda wildcards, input: path
+
+
+# ------------------------------------------------------------------------------------------
 # Models and checkpoints
 
 
@@ -374,9 +388,15 @@ def figure_args(wildcards):
 def prune_inputs(wildcards):
     """Everything that reads a run's checkpoints must be finished before they are pruned."""
     model, run = wildcards.model, wildcards.run
-    derived = {c.run for c in CHECKPOINTS if grid.is_orthomerge(c.run) and grid.orthomerge_run(config, c.run).source == run}
-    scores = [score_file(c, b) for c in CHECKPOINTS if c.model == model and (c.run == run or c.run in derived)
-              for b in config["benchmarks"]]
+    derived = {
+        c.run for c in CHECKPOINTS if grid.is_orthomerge(c.run) and grid.orthomerge_run(config, c.run).source == run
+    }
+    scores = [
+        score_file(c, b)
+        for c in CHECKPOINTS
+        if c.model == model and (c.run == run or c.run in derived)
+        for b in config["benchmarks"]
+    ]
     analyses = [f for c, f in zip(ANALYSIS_CHECKPOINTS, analysis_files()) if (c.model, c.run) == (model, run)]
     return {"manifest": train_manifest(model, run), "scores": scores, "analyses": analyses}
 

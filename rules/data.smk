@@ -8,12 +8,15 @@ rule prepare_model:
         "results/logs/prepare_model/{model}.log",
     params:
         source=model_source,
+        script=workflow_script("prepare_model.py"),
+    # GGUF -> transformers (demo model only)
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
+        "python {params.script} --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule build_train_set:
@@ -28,12 +31,15 @@ rule build_train_set:
         source=train_data_source,
         think=config["training_data"]["think"],
         version=config["versions"]["data"],
+        script=workflow_script("build_train_set.py"),
+    # tokenizer + chat template over ~1,000 DirectRefusal rows
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
+        runtime=30,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
+        "python {params.script} --tokenizer {params.tokenizer} --source {params.source:q}"
         " --think {params.think:q} --out {output} > {log} 2>&1"
 
 
@@ -45,10 +51,12 @@ rule build_benchmark:
     params:
         spec=benchmark_spec,
         version=config["versions"]["data"],
+        script=workflow_script("build_benchmark.py"),
+    # reads a CSV/JSONL (GPQA: the hub) into BenchmarkItem records
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q}"
-        " --out {output} > {log} 2>&1"
+        "python {params.script} --name {wildcards.benchmark} --spec {params.spec:q} --out {output} > {log} 2>&1"

@@ -18,7 +18,10 @@ rule generate:
         sampling=sampling,
         model_settings=model_settings,
         version=config["versions"]["generate"],
-    threads: 8
+        script=workflow_script("generate.py"),
+    threads: 8  # vLLM tokenization and detokenization
+    # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
+    # runtime: 32,768-token reasoning samples; generation resumes by chunks on retry.
     resources:
         gpu=generation_gpus,
         mem_mb=64000,
@@ -26,6 +29,6 @@ rule generate:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/generate.py {params.checkpoint} --items {input.prompts}"
+        "python {params.script} {params.checkpoint} --items {input.prompts}"
         " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
         " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

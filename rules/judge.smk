@@ -13,12 +13,15 @@ rule grade_text:
     params:
         kind=benchmark_kind,
         version=grader_version,
+        script=workflow_script("grade.py"),
+    # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
+        runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
+        "python {params.script} --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -36,14 +39,16 @@ rule execute_code:
         timeout=execution_timeout,
         memory=execution_memory,
         version=grader_version,
-    threads: 4
+        script=workflow_script("execute_code.py"),
+    threads: 4  # EvalPlus workers (one sandboxed process each)
+    # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
         mem_mb=16000,
         runtime=120,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/execute_code.py --dataset {params.dataset} --problems {params.problems}"
+        "python {params.script} --dataset {params.dataset} --problems {params.problems}"
         " --generations {input.generations} --out {output.plus} --out-base {output.base}"
         " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
 
@@ -62,7 +67,9 @@ rule judge:
         kind=benchmark_kind,
         backend=config["generation"]["backend"],
         fallback=judge_fallback_arg,
+        script=workflow_script("judge.py"),
     threads: 8
+    # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
     resources:
         gpu=judge_gpus,
         mem_mb=64000,
@@ -70,6 +77,6 @@ rule judge:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
+        "python {params.script} --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
         " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

@@ -14,8 +14,13 @@ rule prune:
         state=train_state_dir,
         keep=prune_keep,
         trainer_state=prune_state_flag,
+        script=workflow_script("prune.py"),
+    # deletes pruned checkpoints and trainer state
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/prune.py --manifest {input.manifest} --state-dir {params.state}"
+        "python {params.script} --manifest {input.manifest} --state-dir {params.state}"
         " --keep-epochs {params.keep:q} {params.trainer_state} --out {output} > {log} 2>&1"

@@ -10,10 +10,14 @@ rule write_recipe:
         "results/logs/write_recipe/{model}/{run}.log",
     params:
         recipe=recipe_json,
+        script=workflow_script("write_recipe.py"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
+        "python {params.script} --recipe {params.recipe:q} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -30,16 +34,21 @@ rule train:
         state=train_state_dir,
         checkpoints=train_checkpoint_dir,
         svd=train_svd_arg,
-    threads: 8
+        launcher=workflow_script("launch_train.sh"),
+        script=workflow_script("train.py"),
+    threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
+    # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.
+    # mem_mb: every rank loads the bf16 weights: 14B full, 8 ranks x 28 GB = 224 GB.
+    # runtime: a longer run is preempted cleanly (SIGTERM -> save -> exit 75 -> retry resumes).
     resources:
         gpu=train_gpus,
         nodes=1,
-        mem_mb=64000,
+        mem_mb=256000,
         runtime=1440,
     conda:
         "../envs/train.yaml"
     shell:
-        "bash {workflow.basedir}/workflow_scripts/launch_train.sh {resources.gpu} {resources.nodes}"
-        " {workflow.basedir}/workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
+        "bash {params.launcher} {resources.gpu} {resources.nodes}"
+        " {params.script} --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

@@ -16,7 +16,10 @@ rule base_svd:
         rank=config.get("analysis", {}).get("svd_rank", 64),
         modules=analysis_modules,
         version=config["versions"]["analysis"],
-    threads: 8
+        script=workflow_script("base_svd.py"),
+    threads: 8  # reading safetensors shards while the GPU factorizes
+    # gpu: the SVDs run on cuda; `gpu: 0` in a profile's set-resources runs them on CPU.
+    # truncated SVD of every base weight, tensor by tensor (14B: 48 layers)
     resources:
         gpu=1,
         mem_mb=32000,
@@ -24,7 +27,7 @@ rule base_svd:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/base_svd.py --base {params.base} --out {output} --k {params.rank}"
+        "python {params.script} --base {params.base} --out {output} --k {params.rank}"
         " --modules {params.modules} --device $( [ {resources.gpu} -gt 0 ] && echo cuda || echo cpu ) > {log} 2>&1"
 
 
@@ -42,12 +45,14 @@ rule analyze_weights:
         norm=config.get("analysis", {}).get("norm", "fro"),
         top=config.get("analysis", {}).get("top_k", 16),
         version=config["versions"]["analysis"],
+        script=workflow_script("analyze_weights.py"),
     threads: 8
+    # torch.linalg on CPU, one tensor at a time
     resources:
         mem_mb=32000,
         runtime=240,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {workflow.basedir}/workflow_scripts/analyze_weights.py {params.checkpoint} --svd {input.svd}"
+        "python {params.script} {params.checkpoint} --svd {input.svd}"
         " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""profiles/slurm: every rule has threads, memory and runtime; GPUs where the paper puts them."""
+"""profiles/slurm: cluster settings only; every job's threads, memory and runtime from its rule; GPUs where the paper puts them."""
 
 import os
 import re
@@ -28,21 +28,45 @@ def test_profile_targets_slurm_with_cluster_defaults():
     assert "# slurm_partition:" in text and "# slurm_account:" in text  # placeholders to fill in
 
 
-def test_every_rule_has_threads_memory_and_runtime():
-    assert len(RULES) > 10
-    for rule in RULES:
-        assert PROFILE["set-threads"][rule] >= 1, rule
-        assert {"mem_mb", "runtime"} <= set(PROFILE["set-resources"][rule]), rule
+def test_profiles_repeat_no_resource_of_a_rule():
+    # the rules are the one source of threads, memory and runtime; GPU counts come from the config
+    assert "set-resources" not in PROFILE and "set-threads" not in PROFILE
+    # the CPU workstation's profile only takes GPUs away and runs one thread per job
+    local = yaml.safe_load((REPO / "profiles/local/config.yaml").read_text())
+    assert all(resources == {"gpu": 0} for resources in local["set-resources"].values()), local["set-resources"]
+    assert set(local["set-threads"].values()) == {1}
 
 
-def test_cpu_rules_get_no_gpu_and_gpu_rules_no_tasks():
-    for rule in RULES:
-        resources = PROFILE["set-resources"][rule]
-        if rule in GPU_RULES:
-            assert "tasks" not in resources, rule
-        else:
-            assert resources["gpu"] == 0, rule
-    assert "tasks" not in PROFILE["default-resources"]
+def planned_resources(*args: str) -> dict[tuple[str, ...], dict[str, int]]:
+    """Threads and resources of every job of a dry run, by the job's outputs."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    blocks = re.split(r"^\s*(?:local)?rule \w+:$", result.stdout, flags=re.M)[1:]
+    threads = [int(m.group(1)) if (m := re.search(r"^\s*threads: (\d+)$", b, re.M)) else 1 for b in blocks]
+    jobs = parse_dryrun(result.stdout)
+    assert len(jobs) == len(threads)
+    keys = ("gpu", "nodes", "mem_mb", "runtime")
+    return {(job.rule, *job.outputs): {"threads": n, **{k: int(job.resources.get(k, 0)) for k in keys}}
+            for job, n in zip(jobs, threads)}
+
+
+@pytest.mark.slow
+def test_every_job_gets_the_same_resources_with_or_without_the_slurm_profile():
+    covered = set()
+    for configfile in ("config.yaml", "config/demo.yaml"):  # the paper grid; the demo adds prepare_model
+        # --cores: a dry run caps the listed threads at its cores (1 unless given)
+        bare = planned_resources("--configfile", configfile, "--cores", "64")
+        slurm = planned_resources("--configfile", configfile, "--profile", "profiles/slurm", "--cores", "64")
+        assert bare.keys() == slurm.keys()
+        for job, resources in bare.items():
+            covered.add(job[0])
+            if job[0] == "all":  # runs nothing
+                continue
+            assert resources["mem_mb"] > 0 and resources["runtime"] > 0, job  # every rule declares both
+            assert slurm[job] == resources, (job, resources, slurm[job])
+    assert covered == set(RULES) | {"all"}
 
 
 # One checkpoint per kind and benchmarks that reach every grader kind: the dry run then holds all

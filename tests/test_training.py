@@ -123,6 +123,38 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+RANK_ARGS = """
+import json, sys
+from pathlib import Path
+from safelora import training
+recipe, state = json.loads(sys.argv[1]), Path(sys.argv[2])
+paths = training.TrainPaths(train_data=state / "unused.jsonl", base_model="unused", state_dir=state,
+                            checkpoint_dir=state / "ckpt", manifest=state / "manifest.json")
+configs = [training.sft_config(recipe, paths, training.WorldInfo(2, rank, rank), on_gpu=False).hf_deepspeed_config.config
+           for rank in (1, 0)]
+print(json.dumps(configs))
+"""
+
+
+def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp_path):
+    """Rank 1 builds its trainer arguments first, with rank 0 not started (state folder absent):
+    the ZeRO config must not come from a file rank 0 writes. In a subprocess: DeepSpeed's config
+    object is process-wide state."""
+    import subprocess
+    import sys
+
+    r = recipe("full", deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
+    state = tmp_path / "state"
+    result = subprocess.run([sys.executable, "-c", RANK_ARGS, json.dumps(r), str(state)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank1, rank0 = json.loads(result.stdout.splitlines()[-1])
+    assert rank1 == rank0
+    assert rank1["zero_optimization"]["stage"] == 3
+    assert rank1["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert not state.exists()  # nothing shared on disk
+
+
 @pytest.mark.slow
 def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, train_data, repo):
     """One gloo process, as torchrun sets it up, through the real CLI. It runs in a subprocess:
@@ -146,9 +178,6 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    state = json.loads((p.state_dir / "deepspeed.json").read_text())
-    assert state["zero_optimization"]["stage"] == 3
-    assert state["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(p.checkpoint_dir / "epoch-1")

@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
     from safelora.io import atomic_write_jsonl, read_jsonl
+    from safelora.sandbox import SandboxUnavailableError, preflight
 
+    try:
+        preflight()  # before any sample: a cluster may forbid the user namespace the sandbox needs
+    except SandboxUnavailableError as err:
+        print(err, file=sys.stderr)
+        return 1
     problems = load_evalplus_problems(args.dataset, args.problems)
     generations = read_jsonl(args.generations)
     unknown = sorted({g["prompt_id"] for g in generations} - problems.keys())

@@ -49,6 +49,61 @@ class SandboxUnavailableError(RuntimeError):
     """The OS-level isolation (namespaces, mounts) could not be set up; nothing was run."""
 
 
+# Kernel settings that decide whether an unprivileged process may make the sandbox's user
+# namespace, with the value that forbids it: disabled (any distribution), restricted by AppArmor
+# (Ubuntu 23.10+), or the old Debian switch.
+USERNS_SETTINGS = {
+    "user.max_user_namespaces": ("/proc/sys/user/max_user_namespaces", "0"),
+    "kernel.apparmor_restrict_unprivileged_userns": ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+    "kernel.unprivileged_userns_clone": ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+}
+
+
+def kernel_userns_settings() -> dict[str, str]:
+    """The USERNS_SETTINGS this kernel has, with their current values (as this process sees them)."""
+    found = {}
+    for name, (path, _) in USERNS_SETTINGS.items():
+        try:
+            found[name] = Path(path).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+    return found
+
+
+def unavailable_message(detail: str, euid: int, settings: dict[str, str]) -> str:
+    """What a job prints when the sandbox cannot be set up: the cause, the kernel settings, the ways out."""
+    blocking = [f"{name} = {value}" for name, value in settings.items() if value == USERNS_SETTINGS[name][1]]
+    shown = ", ".join(f"{name} = {value}" for name, value in settings.items()) or "none readable"
+    if euid == 0:
+        why = "Running as root, it needs no user namespace, so the namespaces or mounts themselves failed"
+    elif blocking:
+        why = f"Running unprivileged (uid {euid}), it needs a user namespace, which {' and '.join(blocking)} forbids"
+    else:
+        why = f"Running unprivileged (uid {euid}), it needs a user namespace, which this system refused"
+    return (
+        f"the code sandbox cannot be set up here, so no sample was run: {detail}. {why} "
+        f"(kernel settings: {shown}; user.max_user_namespaces must be above 0, "
+        f"kernel.apparmor_restrict_unprivileged_userns 0 or an AppArmor profile allowing `userns`). "
+        "Alternatives (docs/sandbox.md, 'Running unprivileged'): ask the administrators to allow user "
+        "namespaces, run the execute_code jobs on nodes that allow them (set-resources in the profile), "
+        "or as root in a container. Code is never run unsandboxed."
+    )
+
+
+def preflight(python: str = sys.executable) -> None:
+    """Fail before any sample runs where the sandbox cannot be set up for `python`.
+
+    Runs a trivial program in the sandbox; raises SandboxUnavailableError naming the kernel
+    settings and the documented alternatives when it cannot."""
+    try:
+        result = run_sandboxed("print('sandbox ok')", timeout_s=60, memory_mb=1024, python=python)
+    except SandboxUnavailableError as err:
+        raise SandboxUnavailableError(unavailable_message(str(err), os.geteuid(), kernel_userns_settings())) from err
+    if result.stdout.strip() != "sandbox ok":
+        detail = f"a trivial program exited {result.returncode}: {result.stderr.strip()[-500:]}"
+        raise SandboxUnavailableError(unavailable_message(detail, os.geteuid(), kernel_userns_settings()))
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     returncode: int

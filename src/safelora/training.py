@@ -108,12 +108,8 @@ def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_g
     batch = recipe["batch"]
     accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], world.world_size)
     bf16 = on_gpu and recipe["dtype"] == "bfloat16"
-    deepspeed = None
-    if recipe.get("deepspeed"):
-        ds_path = paths.state_dir / "deepspeed.json"
-        if world.rank == 0:
-            atomic_write_json(ds_path, deepspeed_config(recipe["deepspeed"], bf16))
-        deepspeed = str(ds_path)
+    # A dict, built by every rank from the recipe: no file that rank 0 writes while the others read it.
+    deepspeed = deepspeed_config(recipe["deepspeed"], bf16) if recipe.get("deepspeed") else None
     return SFTConfig(
         output_dir=str(paths.state_dir),
         num_train_epochs=recipe["epochs"],
