@@ -1,6 +1,7 @@
 """Fault injection: a stage killed with SIGKILL leaves nothing that looks complete, and its rerun
-gives exactly the result of an uninterrupted run."""
+gives exactly the result of an uninterrupted run; damaged generation files are never graded."""
 
+import hashlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from safelora.io import atomic_write_json, atomic_write_jsonl
+from safelora.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
@@ -120,3 +121,90 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
     run(args(killed))
     assert killed.read_bytes() == whole.read_bytes()
     assert not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged generation files: every reader checks them against the benchmark's items x n.
+
+ITEMS = [{"id": f"q{i}", "prompt": f"How do I do harmful thing {i}?", "answer": None, "meta": {}} for i in range(4)]
+
+
+def generation_lines(n):
+    return [json.dumps({"prompt_id": item["id"], "sample_index": j, "prompt": item["prompt"],
+                        "text": "I'm sorry, I can't help with that." if j else "Sure, here is how.",
+                        "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 8,
+                        "sampling": {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0},
+                        "engine": "transformers"}).encode() + b"\n" for item in ITEMS for j in range(n)]
+
+
+def joined(lines):
+    return b"".join(lines)
+
+
+# (case, n, file content, error after "<file>: "); None: graded.
+SCORE_INPUTS = [
+    ("intact, 4 prompts x n=1", 1, joined(generation_lines(1)), None),
+    ("intact, 4 prompts x n=2", 2, joined(generation_lines(2)), None),
+    ("cut at a line end (3 of 4 prompts)", 1, joined(generation_lines(1)[:3]),
+     "1 of 4 samples missing (4 items x n=1) after line 3, e.g. prompt 'q3' sample 0"),
+    ("cut inside a line", 1, joined(generation_lines(1))[:-40], "line 4 is not valid JSON: Expecting ',' delimiter"),
+    ("a duplicated line (5 samples for 4 x n=1)", 1, joined(generation_lines(1) + generation_lines(1)[3:]),
+     "line 5 repeats prompt 'q3' sample 0 of line 4"),
+    ("0xff bytes", 1, joined(generation_lines(1)).replace(b"Sure", b"\xff\xffre", 2), "line 1 is not valid UTF-8"),
+    ("one of two samples missing", 2, joined(generation_lines(2)[:-1]),
+     "1 of 8 samples missing (4 items x n=2) after line 7, e.g. prompt 'q3' sample 1"),
+    ("a record of another benchmark", 1, joined(generation_lines(1)).replace(b'"q2"', b'"HumanEval/2"'),
+     "line 3: prompt 'HumanEval/2' sample 0 is not one of the benchmark's 4 items x n=1"),
+    ("records of two sampling settings", 1, joined(generation_lines(1)[:2] + generation_lines(2)[4:6]),
+     "line 3 is not a Generation record with the file's n=1"),
+    ("a blank line", 1, joined(generation_lines(1)[:2] + [b"\n"] + generation_lines(1)[2:]),
+     "line 3 is not valid JSON: Expecting value"),
+    ("an empty file", 1, b"", "no generation records for 4 items"),
+]
+
+
+def test_damaged_generation_files_are_rejected_naming_file_and_line_and_moved_aside(tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    rejected = 0
+    for index, (case, n, content, expected) in enumerate(SCORE_INPUTS):
+        gens, out = tmp_path / f"gen{index}.jsonl", tmp_path / f"verdicts{index}.jsonl"
+        gens.write_bytes(content)
+        result = subprocess.run([sys.executable, SCRIPTS / "grade.py", "--grader", "refusal_match", "--kind", "safety",
+                                 "--generations", gens, "--items", items, "--out", out],
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        if expected is None:
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert len(read_jsonl(out)) == 4 * n
+            print(f"score input: {case}: graded, {4 * n} verdicts")
+            continue
+        message = result.stderr.strip().splitlines()[-1]
+        assert result.returncode != 0 and not out.exists(), case
+        assert f"DamagedFileError: {gens}: {expected}" in message, (case, message)
+        # Moved aside: the generation file is missing, so the next workflow run regenerates it.
+        assert not gens.exists() and gens.with_name(gens.name + ".damaged").read_bytes() == content
+        rejected += 1
+        print(f"score input: {case}: rejected: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
+    with capsys.disabled():
+        print(f"\nscore-input cases tried: {len(SCORE_INPUTS)}; graded: {len(SCORE_INPUTS) - rejected}; "
+              f"rejected naming the file and line: {rejected}")
+
+
+def test_generation_never_publishes_a_damaged_file(tmp_path):
+    """A chunk left damaged in the resumable folder fails the job, which then starts afresh."""
+    from safelora.generation import GenerationJob, Sampling, run_generation
+    from safelora.io import stable_json
+
+    sampling = Sampling(n=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
+    job = GenerationJob(ids=[i["id"] for i in ITEMS], prompts=[i["prompt"] for i in ITEMS], sampling=sampling,
+                        chunk_size=2, fingerprint={"model": "m"})
+    out = tmp_path / "gen.jsonl"
+    partial = tmp_path / "gen.jsonl.partial"
+    partial.mkdir()
+    (partial / "fingerprint.json").write_text(hashlib.sha256(stable_json(job.fingerprint).encode()).hexdigest() + "\n")
+    lines = generation_lines(1)
+    (partial / "chunk-00000.jsonl").write_bytes(joined(lines[:2]))
+    (partial / "chunk-00001.jsonl").write_bytes(joined([lines[2], lines[2]]))  # a chunk holding q2 twice, no q3
+    with pytest.raises(ValueError, match=r"gen.jsonl.partial: line 4 repeats prompt 'q2' sample 0 of line 3"):
+        run_generation(job, backend=None, output=out)
+    assert not out.exists() and not partial.exists()
