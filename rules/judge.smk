@@ -28,6 +28,7 @@ rule grade_text:
 rule execute_code:
     input:
         generations="results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+        prompts="results/data/bench/{benchmark}.jsonl",
     output:
         plus="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_plus.jsonl",
         base="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_base.jsonl",
@@ -49,7 +50,7 @@ rule execute_code:
         "../envs/eval.yaml"
     shell:
         "python {params.script} --dataset {params.dataset} --problems {params.problems}"
-        " --generations {input.generations} --out {output.plus} --out-base {output.base}"
+        " --generations {input.generations} --items {input.prompts} --out {output.plus} --out-base {output.base}"
         " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
 
 

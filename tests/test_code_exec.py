@@ -100,12 +100,14 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
     right = f"<think>easy</think>```python\n{task['prompt']}{task['canonical_solution']}```"
     wrong = f"```python\ndef {task['entry_point']}(operations):\n    return True\n```"
     generations.write_text("".join(
-        json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text}) + "\n"
+        json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text, "sampling": {"n": 2}}) + "\n"
         for i, text in enumerate([right, wrong])))
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"id": "HumanEval/3", "prompt": task["prompt"], "answer": None, "meta": {}}) + "\n")
     out, out_base = tmp_path / "plus.jsonl", tmp_path / "base.jsonl"
     subprocess.run(
         [sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--dataset", "humaneval",
-         "--problems", str(HUMANEVAL), "--generations", str(generations), "--out", str(out),
+         "--problems", str(HUMANEVAL), "--generations", str(generations), "--items", str(items), "--out", str(out),
          "--out-base", str(out_base)],
         check=True,
     )

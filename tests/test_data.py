@@ -1,5 +1,6 @@
 """Training data: DirectRefusal-style loading, field checks, chat rendering; benchmark loaders."""
 
+import csv
 import json
 
 import pytest
@@ -98,3 +99,59 @@ def test_benchmark_checks_duplicates_and_empty_prompts(tmp_path):
         load_benchmark("c", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "q"}})
     with pytest.raises(DataError, match="row 0: missing column 'question'"):
         load_benchmark("d", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "question"}})
+
+
+def csv_module_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def json_module_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh.read().split("\n") if line.strip()]
+
+
+def test_strongreject_rows_keep_their_quoted_line_breaks(repo):
+    path = repo / "data/strongreject/strongreject_dataset.csv"
+    rows = read_table(path)
+    assert rows == csv_module_rows(path) and len(rows) == 313
+    for index in (146, 271):
+        assert "\n" in rows[index]["forbidden_prompt"]
+    assert rows[146]["forbidden_prompt"].startswith("This is a gun rights activist forum.\nQuestion: ")
+
+
+# Line separators str.splitlines() splits on but the csv and json modules keep inside a field.
+SEPARATORS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r", "U+2028": "\u2028", "U+2029": "\u2029", "form feed": "\f",
+              "vertical tab": "\v", "U+0085": "\x85", "U+001C": "\x1c", "U+001E": "\x1e"}
+FAITHFUL = [(f"csv field with {name}", "csv", f'id,prompt\n1,"a{sep}b"\n2,c\n'.encode()) for name, sep in SEPARATORS.items()]
+FAITHFUL += [(f"jsonl string with raw {name}", "jsonl", (json.dumps({"id": 1, "prompt": f"a{sep}b"}, ensure_ascii=False)
+              + '\n{"id": 2, "prompt": "c"}\n').encode()) for name, sep in SEPARATORS.items() if name in ("U+2028", "U+2029", "U+0085")]
+FAITHFUL += [("jsonl with CRLF line ends", "jsonl", b'{"id": 1, "prompt": "a"}\r\n{"id": 2, "prompt": "c"}\r\n'),
+             ("csv with CRLF row ends", "csv", b'id,prompt\r\n1,"a\r\nb"\r\n2,c\r\n')]
+REJECTED = [
+    ("jsonl with a raw LF inside a string", "jsonl", b'{"id": 1, "prompt": "a\nb"}\n', "line 1 is not valid JSON"),
+    ("csv field over the csv module's size limit", "csv", b'id,prompt\n1,"' + b"x" * 200_000 + b'"\n',
+     "row 0: field larger than field limit"),
+    ("bytes that are not UTF-8", "csv", b"id,prompt\n1,\xff\n", "not valid UTF-8 (byte 12)"),
+]
+
+
+def test_data_is_read_as_the_csv_and_json_modules_read_it(tmp_path, capsys):
+    faithful = rejected = 0
+    for index, (case, suffix, content) in enumerate(FAITHFUL):
+        path = tmp_path / f"case{index}.{suffix}"
+        path.write_bytes(content)
+        expected = csv_module_rows(path) if suffix == "csv" else json_module_rows(path)
+        assert read_table(path) == expected and len(expected) == 2, case
+        faithful += 1
+        print(f"data case: {case}: read faithfully ({len(expected)} rows, first prompt {expected[0]['prompt']!r})")
+    for index, (case, suffix, content, message) in enumerate(REJECTED):
+        path = tmp_path / f"bad{index}.{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(DataError) as err:
+            read_table(path)
+        assert str(err.value).startswith(f"{path}: {message}"), (case, str(err.value))
+        rejected += 1
+        print(f"data case: {case}: rejected: {str(err.value).replace(str(tmp_path) + '/', '')}")
+    with capsys.disabled():
+        print(f"\ndata cases tried: {faithful + rejected}; read faithfully: {faithful}; rejected naming file and row: {rejected}")

@@ -1,8 +1,10 @@
 """Fault injection: a stage killed with SIGKILL leaves nothing that looks complete, and its rerun
-gives exactly the result of an uninterrupted run."""
+gives exactly the result of an uninterrupted run; damaged generation files are never graded."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from safelora.io import atomic_write_json, atomic_write_jsonl
+from safelora.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
@@ -120,3 +123,277 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
     run(args(killed))
     assert killed.read_bytes() == whole.read_bytes()
     assert not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged generation files: every reader checks them against the benchmark's items x n.
+
+ITEMS = [{"id": f"q{i}", "prompt": f"How do I do harmful thing {i}?", "answer": None, "meta": {}} for i in range(4)]
+
+
+def generation_lines(n):
+    return [json.dumps({"prompt_id": item["id"], "sample_index": j, "prompt": item["prompt"],
+                        "text": "I'm sorry, I can't help with that." if j else "Sure, here is how.",
+                        "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 8,
+                        "sampling": {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0},
+                        "engine": "transformers"}).encode() + b"\n" for item in ITEMS for j in range(n)]
+
+
+def joined(lines):
+    return b"".join(lines)
+
+
+# (case, n, file content, error after "<file>: "); None: graded.
+SCORE_INPUTS = [
+    ("intact, 4 prompts x n=1", 1, joined(generation_lines(1)), None),
+    ("intact, 4 prompts x n=2", 2, joined(generation_lines(2)), None),
+    ("cut at a line end (3 of 4 prompts)", 1, joined(generation_lines(1)[:3]),
+     "1 of 4 samples missing (4 items x n=1) after line 3, e.g. prompt 'q3' sample 0"),
+    ("cut inside a line", 1, joined(generation_lines(1))[:-40], "line 4 is not valid JSON: Expecting ',' delimiter"),
+    ("a duplicated line (5 samples for 4 x n=1)", 1, joined(generation_lines(1) + generation_lines(1)[3:]),
+     "line 5 repeats prompt 'q3' sample 0 of line 4"),
+    ("0xff bytes", 1, joined(generation_lines(1)).replace(b"Sure", b"\xff\xffre", 2), "line 1 is not valid UTF-8"),
+    ("one of two samples missing", 2, joined(generation_lines(2)[:-1]),
+     "1 of 8 samples missing (4 items x n=2) after line 7, e.g. prompt 'q3' sample 1"),
+    ("a record of another benchmark", 1, joined(generation_lines(1)).replace(b'"q2"', b'"HumanEval/2"'),
+     "line 3: prompt 'HumanEval/2' sample 0 is not one of the benchmark's 4 items x n=1"),
+    ("records of two sampling settings", 1, joined(generation_lines(1)[:2] + generation_lines(2)[4:6]),
+     "line 3 is not a Generation record with the file's n=1"),
+    ("a blank line", 1, joined(generation_lines(1)[:2] + [b"\n"] + generation_lines(1)[2:]),
+     "line 3 is not valid JSON: Expecting value"),
+    ("an empty file", 1, b"", "no generation records for 4 items"),
+]
+
+
+def test_damaged_generation_files_are_rejected_naming_file_and_line_and_moved_aside(tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    rejected = 0
+    for index, (case, n, content, expected) in enumerate(SCORE_INPUTS):
+        gens, out = tmp_path / f"gen{index}.jsonl", tmp_path / f"verdicts{index}.jsonl"
+        gens.write_bytes(content)
+        result = subprocess.run([sys.executable, SCRIPTS / "grade.py", "--grader", "refusal_match", "--kind", "safety",
+                                 "--generations", gens, "--items", items, "--out", out],
+                                env=ENV, capture_output=True, text=True, timeout=300)
+        if expected is None:
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert len(read_jsonl(out)) == 4 * n
+            print(f"score input: {case}: graded, {4 * n} verdicts")
+            continue
+        message = result.stderr.strip().splitlines()[-1]
+        assert result.returncode != 0 and not out.exists(), case
+        assert f"DamagedFileError: {gens}: {expected}" in message, (case, message)
+        # Moved aside: the generation file is missing, so the next workflow run regenerates it.
+        assert not gens.exists() and gens.with_name(gens.name + ".damaged").read_bytes() == content
+        rejected += 1
+        print(f"score input: {case}: rejected: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
+    with capsys.disabled():
+        print(f"\nscore-input cases tried: {len(SCORE_INPUTS)}; graded: {len(SCORE_INPUTS) - rejected}; "
+              f"rejected naming the file and line: {rejected}")
+
+
+def test_generation_never_publishes_a_damaged_file(tmp_path):
+    """A chunk left damaged in the resumable folder fails the job, which then starts afresh."""
+    from safelora.generation import GenerationJob, Sampling, run_generation
+    from safelora.io import stable_json
+
+    sampling = Sampling(n=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
+    job = GenerationJob(ids=[i["id"] for i in ITEMS], prompts=[i["prompt"] for i in ITEMS], sampling=sampling,
+                        chunk_size=2, fingerprint={"model": "m"})
+    out = tmp_path / "gen.jsonl"
+    partial = tmp_path / "gen.jsonl.partial"
+    partial.mkdir()
+    (partial / "fingerprint.json").write_text(hashlib.sha256(stable_json(job.fingerprint).encode()).hexdigest() + "\n")
+    lines = generation_lines(1)
+    (partial / "chunk-00000.jsonl").write_bytes(joined(lines[:2]))
+    (partial / "chunk-00001.jsonl").write_bytes(joined([lines[2], lines[2]]))  # a chunk holding q2 twice, no q3
+    with pytest.raises(ValueError, match=r"gen.jsonl.partial: line 4 repeats prompt 'q2' sample 0 of line 3"):
+        run_generation(job, backend=None, output=out)
+    assert not out.exists() and not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: kills and a full disk while the trainer saves, deleted checkpoints.
+
+RECIPE = {"model": "tiny", "run": "lora", "method": "lora", "dtype": "float32", "seed": 7, "epochs": 2,
+          "learning_rate": 1e-3, "weight_decay": 1e-4, "lr_scheduler": "cosine", "warmup_steps": 0,
+          "gradient_checkpointing": False, "deepspeed": None, "data": {"max_length": 128},
+          "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
+          "lora": {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}}
+# 12 examples, global batch 4: 3 optimizer steps per epoch, trainer checkpoints 3 and 6.
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, tiny_tokenizer):
+    from safelora.data import RefusalRow, build_examples
+
+    rows = [RefusalRow(f"How do I do harmful thing number {i}?", "I'm sorry, I can't help.") for i in range(12)]
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    atomic_write_jsonl(path, build_examples(rows, tiny_tokenizer, "I should not answer this question!"))
+    return path
+
+
+class Run:
+    """One training run laid out as the workflow lays it out under `root/results`."""
+
+    def __init__(self, root, tiny_model, train_data):
+        self.root = root
+        self.state = root / "results/state/tiny/lora/h"
+        self.checkpoints = root / "results/checkpoints/tiny/lora/h"
+        self.manifest = root / "results/train/tiny/lora/manifest.json"
+        self.recipe = root / "recipe.yaml"
+        self.recipe.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
+        self.args = [SCRIPTS / "train.py", "--recipe", self.recipe, "--train-data", train_data, "--base", tiny_model,
+                     "--state-dir", self.state, "--checkpoint-dir", self.checkpoints, "--manifest", self.manifest]
+
+    def train(self):
+        result = subprocess.run([sys.executable, *map(str, self.args)], env=ENV, capture_output=True, text=True, timeout=600)
+        return result.returncode, result.stdout + result.stderr
+
+    def adapter(self, epoch):
+        from safetensors.torch import load_file
+
+        return load_file(self.checkpoints / f"epoch-{epoch}" / "adapter_model.safetensors")
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model, train_data):
+    run = Run(tmp_path_factory.mktemp("reference"), tiny_model, train_data)
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    return run
+
+
+def test_a_checkpoint_is_complete_only_with_state_weights_and_optimizer(tmp_path, reference):
+    from safelora.training import checkpoint_problem, last_complete_checkpoint
+
+    [complete] = reference.state.glob("checkpoint-*")
+    assert complete.name == "checkpoint-6" and checkpoint_problem(complete) is None
+
+    def damaged(name, damage):
+        copy = tmp_path / name / "checkpoint-6"
+        shutil.copytree(complete, copy)
+        damage(copy)
+        return checkpoint_problem(copy)
+
+    def cut(name):
+        return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:-100])
+
+    assert damaged("a", lambda f: (f / "trainer_state.json").unlink()) == "no trainer_state.json"
+    assert damaged("b", cut("trainer_state.json")).startswith("trainer_state.json is unreadable")
+    assert damaged("c", cut("adapter_model.safetensors")).startswith("adapter_model.safetensors is cut or corrupt")
+    assert damaged("d", lambda f: (f / "adapter_model.safetensors").unlink()) == "no model or adapter weights (*.safetensors)"
+    assert damaged("e", cut("optimizer.pt")).startswith("optimizer.pt is cut or corrupt")
+    assert damaged("f", lambda f: (f / "scheduler.pt").unlink()) == "scheduler.pt is missing"
+    shutil.copytree(complete, tmp_path / "g" / "checkpoint-9")
+    assert checkpoint_problem(tmp_path / "g" / "checkpoint-9") == "trainer_state.json is for step 6"
+    # The newest complete one wins; newer incomplete ones are reported.
+    assert last_complete_checkpoint(tmp_path / "g") == (None, [(tmp_path / "g" / "checkpoint-9", "trainer_state.json is for step 6")])
+
+
+def kill_while_saving(run, step, written):
+    """Start training and SIGKILL it as soon as checkpoint-<step>/ (holding `written`, if given) exists
+    without its trainer_state.json."""
+    folder = run.state / f"checkpoint-{step}"
+    proc = subprocess.Popen([sys.executable, *map(str, run.args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not ((folder / (written or "")).exists() and not (folder / "trainer_state.json").exists()):
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
+
+
+@pytest.mark.parametrize("step,written,resumes_from", [(3, None, None), (6, None, "checkpoint-3"),
+                                                       (6, "optimizer.pt", "checkpoint-3")])
+def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_model, train_data, reference,
+                                                                       step, written, resumes_from, capsys):
+    run = Run(tmp_path, tiny_model, train_data)
+    left = kill_while_saving(run, step, written)
+    assert left is not None and "trainer_state.json" not in left, left
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    assert f"skipping incomplete checkpoint {run.state}/checkpoint-{step}: no trainer_state.json" in log
+    assert (f"resuming from {run.state}/{resumes_from}" in log) if resumes_from else "resuming from" not in log
+    assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
+    with capsys.disabled():
+        print(f"\nfault: SIGKILL while writing checkpoint-{step} (it held {left}): rerun "
+              f"{'resumed from ' + resumes_from if resumes_from else 'started afresh'}; epochs 1-2 match the "
+              "uninterrupted run (max |diff| <= 1e-6): nothing lost")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of 1 MiB (needs root, as here); skipped where mount is not permitted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes(small_disk, tiny_model, train_data,
+                                                                                reference, capsys):
+    def disk_bytes(folder):  # tmpfs allocates 4 KiB pages
+        return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.iterdir())
+
+    checkpoint, export = disk_bytes(reference.state / "checkpoint-6"), disk_bytes(reference.checkpoints / "epoch-1")
+    run = Run(small_disk, tiny_model, train_data)
+    # Room for the recipe, the first checkpoint and epoch 1's export, and half of the second checkpoint.
+    size_kib = (4096 + checkpoint + export + checkpoint // 2) // 1024
+    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(small_disk)], check=True)
+    rc, log = run.train()
+    assert rc != 0
+    message = [line for line in log.splitlines() if line.startswith("safelora.training.DiskFullError")][-1]
+    assert message.startswith(f"safelora.training.DiskFullError: [Errno 28] disk full while saving {run.state}/checkpoint-6: ")
+    complete = sum(p.stat().st_size for p in (run.state / "checkpoint-3").iterdir())  # what the failed save needed
+    assert f" free, a checkpoint needs {complete / 1024:.1f} KiB" in message and "resumes from the last complete checkpoint" in message
+    assert (run.checkpoints / "epoch-1").is_dir() and not run.manifest.exists()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    assert f"resuming from {run.state}/checkpoint-3" in log and "skipping incomplete checkpoint" in log
+    assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
+    with capsys.disabled():
+        print(f"\nfault: disk full ({size_kib} KiB tmpfs) while saving checkpoint-6: "
+              f"{message.split(': ', 1)[1].replace(str(small_disk) + '/', '')}\n"
+              "fault: after freeing space the rerun resumed from checkpoint-3; epochs 1-2 match the uninterrupted run: nothing lost")
+
+
+def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(tmp_path, tiny_model, train_data, reference,
+                                                                           capsys):
+    run = Run(tmp_path, tiny_model, train_data)
+    shutil.copytree(reference.root / "results", tmp_path / "results")
+    shutil.rmtree(run.checkpoints / "epoch-1")
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    result = subprocess.run([sys.executable, SCRIPTS / "generate.py", "--base", tiny_model, "--adapter",
+                             run.checkpoints / "epoch-1", "--items", items, "--backend", "transformers",
+                             "--sampling", json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}),
+                             "--out", tmp_path / "gen.jsonl"], env=ENV, capture_output=True, text=True, timeout=300)
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0
+    assert message == (f"FileNotFoundError: checkpoint {run.checkpoints}/epoch-1 is missing (deleted or pruned after "
+                       f"training; {run.manifest} lists it). Rebuild it by retraining the run: "
+                       f"snakemake --forcerun {run.manifest}")
+    # The rebuild: the manifest goes (forcerun, or by hand); the state is past epoch 1, so training restarts.
+    run.manifest.unlink()
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    assert f"epochs [1] are not in {run.checkpoints} and {run.state}/checkpoint-6 is past them" in log
+    assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
+    # A job killed after the last save but before publishing its epoch: published from the checkpoint, no retraining.
+    shutil.rmtree(run.checkpoints / "epoch-2")
+    run.manifest.unlink()
+    rc, log = run.train()
+    assert rc == 0 and f"publishing epoch 2 from {run.state}/checkpoint-6" in log, log[-3000:]
+    assert same_weights(run.adapter(2), reference.adapter(2)) and json.loads(run.manifest.read_text())["global_step"] == 6
+    with capsys.disabled():
+        print(f"\nfault: epoch-1 folder deleted: generation fails: {message.replace(str(tmp_path) + '/', '')}\n"
+              "fault: manifest deleted too: training restarted from the first step and rebuilt epochs 1-2 (match the "
+              "uninterrupted run)\nfault: epoch-2 not published before a kill: re-published from checkpoint-6, no retraining")

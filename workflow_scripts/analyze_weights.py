@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from safelora.models import local_model_dir
+    from safelora.training import require_checkpoint
     from safelora.weights import analyze_checkpoint, write_analysis_csv
+
+    require_checkpoint(args.checkpoint)
 
     rows = analyze_checkpoint(local_model_dir(args.base), args.checkpoint, args.svd, norm=args.norm, top=args.top, rtol=args.rtol)
     write_analysis_csv(rows, args.out)

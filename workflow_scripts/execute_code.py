@@ -16,6 +16,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--problems", required=True,
                         help="EvalPlus file (HumanEvalPlus.jsonl.gz / MbppPlus.jsonl.gz)")
     parser.add_argument("--generations", required=True, help="Generation records (JSONL)")
+    parser.add_argument("--items", required=True, help="BenchmarkItem JSONL the generations answer")
     parser.add_argument("--out", required=True, help="plus verdicts (grader evalplus_plus)")
     parser.add_argument("--out-base", required=True, help="base verdicts (grader evalplus_base)")
     parser.add_argument("--timeout", type=float, default=130.0,
@@ -28,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
-    from safelora.io import atomic_write_jsonl, read_jsonl
+    from safelora.io import atomic_write_jsonl, read_generations
     from safelora.sandbox import SandboxUnavailableError, preflight
 
     try:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     problems = load_evalplus_problems(args.dataset, args.problems)
-    generations = read_jsonl(args.generations)
+    generations = read_generations(args.generations, args.items)
     unknown = sorted({g["prompt_id"] for g in generations} - problems.keys())
     if unknown:
         print(f"{args.generations}: prompt ids not in {args.problems}: {unknown[:5]}", file=sys.stderr)

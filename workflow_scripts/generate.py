@@ -25,8 +25,11 @@ def main() -> int:
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
+    from safelora.training import require_checkpoint
 
     MemoryGuard(args.mem_mb).start()
+    for checkpoint in (args.base, args.adapter):
+        require_checkpoint(checkpoint)
 
     from safelora.data import render_prompt
     from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, make_backend, run_generation

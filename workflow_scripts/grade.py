@@ -18,9 +18,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from safelora.grading import grade_text
-    from safelora.io import atomic_write_jsonl, read_jsonl
+    from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
-    verdicts = grade_text(args.grader, args.kind, read_jsonl(args.generations), read_jsonl(args.items))
+    verdicts = grade_text(args.grader, args.kind, read_generations(args.generations, args.items), read_jsonl(args.items))
     atomic_write_jsonl(args.out, verdicts)
     print(f"{len(verdicts)} verdicts by {args.grader}")
     return 0

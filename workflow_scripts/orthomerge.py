@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safelora.orthomerge import orthomerge_adapter
+    from safelora.training import require_checkpoint
+
+    require_checkpoint(args.adapter)
 
     orthomerge_adapter(args.adapter, args.svd, args.out, variant=args.variant, lam=args.lam, k=args.k)
     print(f"OrthoMerge-{args.variant} lambda={args.lam} k={args.k} -> {args.out}")

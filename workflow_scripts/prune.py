@@ -22,7 +22,11 @@ def main() -> int:
     from safelora.io import atomic_write_json
 
     keep = args.keep_epochs if args.keep_epochs in ("all", "last") else json.loads(args.keep_epochs)
-    record = prune_run(Path(args.manifest), Path(args.state_dir), keep, args.trainer_state)
+    try:
+        record = prune_run(Path(args.manifest), Path(args.state_dir), keep, args.trainer_state)
+    except ValueError as err:
+        print(f"prune: {err}", file=sys.stderr)
+        return 1
     atomic_write_json(args.out, record)
     print(f"removed {len(record['removed'])} folders; kept epochs {record['kept_epochs']}")
     return 0

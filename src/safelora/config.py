@@ -141,6 +141,7 @@ def check_config(config: dict[str, Any], workdir: str | Path = ".") -> None:
     _check_orthomerge(config)
     _check_analysis(config)
     _check_benchmarks(config, Path(workdir))
+    _check_prune(config)
 
 
 def _check_training_data(config: dict[str, Any], workdir: Path) -> None:
@@ -235,6 +236,21 @@ def _check_analysis(config: dict[str, Any]) -> None:
     for name in analysis["runs"]:
         if name not in runs or runs[name]["method"] == BASE_RUN:
             raise ConfigError(f"analysis.runs: '{name}' is not a training run")
+
+
+def _check_prune(config: dict[str, Any]) -> None:
+    """Every listed epoch exists in every trained run: pruning must never delete all of a run's checkpoints."""
+    keep = (config.get("prune") or {}).get("keep_epochs")
+    if not isinstance(keep, list):
+        return
+    if not keep:
+        raise ConfigError("prune.keep_epochs: an empty list would delete every checkpoint (use 'last' or list epochs)")
+    for run in config["runs"]:
+        if run["method"] != BASE_RUN:
+            epochs = run_epochs(config, run["name"])
+            bad = [e for e in keep if e > epochs]
+            if bad:
+                raise ConfigError(f"prune.keep_epochs: run '{run['name']}' has {epochs} epochs, not {bad}")
 
 
 def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:

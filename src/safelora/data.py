@@ -13,6 +13,7 @@ file with the same columns.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,28 +34,42 @@ class RefusalRow:
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a CSV, JSON (array) or JSONL file; bad encoding or syntax names the file."""
+    """Rows of a CSV, JSON (array) or JSONL file, read exactly as the csv and json modules read it.
+
+    CSV is parsed from the undecoded-newline text (`newline=""`), so quoted line breaks stay in
+    their field; JSONL lines end at "\\n" only, so U+2028 or a form feed inside a string is data.
+    Bad encoding or syntax names the file and the line.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 (byte {err.start})") from err
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if path.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        return _csv_rows(path, text)
     if path.suffix == ".json":
         rows = json.loads(text)
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON array of records")
         return rows
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        rows.extend(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise DataError(f"{path}: row {len(rows)}: {err}") from err
     return rows
 
 

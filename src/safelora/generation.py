@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from safelora.config import vllm_lora_rank
-from safelora.io import atomic_write_jsonl, atomic_write_text, read_jsonl, stable_json
+from safelora.io import atomic_write_jsonl, atomic_write_text, check_generations, read_jsonl, stable_json
 
 
 @dataclass(frozen=True)
@@ -279,6 +279,11 @@ def run_generation(job: GenerationJob, backend: Backend, output: Path) -> None:
         completions = backend.generate(job.prompts[lo:hi], job.sampling, seeds)
         atomic_write_jsonl(chunk_file, _records(job, backend.engine, lo, completions))
     records = [r for index in range(n_chunks) for r in read_jsonl(partial / f"chunk-{index:05d}.jsonl")]
+    try:
+        check_generations(records, job.ids, str(partial))
+    except ValueError:
+        shutil.rmtree(partial)  # never publish a damaged file; the rerun generates afresh
+        raise
     atomic_write_jsonl(output, records)
     shutil.rmtree(partial)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -14,12 +15,18 @@ MEMORY_EXIT_CODE = 86
 
 
 def prune_run(manifest_path: Path, state_dir: Path, keep_epochs: list[int] | str, trainer_state: bool) -> dict[str, Any]:
-    """Delete a finished run's trainer state and the epoch checkpoints not kept; return what went."""
-    import json
+    """Delete a finished run's trainer state and the epoch checkpoints not kept; return what went.
 
+    Refuses (deleting nothing) when no kept epoch is among the run's epochs, so a run never loses
+    every checkpoint; `kept_epochs` lists the epochs whose folders are on disk afterwards.
+    """
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     epochs = [e["epoch"] for e in manifest["epochs"]]
     keep = set(epochs) if keep_epochs == "all" else {max(epochs)} if keep_epochs == "last" else set(keep_epochs)
+    if not keep & set(epochs):
+        raise ValueError(
+            f"{manifest_path}: keep_epochs {sorted(keep)} keeps none of the run's epochs {epochs}; nothing pruned"
+        )
     removed = []
     if trainer_state and state_dir.exists():
         shutil.rmtree(state_dir)
@@ -29,7 +36,8 @@ def prune_run(manifest_path: Path, state_dir: Path, keep_epochs: list[int] | str
         if entry["epoch"] not in keep and folder.exists():
             shutil.rmtree(folder)
             removed.append(str(folder))
-    return {"removed": removed, "kept_epochs": sorted(keep)}
+    kept = [e["epoch"] for e in manifest["epochs"] if Path(e["path"]).is_dir()]
+    return {"removed": removed, "kept_epochs": kept}
 
 
 def process_tree_rss_mb() -> float:

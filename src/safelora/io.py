@@ -74,18 +74,71 @@ def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str,
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+class DamagedFileError(ValueError):
+    """A file that does not hold what its producer writes (cut, duplicated or corrupt), naming file and line."""
+
+
+def _jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line ending in "\\n"; bytes that are not UTF-8 name the file and line."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {lineno} is not valid UTF-8 (byte {err.start} of the line)") from err
+
+
+def _json_line(path: str | os.PathLike[str], lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read JSON Lines; a malformed line is an error naming the file and line number."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
+    return [_json_line(path, lineno, line) for lineno, line in _jsonl_lines(path) if line.strip()]
+
+
+def read_generations(path: str | os.PathLike[str], items_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Generation records, checked to be exactly the benchmark's items x n samples, once each.
+
+    A damaged file (cut, a repeated or foreign record, bad bytes) is renamed to `<name>.damaged`,
+    so the next run of the workflow regenerates it, and the error names the file and line.
+    """
+    path = Path(path)
+    ids = [str(item["id"]) for item in read_jsonl(items_path)]
+    try:
+        records = [_json_line(path, lineno, line) for lineno, line in _jsonl_lines(path)]
+        check_generations(records, ids, str(path))
+    except ValueError as err:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        raise DamagedFileError(f"{err} (moved to {aside.name}; rerun the workflow to regenerate it)") from err
     return records
+
+
+def check_generations(records: list[dict[str, Any]], ids: list[str], where: str) -> None:
+    """Raise ValueError unless `records` (line k = record k) cover each id x sample index 0..n-1 once."""
+    if not records:
+        raise ValueError(f"{where}: no generation records for {len(ids)} items")
+    n = records[0].get("sampling", {}).get("n") if isinstance(records[0], dict) else None
+    expected = {(i, s) for i in ids for s in range(n)} if isinstance(n, int) else set()
+    seen: dict[tuple[str, Any], int] = {}
+    for lineno, record in enumerate(records, start=1):
+        if not isinstance(record, dict) or record.get("sampling", {}).get("n") != n:
+            raise ValueError(f"{where}: line {lineno} is not a Generation record with the file's n={n}")
+        key = (str(record.get("prompt_id")), record.get("sample_index"))
+        if key in seen:
+            raise ValueError(f"{where}: line {lineno} repeats prompt '{key[0]}' sample {key[1]} of line {seen[key]}")
+        if key not in expected:
+            raise ValueError(f"{where}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not one of the "
+                             f"benchmark's {len(ids)} items x n={n}")
+        seen[key] = lineno
+    missing = [key for key in sorted(expected) if key not in seen]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} of {len(expected)} samples missing ({len(ids)} items x n={n}) after "
+                         f"line {len(records)}, e.g. prompt '{missing[0][0]}' sample {missing[0][1]}")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 from safelora.data import render_messages
 from safelora.generation import ModelRef, Sampling, make_backend
 from safelora.grading import judge_messages, parse_judge, samples_to_judge, verdict
-from safelora.io import atomic_write_jsonl, read_jsonl
+from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
 
 def run_judge(
@@ -21,7 +21,7 @@ def run_judge(
     batch_size: int,
     out: Path,
 ) -> None:
-    generations = read_jsonl(generations_path)
+    generations = read_generations(generations_path, items_path)
     items = {str(item["id"]): item for item in read_jsonl(items_path)}
     fallback = read_jsonl(fallback_path) if fallback_path else None
     ask, carried = samples_to_judge(generations, fallback)

@@ -9,9 +9,12 @@ by the recipe hash, outside Snakemake's outputs, so a rerun or requeue after a c
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import signal
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,10 +190,155 @@ def _as_callback(exporter: EpochExporter) -> Any:
     return _Callback()
 
 
-def last_checkpoint(state_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+class DiskFullError(OSError):
+    """The disk filled up while the trainer saved; names the path, the space free and the space needed."""
 
-    return get_last_checkpoint(str(state_dir)) if state_dir.is_dir() else None
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a trainer checkpoint cannot be resumed from, or None when it is complete.
+
+    Complete: trainer_state.json for this step, model or adapter weights whose safetensors headers
+    match their sizes, and the optimizer state (optimizer.pt and scheduler.pt, or DeepSpeed's
+    global_step<N>/) as readable torch archives. Hugging Face writes trainer_state.json last.
+    """
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"trainer_state.json is unreadable ({err})"
+    if folder.name != f"checkpoint-{step}":
+        return f"trainer_state.json is for step {step}"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no model or adapter weights (*.safetensors)"
+    zero = folder / f"global_step{step}"
+    archives = sorted(zero.glob("*.pt")) if zero.is_dir() else [folder / "optimizer.pt", folder / "scheduler.pt"]
+    if not archives:
+        return f"{zero.name}/ holds no optimizer state"
+    for path in weights + archives:
+        problem = _unreadable(path)
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a safetensors file or torch archive cannot be loaded (headers and sizes only, no tensors read)."""
+    from safetensors import safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as fh:
+                fh.keys()
+        else:
+            zipfile.ZipFile(path).close()  # torch.save writes a zip; a cut one has no central directory
+    except FileNotFoundError:
+        return "is missing"
+    except Exception as err:  # noqa: BLE001 - any failure to open means the file is cut or corrupt
+        return f"is cut or corrupt ({type(err).__name__}: {err})"
+    return None
+
+
+def last_complete_checkpoint(state_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete trainer checkpoint, and the newer incomplete ones skipped with the reason."""
+    folders = sorted((p for p in state_dir.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
+                     key=lambda p: int(p.name[len("checkpoint-"):]))
+    skipped = []
+    for folder in reversed(folders):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
+
+
+def resume_checkpoint(paths: TrainPaths, exporter: EpochExporter) -> str | None:
+    """Where to resume: the last complete checkpoint, once every epoch up to it is published.
+
+    Incomplete checkpoints (a kill or a full disk while saving) are removed, saying why. The
+    epoch a checkpoint ends is re-published if the job died before exporting it; an earlier
+    epoch that is missing (a deleted folder) cannot be rebuilt from the state, so training
+    restarts from the first step.
+    """
+    checkpoint, skipped = last_complete_checkpoint(paths.state_dir)
+    for folder, problem in skipped:
+        print(f"skipping incomplete checkpoint {folder}: {problem}", flush=True)
+        if exporter.is_main:
+            shutil.rmtree(folder, ignore_errors=True)
+    if checkpoint is None:
+        return None
+    epoch = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["epoch"] or 0.0
+    done = int(epoch + 1e-6)
+    missing = [e for e in range(1, done + 1) if not (paths.checkpoint_dir / f"epoch-{e}").is_dir()]
+    if missing == [done] and abs(epoch - done) < 1e-6:
+        print(f"publishing epoch {done} from {checkpoint} (the job stopped before exporting it)", flush=True)
+        if exporter.is_main:
+            export_checkpoint(checkpoint, paths.checkpoint_dir / f"epoch-{done}", exporter.tokenizer)
+    elif missing:
+        print(f"epochs {missing} are not in {paths.checkpoint_dir} and {checkpoint} is past them: "
+              "training restarts from the first step", flush=True)
+        if exporter.is_main:
+            for folder in paths.state_dir.glob("checkpoint-*"):
+                shutil.rmtree(folder)
+        return None
+    return str(checkpoint)
+
+
+def require_checkpoint(ref: str | None) -> None:
+    """Fail naming a published epoch checkpoint (results/checkpoints/…/epoch-<e>) that is gone, and how to rebuild it."""
+    if not ref or Path(ref).exists():
+        return
+    parts = Path(ref).parts
+    if len(parts) >= 5 and parts[-5] == "checkpoints" and parts[-1].startswith("epoch-"):
+        manifest = Path(*parts[:-5], "train", parts[-4], parts[-3], "manifest.json")
+        raise FileNotFoundError(
+            f"checkpoint {ref} is missing (deleted or pruned after training; {manifest} lists it). "
+            f"Rebuild it by retraining the run: snakemake --forcerun {manifest}"
+        )
+
+
+def _write_failure(err: BaseException) -> bool:
+    """Whether an exception (or its cause) is a failed file write: ENOSPC, torch's or safetensors' I/O error."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if any(s in str(err) for s in ("No space left", "StorageFull", "iostream error", "file write failed")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def checkpoint_bytes(model: Any, method: str) -> int:
+    """Disk a trainer checkpoint needs: saved weights (adapter or whole model) plus AdamW's two moments."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    saved = trainable if method == "lora" else sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    return saved + moments
+
+
+def disk_full_error(paths: TrainPaths, trainer: Any, method: str) -> DiskFullError:
+    """The error for a failed save: the incomplete folder, the space free and what a checkpoint takes
+    (the last complete checkpoint's size, or the estimate from the model when there is none)."""
+    complete, skipped = last_complete_checkpoint(paths.state_dir)
+    target = skipped[0][0] if skipped else paths.state_dir
+    need = sum(p.stat().st_size for p in complete.rglob("*") if p.is_file()) if complete else checkpoint_bytes(trainer.model, method)
+    return DiskFullError(
+        errno.ENOSPC,
+        f"disk full while saving {target}: {_human(shutil.disk_usage(paths.state_dir).free)} free, a checkpoint "
+        f"needs {_human(need)} (plus the epoch's published weights in {paths.checkpoint_dir}). "
+        "Free space and rerun: training resumes from the last complete checkpoint",
+    )
+
+
+def _human(size: float) -> str:
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
 
 
 def build_trainer(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, exporter: EpochExporter) -> Any:
@@ -241,10 +389,15 @@ def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
     exporter = EpochExporter(paths.checkpoint_dir, tokenizer=None, is_main=world.rank == 0)
     exporter.install_sigterm_handler()
     trainer = build_trainer(recipe, paths, world, exporter)
-    resume = last_checkpoint(paths.state_dir)
+    resume = resume_checkpoint(paths, exporter)
     if resume:
         print(f"resuming from {resume}", flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except Exception as err:
+        if _write_failure(err) and world.rank == 0:
+            raise disk_full_error(paths, trainer, recipe["method"]) from err
+        raise
     if exporter.preempted:
         print(f"SIGTERM: state saved in {paths.state_dir}; rerun to resume", flush=True)
         return PREEMPTED_EXIT_CODE
