@@ -124,6 +124,11 @@ def train_gpus(wildcards):
     return r["batch"]["gpus"]
 
 
+def train_parallelism(wildcards):
+    """`model_split` (one process over the job's GPUs) or `data_parallel` (one per GPU)."""
+    return recipe(wildcards.model, wildcards.run)["parallelism"]
+
+
 def checkpoint_inputs(wildcards):
     """Files a job needs to load checkpoint (model, run, epoch)."""
     model, run = wildcards.model, wildcards.run

@@ -30,6 +30,7 @@ rule train:
         state=train_state_dir,
         checkpoints=train_checkpoint_dir,
         svd=train_svd_arg,
+        parallelism=train_parallelism,
     threads: 8
     resources:
         gpu=train_gpus,
@@ -39,7 +40,7 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "bash {workflow.basedir}/workflow_scripts/launch_train.sh {resources.gpu} {resources.nodes}"
+        "bash {workflow.basedir}/workflow_scripts/launch_train.sh {resources.gpu} {resources.nodes} {params.parallelism}"
         " {workflow.basedir}/workflow_scripts/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

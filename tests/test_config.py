@@ -50,9 +50,23 @@ def test_paper_batches_follow_appendix_a5(paper, repo):
     assert (full14["batch"]["gpus"], full14["batch"]["per_device_batch"]) == (8, 1)
     assert (lora7["batch"]["gpus"], lora7["batch"]["per_device_batch"]) == (2, 2)
     assert (lora14["batch"]["gpus"], lora14["batch"]["per_device_batch"]) == (4, 2)
-    assert full7["deepspeed"]["stage"] == 3 and lora7["deepspeed"] is None
+    assert full7["deepspeed"] is None and lora7["deepspeed"] is None
+    assert {r["parallelism"] for r in (full7, full14, lora7, lora14)} == {"model_split"}
+    assert (full7["mixed_precision"], lora7["mixed_precision"]) == ("bf16", "fp16")
     assert lora7["lora"] == {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.05}
     assert lora7["learning_rate"] == full7["learning_rate"] == 5e-5
+
+
+def test_paper_code_steps_per_epoch(paper, repo):
+    """The paper code's README evaluates 10-epoch LoRA-14B at checkpoint-500 ... 5000: 500 steps per epoch
+    on DirectRefusal's 1,000 rows at global batch 2; the data-parallel reading of A.5 gives 125."""
+    config = prepared(paper, repo)
+    lora14 = grid.training_recipe(config, "r1-14b", "lora-r4-mlp")
+    ranks = grid.data_parallel_ranks(lora14["parallelism"], lora14["batch"]["gpus"])
+    assert ranks == 1 and grid.steps_per_epoch(1000, lora14["batch"], ranks) == 500
+    ddp = {**lora14["batch"], "global_batch": 8}
+    assert grid.steps_per_epoch(1000, ddp, grid.data_parallel_ranks("data_parallel", 4)) == 125
+    assert grid.steps_per_epoch(999, {"gpus": 2, "per_device_batch": 2, "global_batch": 4}, 2) == 250
 
 
 def test_gradient_accumulation_keeps_the_global_batch():
@@ -124,7 +138,9 @@ BAD_CONFIGS = [
     ("rank on a full run", _append_run({"name": "x", "method": "full", "rank": 4, "models": ["r1-7b"]}), "LoRA runs only"),
     ("unknown ortho mode", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "row"}}), "ortho_reg/mode"),
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
-    ("GPUs that do not divide the global batch", _set(["training", "full", "per_model", "7B", "gpus"], 3), "not a multiple"),
+    ("per-device batch that does not divide the global batch", _set(["training", "full", "per_model", "7B", "per_device_batch"], 3), "not a multiple"),
+    ("GPUs that do not divide a data-parallel global batch", _set(["training", "full", "parallelism"], "data_parallel"), "4 process(es)"),
+    ("DeepSpeed in one process", _set(["training", "full", "deepspeed"], {"stage": 3}), "needs parallelism 'data_parallel'"),
     ("size without batch settings", _set(["models", "r1-7b", "size"], "8B"), "no entry for size '8B'"),
     ("unknown override key", _append_run({"name": "x", "method": "full", "models": ["r1-7b"], "overrides": {"lr": 1}}), "overrides"),
     ("OrthoMerge of a full run", _set(["orthomerge", "sources"], ["full"]), "not a LoRA run"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 
 from dataclasses import dataclass
 from importlib import resources
@@ -186,19 +187,37 @@ def _check_runs(config: dict[str, Any]) -> None:
 
 
 def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> None:
-    per_model = config["training"][run["method"]]["per_model"]
+    settings = method_settings(config, run)
+    per_model = settings["per_model"]
+    where = f"training.{run['method']}"
+    if settings.get("deepspeed") and settings["parallelism"] != "data_parallel":
+        raise ConfigError(f"{key}: {where}.deepspeed needs parallelism 'data_parallel' (one process per GPU)")
+    if settings.get("deepspeed") and settings["mixed_precision"] != "bf16":
+        raise ConfigError(f"{key}: {where}.deepspeed runs bf16 only; set mixed_precision 'bf16'")
     for model in run["models"]:
         size = config["models"][model]["size"]
         if size not in per_model:
-            raise ConfigError(
-                f"{key}: training.{run['method']}.per_model has no entry for size '{size}' of model '{model}'"
-            )
+            raise ConfigError(f"{key}: {where}.per_model has no entry for size '{size}' of model '{model}'")
         batch = per_model[size]
-        if batch["global_batch"] % (batch["gpus"] * batch["per_device_batch"]):
+        ranks = data_parallel_ranks(settings["parallelism"], batch["gpus"])
+        if batch["global_batch"] % (ranks * batch["per_device_batch"]):
             raise ConfigError(
-                f"training.{run['method']}.per_model.{size}: global_batch {batch['global_batch']} is not a "
-                f"multiple of gpus x per_device_batch = {batch['gpus'] * batch['per_device_batch']}"
+                f"{where}.per_model.{size}: global_batch {batch['global_batch']} is not a multiple of "
+                f"{ranks} process(es) x per_device_batch {batch['per_device_batch']} "
+                f"(parallelism '{settings['parallelism']}')"
             )
+
+
+def data_parallel_ranks(parallelism: str, gpus: int) -> int:
+    """Training processes of a job: one for `model_split` (the model spans its GPUs), else one per GPU."""
+    return 1 if parallelism == "model_split" else gpus
+
+
+def steps_per_epoch(rows: int, batch: dict[str, int], ranks: int) -> int:
+    """Optimizer steps per epoch as the Trainer counts them (the sampler pads each rank's share)."""
+    accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
+    micro_batches = math.ceil(math.ceil(rows / ranks) / batch["per_device_batch"])
+    return math.ceil(micro_batches / accumulation)
 
 
 def vllm_lora_rank(rank: int, where: str = "rank") -> int:
@@ -397,7 +416,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: int) -> int:
-    """Accumulation steps that keep the paper's global batch on `world_size` processes."""
+    """Accumulation steps that keep the configured global batch on `world_size` processes."""
     per_step = per_device_batch * world_size
     if global_batch % per_step:
         raise ConfigError(
