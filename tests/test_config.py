@@ -137,6 +137,7 @@ BAD_CONFIGS = [
     ("rank vLLM cannot serve", _append_run({"name": "x", "method": "lora", "rank": 1024, "targets": "mlp", "models": ["r1-7b"]}), "exceeds the largest LoRA rank"),
     ("rank on a full run", _append_run({"name": "x", "method": "full", "rank": 4, "models": ["r1-7b"]}), "LoRA runs only"),
     ("unknown ortho mode", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "row"}}), "ortho_reg/mode"),
+    ("span option on the paper formula", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "col", "normalize": True}}), "formula 'span' only"),
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
     ("per-device batch that does not divide the global batch", _set(["training", "full", "per_model", "7B", "per_device_batch"], 3), "not a multiple"),
     ("GPUs that do not divide a data-parallel global batch", _set(["training", "full", "parallelism"], "data_parallel"), "4 process(es)"),

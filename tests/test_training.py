@@ -75,7 +75,8 @@ def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
 @pytest.mark.parametrize("mode", ["col", "both"])
 def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8})
+    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "formula": "paper",
+                                        "weighted": True, "normalize": False, "reduction": "sum"})
     assert training.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)

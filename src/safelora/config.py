@@ -180,6 +180,9 @@ def _check_runs(config: dict[str, Any]) -> None:
                     f"(known: {', '.join(config['lora_targets'])})"
                 )
             vllm_lora_rank(run["rank"], where=f"{key}.rank")
+            reg = run.get("ortho_reg")
+            if reg and reg["formula"] == "paper" and (not reg["weighted"] or reg["normalize"]):
+                raise ConfigError(f"{key}.ortho_reg: weighted and normalize apply to formula 'span' only")
         elif any(field in run for field in ("rank", "targets", "ortho_reg")):
             raise ConfigError(f"{key}: rank, targets and ortho_reg apply to LoRA runs only")
         if run["method"] in ("full", "lora"):

@@ -241,6 +241,10 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
         mode=reg["mode"],
         beta=reg["beta"],
         rank=reg["k"],
+        formula=reg["formula"],
+        weighted=reg["weighted"],
+        normalize=reg["normalize"],
+        reduction=reg["reduction"],
         svd_cache=str(paths.svd) if paths.svd else None,
         seed=recipe["seed"],
     )
