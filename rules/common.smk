@@ -273,12 +273,19 @@ def score_file(c, benchmark):
     return f"results/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
 
 
+EVALUATIONS = grid.evaluations(config)
+
+
 def all_score_files():
-    return [score_file(c, b) for c in CHECKPOINTS for b in config["benchmarks"]]
+    return [score_file(c, b) for c, b in EVALUATIONS]
 
 
 def expected_checkpoints(wildcards):
-    return stable_json([[c.model, c.run, c.epoch] for c in CHECKPOINTS])
+    benchmarks = {}
+    for c, b in EVALUATIONS:
+        benchmarks.setdefault(c, []).append(b)
+    return stable_json([{"model": c.model, "run": c.run, "epoch": c.epoch, "benchmarks": names}
+                        for c, names in benchmarks.items()])
 
 
 def runs_meta_json(wildcards):
@@ -380,8 +387,7 @@ def prune_inputs(wildcards):
     """Everything that reads a run's checkpoints must be finished before they are pruned."""
     model, run = wildcards.model, wildcards.run
     derived = {c.run for c in CHECKPOINTS if grid.is_orthomerge(c.run) and grid.orthomerge_run(config, c.run).source == run}
-    scores = [score_file(c, b) for c in CHECKPOINTS if c.model == model and (c.run == run or c.run in derived)
-              for b in config["benchmarks"]]
+    scores = [score_file(c, b) for c, b in EVALUATIONS if c.model == model and (c.run == run or c.run in derived)]
     analyses = [f for c, f in zip(ANALYSIS_CHECKPOINTS, analysis_files()) if (c.model, c.run) == (model, run)]
     return {"manifest": train_manifest(model, run), "scores": scores, "analyses": analyses}
 

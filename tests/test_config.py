@@ -33,11 +33,30 @@ def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     runs = {r["name"]: r for r in config["runs"]}
     assert {"base", "full", "lora-r4-mlp", "lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "reg-col", "reg-both"} <= set(runs)
     assert config["training"]["full"]["epochs"] == 5 and config["training"]["lora"]["epochs"] == 10
-    assert config["orthomerge"]["lambdas"] == [1.0, 1.15, 1.175, 1.2, 1.25]
+    assert config["orthomerge"]["variants"] == {"col": [1.0], "both": [1.0, 1.15, 1.175, 1.2, 1.25]}
     checkpoints = grid.checkpoints(config)
-    # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10 + OrthoMerge 2 models x 2 variants x 5 lambdas x 10
-    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 200
+    # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10
+    # + OrthoMerge 2 models x (col at lambda 1 + both at 5 lambdas) x 10 epochs
+    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 120
     assert grid.Checkpoint("r1-14b", "lora-r4-mlp.om-both-l1.175", 10) in checkpoints
+    assert {c.run for c in checkpoints if ".om-col" in c.run} == {"lora-r4-mlp.om-col-l1"}
+
+
+def test_code_benchmarks_evaluate_vanilla_lora_and_orthomerge_both_only(paper, repo):
+    """Figure 5b/d: of Section 5.2's methods only OrthoMerge-both is run on HumanEval+/MBPP+."""
+    config = prepared(paper, repo)
+    section52 = {"reg-col", "reg-both", "lora-r4-mlp.om-col-l1"} | {
+        f"lora-r4-mlp.om-both-l{lam}" for lam in ("1", "1.15", "1.175", "1.2", "1.25")}
+    pairs = grid.evaluations(config)
+    for bench in ("humaneval", "mbpp"):
+        runs = {c.run for c, b in pairs if b == bench}
+        assert runs & section52 == {r for r in section52 if ".om-both-" in r}
+        assert {"base", "full", "lora-r4-mlp"} <= runs
+    for bench in ("strongreject", "aime", "gpqa"):
+        assert {c for c, b in pairs if b == bench} == set(grid.checkpoints(config))
+    for bench in ("humaneval", "mbpp"):
+        config["benchmarks"][bench]["runs"] = "all"
+    assert len(grid.evaluations(config)) == len(grid.checkpoints(config)) * len(config["benchmarks"])
 
 
 def test_paper_batches_follow_appendix_a5(paper, repo):
@@ -95,8 +114,8 @@ def test_recipe_hash_changes_with_one_setting(paper, repo):
 def test_runs_meta_names_methods(paper, repo):
     meta = grid.runs_meta(prepared(paper, repo))
     assert meta["reg-both"]["method"] == "reg-both"
-    assert meta["lora-r4-mlp.om-col-l1.15"] == {
-        "method": "om-col", "rank": 4, "targets": "mlp", "lambda": 1.15, "source": "lora-r4-mlp"}
+    assert meta["lora-r4-mlp.om-both-l1.15"] == {
+        "method": "om-both", "rank": 4, "targets": "mlp", "lambda": 1.15, "source": "lora-r4-mlp"}
 
 
 def _set(path, value):
@@ -147,7 +166,9 @@ BAD_CONFIGS = [
     ("OrthoMerge of a full run", _set(["orthomerge", "sources"], ["full"]), "not a LoRA run"),
     ("OrthoMerge of an unknown run", _set(["orthomerge", "sources"], ["lora-r3"]), "unknown run 'lora-r3'"),
     ("OrthoMerge epoch past the end", _set(["orthomerge", "epochs"], [11]), "not [11]"),
-    ("zero lambda", _set(["orthomerge", "lambdas"], [0]), "orthomerge/lambdas/0"),
+    ("zero lambda", _set(["orthomerge", "variants", "both"], [0]), "orthomerge/variants/both/0"),
+    ("row-only OrthoMerge", _set(["orthomerge", "variants", "row"], [1.0]), "orthomerge/variants"),
+    ("benchmark selecting an unknown run", _set(["benchmarks", "mbpp", "runs"], ["lora-r4-mlp.om-row"]), "unknown run(s) ['lora-r4-mlp.om-row']"),
     ("missing data path", _set(["benchmarks", "aime", "source", "jsonl"], "data/missing.jsonl"), "file not found: data/missing.jsonl"),
     ("missing training file", _set(["training_data", "sources", "direct_refusal"], {"path": "nope.jsonl", "prompt_field": "p", "response_field": "r"}), "file not found: nope.jsonl"),
     ("unknown training source", _set(["training_data", "source"], "beavertails"), "training_data.source"),

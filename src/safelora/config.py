@@ -281,6 +281,14 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
                 raise ConfigError(f"{key}.source.{field}: file not found: {source[field]}")
         if bench["kind"] == "code" and "evalplus" not in source:
             raise ConfigError(f"{key}.source: a code benchmark needs an 'evalplus' source")
+        if bench["runs"] != "all":
+            families = {orthomerge_family(om.source, om.variant) for om in orthomerge_runs(config)}
+            unknown = [r for r in bench["runs"] if r not in set(all_run_names(config)) | families]
+            if unknown:
+                raise ConfigError(
+                    f"{key}.runs: unknown run(s) {unknown} (a run name, an OrthoMerge run or a family "
+                    f"'<source>.om-<variant>')"
+                )
         if bench["sampling"]["temperature"] == 0 and bench["sampling"]["n"] > 1:
             raise ConfigError(f"{key}.sampling: n > 1 with greedy decoding gives identical samples")
 
@@ -319,11 +327,17 @@ def orthomerge_runs(config: dict[str, Any]) -> list[OrthoMergeRun]:
     if not merge:
         return []
     return [
-        OrthoMergeRun(name=f"{source}.om-{variant}-l{_format_lambda(lam)}", source=source, variant=variant, lam=lam)
+        OrthoMergeRun(name=f"{orthomerge_family(source, variant)}-l{_format_lambda(lam)}", source=source,
+                      variant=variant, lam=lam)
         for source in merge["sources"]
-        for variant in merge["variants"]
-        for lam in merge["lambdas"]
+        for variant, lambdas in merge["variants"].items()
+        for lam in lambdas
     ]
+
+
+def orthomerge_family(source: str, variant: str) -> str:
+    """`<source>.om-<variant>`: the OrthoMerge runs of one source and variant, every λ."""
+    return f"{source}.om-{variant}"
 
 
 def _format_lambda(lam: float) -> str:
@@ -353,6 +367,22 @@ def checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
             for epoch in _select_epochs(merge.get("epochs", "all"), run_epochs(config, om.source)):
                 result.append(Checkpoint(model, om.name, epoch))
     return result
+
+
+def benchmark_evaluates(config: dict[str, Any], benchmark: str, run: str) -> bool:
+    """Whether `benchmarks.<benchmark>.runs` selects this run (a name, or an OrthoMerge family)."""
+    selection = config["benchmarks"][benchmark]["runs"]
+    if selection == "all":
+        return True
+    if is_orthomerge(run):
+        om = orthomerge_run(config, run)
+        return run in selection or orthomerge_family(om.source, om.variant) in selection
+    return run in selection
+
+
+def evaluations(config: dict[str, Any]) -> list[tuple[Checkpoint, str]]:
+    """Every (checkpoint, benchmark) pair that is scored, in checkpoint then benchmark order."""
+    return [(c, b) for c in checkpoints(config) for b in config["benchmarks"] if benchmark_evaluates(config, b, c.run)]
 
 
 def analysis_checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
