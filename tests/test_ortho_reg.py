@@ -15,6 +15,7 @@ from safelora.ortho_reg import (
     base_weight_name,
     load_cached_svd,
     ortho_penalty_factored,
+    span_penalty_factored,
     truncated_svd,
 )
 
@@ -96,6 +97,18 @@ def test_zero_update_gives_zero_penalty_and_finite_zero_gradient(mode):
     B = torch.zeros_like(B, requires_grad=True)
     u, s, vh = torch.linalg.svd(W, full_matrices=False)
     penalty = ortho_penalty_factored(A, B, 4.0, u, s, vh.T, torch.linalg.matrix_norm(W), mode)
+    assert penalty.item() == 0.0
+    grad_a, grad_b = torch.autograd.grad(penalty, (A, B))
+    assert torch.all(grad_a == 0) and torch.all(grad_b == 0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("mode", ["col", "both"])
+def test_span_penalty_at_zero_update_is_zero_with_zero_gradient(mode, normalize):
+    W, A, B = factors()
+    B = torch.zeros_like(B, requires_grad=True)
+    u, s, vh = torch.linalg.svd(W, full_matrices=False)
+    penalty = span_penalty_factored(A, B, u[:, :5], s[:5], vh[:5].T, mode, normalize=normalize)
     assert penalty.item() == 0.0
     grad_a, grad_b = torch.autograd.grad(penalty, (A, B))
     assert torch.all(grad_a == 0) and torch.all(grad_b == 0)
