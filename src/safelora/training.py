@@ -3,9 +3,10 @@
 `parallelism: model_split` (the paper code's layout): one process, the model split over the job's
 GPUs by `device_map="auto"`; `data_parallel`: one process per GPU (DDP or DeepSpeed). Either way
 the configured global batch is kept by gradient accumulation derived from the world size.
-Resumable trainer state lives in a state folder keyed by the recipe hash, outside Snakemake's outputs, so a rerun or requeue after a crash, SIGTERM
-(SLURM preemption) or SIGKILL resumes from the last saved state. At each epoch end the model
-(full) or adapter (LoRA) is published atomically as `epoch-<e>/`; the manifest is written last.
+Resumable trainer state lives in a state folder keyed by the recipe hash, outside Snakemake's
+outputs, so a rerun or requeue after a crash, SIGTERM (SLURM preemption) or SIGKILL resumes from
+the last saved state. At each epoch end the model (full) or adapter (LoRA) is published
+atomically as `epoch-<e>/`; the manifest is written last.
 """
 
 from __future__ import annotations
