@@ -138,6 +138,11 @@ def train_gpus(wildcards):
     return r["batch"]["gpus"]
 
 
+def train_parallelism(wildcards):
+    """`model_split` (one process over the job's GPUs) or `data_parallel` (one per GPU)."""
+    return recipe(wildcards.model, wildcards.run)["parallelism"]
+
+
 def checkpoint_inputs(wildcards):
     """Files a job needs to load checkpoint (model, run, epoch)."""
     model, run = wildcards.model, wildcards.run
@@ -282,12 +287,19 @@ def score_file(c, benchmark):
     return f"results/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
 
 
+EVALUATIONS = grid.evaluations(config)
+
+
 def all_score_files():
-    return [score_file(c, b) for c in CHECKPOINTS for b in config["benchmarks"]]
+    return [score_file(c, b) for c, b in EVALUATIONS]
 
 
 def expected_checkpoints(wildcards):
-    return stable_json([[c.model, c.run, c.epoch] for c in CHECKPOINTS])
+    benchmarks = {}
+    for c, b in EVALUATIONS:
+        benchmarks.setdefault(c, []).append(b)
+    return stable_json([{"model": c.model, "run": c.run, "epoch": c.epoch, "benchmarks": names}
+                        for c, names in benchmarks.items()])
 
 
 def runs_meta_json(wildcards):
@@ -391,12 +403,7 @@ def prune_inputs(wildcards):
     derived = {
         c.run for c in CHECKPOINTS if grid.is_orthomerge(c.run) and grid.orthomerge_run(config, c.run).source == run
     }
-    scores = [
-        score_file(c, b)
-        for c in CHECKPOINTS
-        if c.model == model and (c.run == run or c.run in derived)
-        for b in config["benchmarks"]
-    ]
+    scores = [score_file(c, b) for c, b in EVALUATIONS if c.model == model and (c.run == run or c.run in derived)]
     analyses = [f for c, f in zip(ANALYSIS_CHECKPOINTS, analysis_files()) if (c.model, c.run) == (model, run)]
     return {"manifest": train_manifest(model, run), "scores": scores, "analyses": analyses}
 

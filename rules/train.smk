@@ -36,9 +36,11 @@ rule train:
         svd=train_svd_arg,
         launcher=workflow_script("launch_train.sh"),
         script=workflow_script("train.py"),
+        parallelism=train_parallelism,
     threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
     # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.
-    # mem_mb: every rank loads the bf16 weights: 14B full, 8 ranks x 28 GB = 224 GB.
+    # mem_mb: sized for the data_parallel option, where every rank loads the bf16 weights (14B full:
+    # 8 ranks x 28 GB = 224 GB); the default model split loads them once.
     # runtime: a longer run is preempted cleanly (SIGTERM -> save -> exit 75 -> retry resumes).
     resources:
         gpu=train_gpus,
@@ -48,7 +50,7 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "bash {params.launcher} {resources.gpu} {resources.nodes}"
+        "bash {params.launcher} {resources.gpu} {resources.nodes} {params.parallelism}"
         " {params.script} --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

@@ -33,11 +33,30 @@ def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     runs = {r["name"]: r for r in config["runs"]}
     assert {"base", "full", "lora-r4-mlp", "lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "reg-col", "reg-both"} <= set(runs)
     assert config["training"]["full"]["epochs"] == 5 and config["training"]["lora"]["epochs"] == 10
-    assert config["orthomerge"]["lambdas"] == [1.0, 1.15, 1.175, 1.2, 1.25]
+    assert config["orthomerge"]["variants"] == {"col": [1.0], "both": [1.0, 1.15, 1.175, 1.2, 1.25]}
     checkpoints = grid.checkpoints(config)
-    # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10 + OrthoMerge 2 models x 2 variants x 5 lambdas x 10
-    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 200
+    # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10
+    # + OrthoMerge 2 models x (col at lambda 1 + both at 5 lambdas) x 10 epochs
+    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 120
     assert grid.Checkpoint("r1-14b", "lora-r4-mlp.om-both-l1.175", 10) in checkpoints
+    assert {c.run for c in checkpoints if ".om-col" in c.run} == {"lora-r4-mlp.om-col-l1"}
+
+
+def test_code_benchmarks_evaluate_vanilla_lora_and_orthomerge_both_only(paper, repo):
+    """Figure 5b/d: of Section 5.2's methods only OrthoMerge-both is run on HumanEval+/MBPP+."""
+    config = prepared(paper, repo)
+    section52 = {"reg-col", "reg-both", "lora-r4-mlp.om-col-l1"} | {
+        f"lora-r4-mlp.om-both-l{lam}" for lam in ("1", "1.15", "1.175", "1.2", "1.25")}
+    pairs = grid.evaluations(config)
+    for bench in ("humaneval", "mbpp"):
+        runs = {c.run for c, b in pairs if b == bench}
+        assert runs & section52 == {r for r in section52 if ".om-both-" in r}
+        assert {"base", "full", "lora-r4-mlp"} <= runs
+    for bench in ("strongreject", "aime", "gpqa"):
+        assert {c for c, b in pairs if b == bench} == set(grid.checkpoints(config))
+    for bench in ("humaneval", "mbpp"):
+        config["benchmarks"][bench]["runs"] = "all"
+    assert len(grid.evaluations(config)) == len(grid.checkpoints(config)) * len(config["benchmarks"])
 
 
 def test_paper_batches_follow_appendix_a5(paper, repo):
@@ -50,9 +69,23 @@ def test_paper_batches_follow_appendix_a5(paper, repo):
     assert (full14["batch"]["gpus"], full14["batch"]["per_device_batch"]) == (8, 1)
     assert (lora7["batch"]["gpus"], lora7["batch"]["per_device_batch"]) == (2, 2)
     assert (lora14["batch"]["gpus"], lora14["batch"]["per_device_batch"]) == (4, 2)
-    assert full7["deepspeed"]["stage"] == 3 and lora7["deepspeed"] is None
+    assert full7["deepspeed"] is None and lora7["deepspeed"] is None
+    assert {r["parallelism"] for r in (full7, full14, lora7, lora14)} == {"model_split"}
+    assert (full7["mixed_precision"], lora7["mixed_precision"]) == ("bf16", "fp16")
     assert lora7["lora"] == {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.05}
     assert lora7["learning_rate"] == full7["learning_rate"] == 5e-5
+
+
+def test_paper_code_steps_per_epoch(paper, repo):
+    """The paper code's README evaluates 10-epoch LoRA-14B at checkpoint-500 ... 5000: 500 steps per epoch
+    on DirectRefusal's 1,000 rows at global batch 2; the data-parallel reading of A.5 gives 125."""
+    config = prepared(paper, repo)
+    lora14 = grid.training_recipe(config, "r1-14b", "lora-r4-mlp")
+    ranks = grid.data_parallel_ranks(lora14["parallelism"], lora14["batch"]["gpus"])
+    assert ranks == 1 and grid.steps_per_epoch(1000, lora14["batch"], ranks) == 500
+    ddp = {**lora14["batch"], "global_batch": 8}
+    assert grid.steps_per_epoch(1000, ddp, grid.data_parallel_ranks("data_parallel", 4)) == 125
+    assert grid.steps_per_epoch(999, {"gpus": 2, "per_device_batch": 2, "global_batch": 4}, 2) == 250
 
 
 def test_gradient_accumulation_keeps_the_global_batch():
@@ -81,8 +114,8 @@ def test_recipe_hash_changes_with_one_setting(paper, repo):
 def test_runs_meta_names_methods(paper, repo):
     meta = grid.runs_meta(prepared(paper, repo))
     assert meta["reg-both"]["method"] == "reg-both"
-    assert meta["lora-r4-mlp.om-col-l1.15"] == {
-        "method": "om-col", "rank": 4, "targets": "mlp", "lambda": 1.15, "source": "lora-r4-mlp"}
+    assert meta["lora-r4-mlp.om-both-l1.15"] == {
+        "method": "om-both", "rank": 4, "targets": "mlp", "lambda": 1.15, "source": "lora-r4-mlp"}
 
 
 def _set(path, value):
@@ -123,14 +156,19 @@ BAD_CONFIGS = [
     ("rank vLLM cannot serve", _append_run({"name": "x", "method": "lora", "rank": 1024, "targets": "mlp", "models": ["r1-7b"]}), "exceeds the largest LoRA rank"),
     ("rank on a full run", _append_run({"name": "x", "method": "full", "rank": 4, "models": ["r1-7b"]}), "LoRA runs only"),
     ("unknown ortho mode", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "row"}}), "ortho_reg/mode"),
+    ("span option on the paper formula", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "col", "normalize": True}}), "formula 'span' only"),
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
-    ("GPUs that do not divide the global batch", _set(["training", "full", "per_model", "7B", "gpus"], 3), "not a multiple"),
+    ("per-device batch that does not divide the global batch", _set(["training", "full", "per_model", "7B", "per_device_batch"], 3), "not a multiple"),
+    ("GPUs that do not divide a data-parallel global batch", _set(["training", "full", "parallelism"], "data_parallel"), "4 process(es)"),
+    ("DeepSpeed in one process", _set(["training", "full", "deepspeed"], {"stage": 3}), "needs parallelism 'data_parallel'"),
     ("size without batch settings", _set(["models", "r1-7b", "size"], "8B"), "no entry for size '8B'"),
     ("unknown override key", _append_run({"name": "x", "method": "full", "models": ["r1-7b"], "overrides": {"lr": 1}}), "overrides"),
     ("OrthoMerge of a full run", _set(["orthomerge", "sources"], ["full"]), "not a LoRA run"),
     ("OrthoMerge of an unknown run", _set(["orthomerge", "sources"], ["lora-r3"]), "unknown run 'lora-r3'"),
     ("OrthoMerge epoch past the end", _set(["orthomerge", "epochs"], [11]), "not [11]"),
-    ("zero lambda", _set(["orthomerge", "lambdas"], [0]), "orthomerge/lambdas/0"),
+    ("zero lambda", _set(["orthomerge", "variants", "both"], [0]), "orthomerge/variants/both/0"),
+    ("row-only OrthoMerge", _set(["orthomerge", "variants", "row"], [1.0]), "orthomerge/variants"),
+    ("benchmark selecting an unknown run", _set(["benchmarks", "mbpp", "runs"], ["lora-r4-mlp.om-row"]), "unknown run(s) ['lora-r4-mlp.om-row']"),
     ("missing data path", _set(["benchmarks", "aime", "source", "jsonl"], "data/missing.jsonl"), "file not found: data/missing.jsonl"),
     ("missing training file", _set(["training_data", "sources", "direct_refusal"], {"path": "nope.jsonl", "prompt_field": "p", "response_field": "r"}), "file not found: nope.jsonl"),
     ("unknown training source", _set(["training_data", "source"], "beavertails"), "training_data.source"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -14,6 +15,7 @@ from safelora.ortho_reg import (
     base_weight_name,
     load_cached_svd,
     ortho_penalty_factored,
+    span_penalty_factored,
     truncated_svd,
 )
 
@@ -95,6 +97,18 @@ def test_zero_update_gives_zero_penalty_and_finite_zero_gradient(mode):
     B = torch.zeros_like(B, requires_grad=True)
     u, s, vh = torch.linalg.svd(W, full_matrices=False)
     penalty = ortho_penalty_factored(A, B, 4.0, u, s, vh.T, torch.linalg.matrix_norm(W), mode)
+    assert penalty.item() == 0.0
+    grad_a, grad_b = torch.autograd.grad(penalty, (A, B))
+    assert torch.all(grad_a == 0) and torch.all(grad_b == 0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("mode", ["col", "both"])
+def test_span_penalty_at_zero_update_is_zero_with_zero_gradient(mode, normalize):
+    W, A, B = factors()
+    B = torch.zeros_like(B, requires_grad=True)
+    u, s, vh = torch.linalg.svd(W, full_matrices=False)
+    penalty = span_penalty_factored(A, B, u[:, :5], s[:5], vh[:5].T, mode, normalize=normalize)
     assert penalty.item() == 0.0
     grad_a, grad_b = torch.autograd.grad(penalty, (A, B))
     assert torch.all(grad_a == 0) and torch.all(grad_b == 0)
@@ -185,11 +199,11 @@ def test_base_weight_name_strips_peft_prefix():
 
 
 @pytest.mark.parametrize("mode", ["col", "both"])
-def test_model_penalty_is_mean_of_dense_layer_penalties(mode):
+def test_model_penalty_is_sum_of_dense_layer_penalties(mode):
     model, _ = tiny_peft_model(MLP + ATTN)
     randomize_lora_b(model)
     # rank 64 + oversample 64 covers every matrix: the SVD is exact, W_k = W_I.
-    reg = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0))
+    reg = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0))  # default: sum
     dense = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A"):
@@ -203,9 +217,47 @@ def test_model_penalty_is_mean_of_dense_layer_penalties(mode):
     for name in dense:
         torch.testing.assert_close(per_layer[name], dense[name], rtol=1e-4, atol=0)
     all_dense = torch.stack(list(dense.values()))
-    torch.testing.assert_close(reg.penalty(), all_dense.mean(), rtol=1e-4, atol=0)
-    summed = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0, reduction="sum"))
-    torch.testing.assert_close(summed.penalty(), all_dense.sum(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(reg.penalty(), all_dense.sum(), rtol=1e-4, atol=0)
+    mean = OrthoRegularizer(model, OrthoRegConfig(mode=mode, rank=64, oversample=64, beta=2.0, reduction="mean"))
+    torch.testing.assert_close(mean.penalty(), all_dense.mean(), rtol=1e-4, atol=0)
+
+
+def dense_span_penalty(A, B, W, k, mode, weighted, normalize):
+    """The paper code's penalty (models.py) in plain numpy, every matrix materialized: spans from
+    the rank-k SVD of W, ΔW = B·A without LoRA scaling, eps 1e-12 as the module's."""
+    u, s, vh = np.linalg.svd(W, full_matrices=False)
+    d = np.diag(s[:k]) if weighted else np.eye(k)
+    span_c, span_r = d @ u[:, :k].T, vh[:k].T @ d
+    if normalize:
+        span_c, span_r = span_c / np.linalg.norm(span_c), span_r / np.linalg.norm(span_r)
+    delta = B @ A
+    product = span_c @ delta if mode == "col" else span_c @ delta @ span_r
+    penalty = np.linalg.norm(product) ** 2
+    return penalty / (np.linalg.norm(delta) ** 2 + 1e-12) if normalize else penalty
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("mode", ["col", "both"])
+def test_span_variants_match_dense_numpy_reference(mode, weighted, normalize):
+    """Each of the paper code's variants, per layer and summed over a model's LoRA layers."""
+    model, _ = tiny_peft_model(MLP + ATTN)
+    randomize_lora_b(model)
+    k = 8
+    config = OrthoRegConfig(mode=mode, rank=k, oversample=64, beta=3.0, formula="span",
+                            weighted=weighted, normalize=normalize)
+    reg = OrthoRegularizer(model, config)  # oversample 64 covers every matrix: exact SVD, truncated to k
+    dense = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A"):
+            A, B, W = (t.detach().double().numpy() for t in (
+                module.lora_A["default"].weight, module.lora_B["default"].weight, module.base_layer.weight))
+            dense[base_weight_name(name)] = 3.0 * dense_span_penalty(A, B, W, k, mode, weighted, normalize)
+    per_layer = reg.per_layer()
+    assert per_layer.keys() == dense.keys()
+    for name, want in dense.items():
+        np.testing.assert_allclose(per_layer[name].item(), want, rtol=1e-4)
+    np.testing.assert_allclose(reg.penalty().item(), sum(dense.values()), rtol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["col", "both"])
@@ -254,6 +306,10 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError):
         OrthoRegConfig(reduction="max")
     with pytest.raises(ValueError):
+        OrthoRegConfig(formula="dense")
+    with pytest.raises(ValueError, match="formula='span' only"):
+        OrthoRegConfig(normalize=True)
+    with pytest.raises(ValueError):
         OrthoRegConfig(rank=0)
     with pytest.raises(ValueError):
         OrthoRegConfig(eps=0.0)
@@ -285,7 +341,7 @@ def one_step_lora_weights(tmp_path, batch, accumulation, beta, max_steps=1):
     )
     trainer = OrthoSFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-        processing_class=tiny_tokenizer(), ortho=OrthoRegConfig(mode="both", rank=8, beta=beta),
+        processing_class=tiny_tokenizer(), ortho=OrthoRegConfig(mode="both", rank=8, beta=beta, reduction="mean"),
     )
     trainer.train()
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

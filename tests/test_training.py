@@ -16,6 +16,7 @@ from safelora.training import PREEMPTED_EXIT_CODE, TrainPaths
 BASE_RECIPE = {
     "model": "tiny", "dtype": "float32", "seed": 7, "epochs": 2, "learning_rate": 1e-3, "weight_decay": 1e-4,
     "lr_scheduler": "cosine", "warmup_steps": 0, "gradient_checkpointing": False, "deepspeed": None,
+    "parallelism": "model_split", "mixed_precision": "bf16", "completion_only_loss": True,
     "data": {"max_length": 128}, "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
 }
 LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
@@ -74,7 +75,8 @@ def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
 @pytest.mark.parametrize("mode", ["col", "both"])
 def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8})
+    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "formula": "paper",
+                                        "weighted": True, "normalize": False, "reduction": "sum"})
     assert training.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
@@ -155,6 +157,22 @@ def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp
     assert not state.exists()  # nothing shared on disk
 
 
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_loss_scope_switch(tmp_path, tiny_model, train_data, completion_only):
+    """completion_only_loss masks the prompt out of the labels; off, every real token is a label
+    (TRL 0.15/0.16's behaviour on prompt/completion data, see docs/training.md)."""
+    p = paths(tmp_path, tiny_model, train_data)
+    exporter = training.EpochExporter(p.checkpoint_dir, tokenizer=None, is_main=True)
+    world = training.WorldInfo(world_size=1, rank=0, local_rank=0)
+    trainer = training.build_trainer(recipe("lora", completion_only_loss=completion_only), p, world, exporter)
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled, tokens = int((batch["labels"] != -100).sum()), int(batch["attention_mask"].sum())
+    if completion_only:
+        assert 0 < labelled < tokens
+    else:
+        assert labelled == tokens
+
+
 @pytest.mark.slow
 def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, train_data, repo):
     """One gloo process, as torchrun sets it up, through the real CLI. It runs in a subprocess:
@@ -166,7 +184,8 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
     import yaml
 
     recipe_path = tmp_path / "recipe.yaml"
-    r = recipe("full", epochs=1, deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
+    r = recipe("full", epochs=1, parallelism="data_parallel",
+               deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
     recipe_path.write_text(yaml.safe_dump(r))
     p = paths(tmp_path, tiny_model, train_data)
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

@@ -26,4 +26,4 @@ def test_help_runs_and_imports_nothing_heavy(script):
 def test_train_launcher_is_executable_and_documented():
     launcher = SCRIPTS[0].parent / "launch_train.sh"
     assert launcher.stat().st_mode & 0o111
-    assert "Usage: launch_train.sh GPUS NODES SCRIPT" in launcher.read_text()
+    assert "Usage: launch_train.sh GPUS NODES PARALLELISM SCRIPT" in launcher.read_text()

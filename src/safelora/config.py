@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 
 from dataclasses import dataclass
 from importlib import resources
@@ -180,6 +181,9 @@ def _check_runs(config: dict[str, Any]) -> None:
                     f"(known: {', '.join(config['lora_targets'])})"
                 )
             vllm_lora_rank(run["rank"], where=f"{key}.rank")
+            reg = run.get("ortho_reg")
+            if reg and reg["formula"] == "paper" and (not reg["weighted"] or reg["normalize"]):
+                raise ConfigError(f"{key}.ortho_reg: weighted and normalize apply to formula 'span' only")
         elif any(field in run for field in ("rank", "targets", "ortho_reg")):
             raise ConfigError(f"{key}: rank, targets and ortho_reg apply to LoRA runs only")
         if run["method"] in ("full", "lora"):
@@ -187,19 +191,37 @@ def _check_runs(config: dict[str, Any]) -> None:
 
 
 def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> None:
-    per_model = config["training"][run["method"]]["per_model"]
+    settings = method_settings(config, run)
+    per_model = settings["per_model"]
+    where = f"training.{run['method']}"
+    if settings.get("deepspeed") and settings["parallelism"] != "data_parallel":
+        raise ConfigError(f"{key}: {where}.deepspeed needs parallelism 'data_parallel' (one process per GPU)")
+    if settings.get("deepspeed") and settings["mixed_precision"] != "bf16":
+        raise ConfigError(f"{key}: {where}.deepspeed runs bf16 only; set mixed_precision 'bf16'")
     for model in run["models"]:
         size = config["models"][model]["size"]
         if size not in per_model:
-            raise ConfigError(
-                f"{key}: training.{run['method']}.per_model has no entry for size '{size}' of model '{model}'"
-            )
+            raise ConfigError(f"{key}: {where}.per_model has no entry for size '{size}' of model '{model}'")
         batch = per_model[size]
-        if batch["global_batch"] % (batch["gpus"] * batch["per_device_batch"]):
+        ranks = data_parallel_ranks(settings["parallelism"], batch["gpus"])
+        if batch["global_batch"] % (ranks * batch["per_device_batch"]):
             raise ConfigError(
-                f"training.{run['method']}.per_model.{size}: global_batch {batch['global_batch']} is not a "
-                f"multiple of gpus x per_device_batch = {batch['gpus'] * batch['per_device_batch']}"
+                f"{where}.per_model.{size}: global_batch {batch['global_batch']} is not a multiple of "
+                f"{ranks} process(es) x per_device_batch {batch['per_device_batch']} "
+                f"(parallelism '{settings['parallelism']}')"
             )
+
+
+def data_parallel_ranks(parallelism: str, gpus: int) -> int:
+    """Training processes of a job: one for `model_split` (the model spans its GPUs), else one per GPU."""
+    return 1 if parallelism == "model_split" else gpus
+
+
+def steps_per_epoch(rows: int, batch: dict[str, int], ranks: int) -> int:
+    """Optimizer steps per epoch as the Trainer counts them (the sampler pads each rank's share)."""
+    accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
+    micro_batches = math.ceil(math.ceil(rows / ranks) / batch["per_device_batch"])
+    return math.ceil(micro_batches / accumulation)
 
 
 def vllm_lora_rank(rank: int, where: str = "rank") -> int:
@@ -275,6 +297,14 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
                 raise ConfigError(f"{key}.source.{field}: file not found: {source[field]}")
         if bench["kind"] == "code" and "evalplus" not in source:
             raise ConfigError(f"{key}.source: a code benchmark needs an 'evalplus' source")
+        if bench["runs"] != "all":
+            families = {orthomerge_family(om.source, om.variant) for om in orthomerge_runs(config)}
+            unknown = [r for r in bench["runs"] if r not in set(all_run_names(config)) | families]
+            if unknown:
+                raise ConfigError(
+                    f"{key}.runs: unknown run(s) {unknown} (a run name, an OrthoMerge run or a family "
+                    f"'<source>.om-<variant>')"
+                )
         if bench["sampling"]["temperature"] == 0 and bench["sampling"]["n"] > 1:
             raise ConfigError(f"{key}.sampling: n > 1 with greedy decoding gives identical samples")
 
@@ -313,11 +343,17 @@ def orthomerge_runs(config: dict[str, Any]) -> list[OrthoMergeRun]:
     if not merge:
         return []
     return [
-        OrthoMergeRun(name=f"{source}.om-{variant}-l{_format_lambda(lam)}", source=source, variant=variant, lam=lam)
+        OrthoMergeRun(name=f"{orthomerge_family(source, variant)}-l{_format_lambda(lam)}", source=source,
+                      variant=variant, lam=lam)
         for source in merge["sources"]
-        for variant in merge["variants"]
-        for lam in merge["lambdas"]
+        for variant, lambdas in merge["variants"].items()
+        for lam in lambdas
     ]
+
+
+def orthomerge_family(source: str, variant: str) -> str:
+    """`<source>.om-<variant>`: the OrthoMerge runs of one source and variant, every λ."""
+    return f"{source}.om-{variant}"
 
 
 def _format_lambda(lam: float) -> str:
@@ -347,6 +383,22 @@ def checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
             for epoch in _select_epochs(merge.get("epochs", "all"), run_epochs(config, om.source)):
                 result.append(Checkpoint(model, om.name, epoch))
     return result
+
+
+def benchmark_evaluates(config: dict[str, Any], benchmark: str, run: str) -> bool:
+    """Whether `benchmarks.<benchmark>.runs` selects this run (a name, or an OrthoMerge family)."""
+    selection = config["benchmarks"][benchmark]["runs"]
+    if selection == "all":
+        return True
+    if is_orthomerge(run):
+        om = orthomerge_run(config, run)
+        return run in selection or orthomerge_family(om.source, om.variant) in selection
+    return run in selection
+
+
+def evaluations(config: dict[str, Any]) -> list[tuple[Checkpoint, str]]:
+    """Every (checkpoint, benchmark) pair that is scored, in checkpoint then benchmark order."""
+    return [(c, b) for c in checkpoints(config) for b in config["benchmarks"] if benchmark_evaluates(config, b, c.run)]
 
 
 def analysis_checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
@@ -413,7 +465,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: int) -> int:
-    """Accumulation steps that keep the paper's global batch on `world_size` processes."""
+    """Accumulation steps that keep the configured global batch on `world_size` processes."""
     per_step = per_device_batch * world_size
     if global_batch % per_step:
         raise ConfigError(

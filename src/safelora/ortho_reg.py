@@ -1,14 +1,18 @@
 """Orthogonality regularization of LoRA updates against the frozen weights (paper Section 5.2).
 
 For every LoRA-wrapped linear layer with frozen weight W_I (out x in) and update
-ΔW = s·B·A (B: out x r, A: r x in, s = PEFT's `scaling`), the penalty is
+ΔW = s·B·A (B: out x r, A: r x in, s = PEFT's `scaling`), the paper's penalty (`formula="paper"`) is
 
     col:  β·(‖W_Iᵀ ΔW‖_F / (‖W_I‖_F ‖ΔW‖_F))²
     both: col + β·(‖W_I ΔWᵀ‖_F / (‖W_I‖_F ‖ΔW‖_F))²
 
-with W_I replaced by its rank-k approximation U_k S_k V_kᵀ in the numerators, and reduced over
-layers by mean (default) or sum. Everything is computed from k x r and r x r matrices; no
-out x in (or larger) product is ever formed. See docs/ortho_reg.md for the derivation and choices.
+with W_I replaced by its rank-k approximation U_k S_k V_kᵀ in the numerators. The paper code's
+penalty (`formula="span"`, its models.py) is β·‖P_c ΔW‖_F² (col) or β·‖P_c ΔW P_r‖_F² (both, one
+two-sided term) with ΔW = B·A (no LoRA scaling), the span P_c = S_k U_kᵀ, P_r = V_k S_k
+(`weighted`) or U_kᵀ, V_k, each optionally divided by its Frobenius norm with the penalty divided
+by ‖ΔW‖_F² (`normalize`). Layers are summed (default, as the code) or averaged. Everything is
+computed from k x r and r x r matrices; no out x in (or larger) product is ever formed. See
+docs/ortho_reg.md for the derivation and choices.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from trl import SFTTrainer
 
 Mode = Literal["col", "both"]
 Reduction = Literal["mean", "sum"]
+Formula = Literal["paper", "span"]
 
 PEFT_PREFIX = "base_model.model."
 
@@ -39,14 +44,19 @@ class OrthoRegConfig:
     `{param}.U` (out x k'), `{param}.S` (k'), `{param}.V` (in x k') for k' >= rank; without it the
     truncated SVD is computed from the frozen weights with `oversample` extra columns and
     `power_iters` power iterations, seeded by `seed`. `eps` is added to ‖ΔW‖_F² so the ratio is
-    0 (with a zero gradient) at LoRA's initialization, where B = 0.
+    0 (with a zero gradient) at LoRA's initialization, where B = 0. `formula`, `weighted` and
+    `normalize` choose between the paper's penalty and the paper code's (see the module doc);
+    `weighted` and `normalize` apply to `formula="span"` only.
     """
 
     mode: Mode = "both"
     beta: float = 1.0
     rank: int = 64
     svd_cache: str | None = None
-    reduction: Reduction = "mean"
+    reduction: Reduction = "sum"
+    formula: Formula = "paper"
+    weighted: bool = True
+    normalize: bool = False
     eps: float = 1e-12
     oversample: int = 10
     power_iters: int = 4
@@ -57,6 +67,10 @@ class OrthoRegConfig:
             raise ValueError(f"mode must be one of {get_args(Mode)}, got {self.mode!r}")
         if self.reduction not in get_args(Reduction):
             raise ValueError(f"reduction must be one of {get_args(Reduction)}, got {self.reduction!r}")
+        if self.formula not in get_args(Formula):
+            raise ValueError(f"formula must be one of {get_args(Formula)}, got {self.formula!r}")
+        if self.formula == "paper" and (not self.weighted or self.normalize):
+            raise ValueError("weighted=False and normalize=True apply to formula='span' only")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.beta < 0 or self.eps <= 0 or self.oversample < 0 or self.power_iters < 0:
@@ -108,6 +122,45 @@ def ortho_penalty_factored(
         n = S.unsqueeze(-1) * (V.mT @ A.mT)  # (..., k, r)
         row2 = scale2 * _sum_last2((n.mT @ n) * gram_b)
         penalty = penalty + row2.clamp(min=0) / denominator
+    return penalty
+
+
+def span_penalty_factored(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    U: torch.Tensor,
+    S: torch.Tensor,
+    V: torch.Tensor,
+    mode: Mode,
+    weighted: bool = True,
+    normalize: bool = False,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """The paper code's penalty (β = 1) of ΔW = B·A, from factors; shapes as `ortho_penalty_factored`.
+
+    With D = diag(S) (`weighted`) or the identity, P_c = D Uᵀ and P_r = V D:
+    col: ‖P_c ΔW‖² = tr(MᵀM·AAᵀ) with M = D·UᵀB (k x r);
+    both: ‖P_c ΔW P_r‖² = ‖M Nᵀ‖² = tr(MᵀM·NᵀN) with N = D·VᵀAᵀ (k x r).
+    `normalize` divides each span by its Frobenius norm ‖D‖ and the penalty by ‖ΔW‖² + eps.
+    """
+    if mode not in get_args(Mode):
+        raise ValueError(f"mode must be one of {get_args(Mode)}, got {mode!r}")
+    dtype = torch.promote_types(A.dtype, torch.float32)
+    A, B, U, S, V = (t.to(dtype) for t in (A, B, U, S, V))
+    d = S if weighted else torch.ones_like(S)
+    gram_a = A @ A.mT
+    m = d.unsqueeze(-1) * (U.mT @ B)  # (..., k, r)
+    gram_m = m.mT @ m
+    if mode == "col":
+        penalty = _sum_last2(gram_m * gram_a)
+    else:
+        n = d.unsqueeze(-1) * (V.mT @ A.mT)  # (..., k, r)
+        penalty = _sum_last2(gram_m * (n.mT @ n))
+    penalty = penalty.clamp(min=0)
+    if normalize:
+        spans = 1 if mode == "col" else 2
+        delta2 = _sum_last2(gram_a * (B.mT @ B))
+        penalty = penalty / ((d * d).sum(-1) ** spans * (delta2 + eps))
     return penalty
 
 
@@ -230,10 +283,11 @@ class OrthoRegularizer:
             if config.svd_cache is not None
             else {}
         )
-        by_shape: dict[tuple[int, ...], list[tuple[str, LoraLinear, str]]] = {}
+        by_shape: dict[tuple[Any, ...], list[tuple[str, LoraLinear, str]]] = {}
         for name, layer in layers:
             adapter = _adapter_of(layer, name)
-            key = (*layer.base_layer.weight.shape, layer.r[adapter])
+            # per device too: a model split over GPUs (device_map="auto") cannot stack across them
+            key = (*layer.base_layer.weight.shape, layer.r[adapter], str(layer.base_layer.weight.device))
             by_shape.setdefault(key, []).append((name, layer, adapter))
         self.groups = [self._build_group(members, cached) for members in by_shape.values()]
         self.names = [n for g in self.groups for n in g.names]
@@ -278,7 +332,8 @@ class OrthoRegularizer:
 
     def penalty(self) -> torch.Tensor:
         """β·penalty reduced over layers (config.reduction); differentiable w.r.t. the LoRA factors."""
-        total = torch.stack([self._group_penalty(g).sum() for g in self.groups]).sum()
+        sums = [self._group_penalty(g).sum() for g in self.groups]
+        total = torch.stack([t.to(sums[0].device) for t in sums]).sum()
         return total / len(self.names) if self.config.reduction == "mean" else total
 
     def _group_penalty(self, group: _Group) -> torch.Tensor:
@@ -288,9 +343,11 @@ class OrthoRegularizer:
         a, b = torch.stack(a_list), torch.stack(b_list)
         if group.U.device != a.device:
             group.to(a.device)
-        raw = ortho_penalty_factored(
-            a, b, group.scale, group.U, group.S, group.V, group.w_norm, self.config.mode, self.config.eps
-        )
+        cfg = self.config
+        if cfg.formula == "span":
+            raw = span_penalty_factored(a, b, group.U, group.S, group.V, cfg.mode, cfg.weighted, cfg.normalize, cfg.eps)
+        else:
+            raw = ortho_penalty_factored(a, b, group.scale, group.U, group.S, group.V, group.w_norm, cfg.mode, cfg.eps)
         return self.config.beta * raw
 
 
@@ -333,5 +390,5 @@ class OrthoSFTTrainer(SFTTrainer):
         self._metrics["train"]["ortho_penalty"].append(penalty.detach().item())
         if self._loss_is_scaled_for_ga(num_items_in_batch):
             penalty = penalty / self.current_gradient_accumulation_steps
-        loss = loss + penalty.to(loss.dtype)
+        loss = loss + penalty.to(device=loss.device, dtype=loss.dtype)
         return (loss, outputs) if return_outputs else loss

@@ -1,10 +1,12 @@
 """Safety SFT: full fine-tuning (optionally under DeepSpeed ZeRO) and LoRA through one code path.
 
-One process per GPU (the rule launches `torchrun`); the paper's global batch is kept by gradient
-accumulation derived from the world size. Resumable trainer state lives in a state folder keyed
-by the recipe hash, outside Snakemake's outputs, so a rerun or requeue after a crash, SIGTERM
-(SLURM preemption) or SIGKILL resumes from the last saved state. At each epoch end the model
-(full) or adapter (LoRA) is published atomically as `epoch-<e>/`; the manifest is written last.
+`parallelism: model_split` (the paper code's layout): one process, the model split over the job's
+GPUs by `device_map="auto"`; `data_parallel`: one process per GPU (DDP or DeepSpeed). Either way
+the configured global batch is kept by gradient accumulation derived from the world size.
+Resumable trainer state lives in a state folder keyed by the recipe hash, outside Snakemake's
+outputs, so a rerun or requeue after a crash, SIGTERM (SLURM preemption) or SIGKILL resumes from
+the last saved state. At each epoch end the model (full) or adapter (LoRA) is published
+atomically as `epoch-<e>/`; the manifest is written last.
 """
 
 from __future__ import annotations
@@ -82,13 +84,20 @@ def _torch_dtype(name: str, on_gpu: bool) -> Any:
     return getattr(torch, name)
 
 
+def _device_map(recipe: dict[str, Any], on_gpu: bool) -> str | None:
+    """`auto` (split the layers over every visible GPU, as the paper code) for `model_split` on GPUs."""
+    return "auto" if on_gpu and recipe["parallelism"] == "model_split" else None
+
+
 def _load_model_and_tokenizer(recipe: dict[str, Any], base_model: str, on_gpu: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=_torch_dtype(recipe["dtype"], on_gpu))
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=_torch_dtype(recipe["dtype"], on_gpu), device_map=_device_map(recipe, on_gpu)
+    )
     if recipe["method"] == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -110,7 +119,8 @@ def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_g
 
     batch = recipe["batch"]
     accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], world.world_size)
-    bf16 = on_gpu and recipe["dtype"] == "bfloat16"
+    bf16 = on_gpu and recipe["mixed_precision"] == "bf16"
+    fp16 = on_gpu and recipe["mixed_precision"] == "fp16"
     # A dict, built by every rank from the recipe: no file that rank 0 writes while the others read it.
     deepspeed = deepspeed_config(recipe["deepspeed"], bf16) if recipe.get("deepspeed") else None
     return SFTConfig(
@@ -124,10 +134,10 @@ def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_g
         warmup_steps=recipe["warmup_steps"],
         gradient_checkpointing=recipe.get("gradient_checkpointing", False),
         max_length=recipe["data"]["max_length"],
-        completion_only_loss=True,
+        completion_only_loss=recipe["completion_only_loss"],
         packing=False,
         bf16=bf16,
-        fp16=False,
+        fp16=fp16,
         use_cpu=not on_gpu,
         deepspeed=deepspeed,
         save_strategy="epoch",
@@ -376,6 +386,10 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
         mode=reg["mode"],
         beta=reg["beta"],
         rank=reg["k"],
+        formula=reg["formula"],
+        weighted=reg["weighted"],
+        normalize=reg["normalize"],
+        reduction=reg["reduction"],
         svd_cache=str(paths.svd) if paths.svd else None,
         seed=recipe["seed"],
     )

@@ -30,7 +30,7 @@ def tiny_config(model_dir: Path) -> dict:
         config["training"][method]["per_model"] = {"tiny": {"gpus": 1, "per_device_batch": 4, "global_batch": 8}}
     for run in config["runs"]:
         run["models"] = ["tiny"]
-    config["orthomerge"] = {"sources": ["lora-r4-mlp"], "epochs": "last", "variants": ["both"], "k": 8, "lambdas": [1.2]}
+    config["orthomerge"] = {"sources": ["lora-r4-mlp"], "epochs": "last", "variants": {"both": [1.2]}, "k": 8}
     config["analysis"]["svd_rank"] = 16
     config["judges"] = {"tiny_guard": {"kind": "llama_guard", "path": str(model_dir), "max_new_tokens": 4, "version": 1}}
     benchmarks = config["benchmarks"]

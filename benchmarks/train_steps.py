@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Print the global batch and optimizer steps of every training job `snakemake -n` plans.
+
+Each planned `train` job is resolved to its recipe; its process count follows the recipe's
+`parallelism` and the GPU count the profile gives the job. Rows: the recipe's `rows`, else
+DirectRefusal's ~1,000 (the dataset is not available offline: 1,000 is Safety-Tax's construction
+and fits the paper code's README, which evaluates 10-epoch LoRA-14B at checkpoint-500 ... 5000 at
+batch 2). The last column is the data-parallel reading of Appendix A.5 (global batch = GPUs x
+per-device batch) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gpu_hours import REPO, dry_run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles/slurm")
+    args = parser.parse_args()
+
+    import yaml
+
+    sys.path.insert(0, str(REPO / "src"))
+    from safelora import config as grid
+    from safelora.gpu_hours import Assumptions, parse_dryrun
+
+    config = yaml.safe_load(args.configfile.read_text())
+    grid.validate_schema(config)
+    grid.complete_config(config, REPO)
+    jobs = [j for j in parse_dryrun(dry_run(args.configfile, args.profile, [])) if j.rule == "train"]
+    print(f"{len(jobs)} planned train jobs ({args.configfile.name}, profile {args.profile.name})")
+    print("| model | run | GPUs | parallelism | processes | per-device | accumulation | global batch "
+          "| rows | steps/epoch | epochs | steps | DDP reading: global, steps/epoch |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for job in sorted(jobs, key=lambda j: (j.wildcards["model"], j.wildcards["run"])):
+        recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
+        batch = recipe["batch"]
+        rows = recipe["data"].get("rows") or Assumptions().train_rows
+        ranks = grid.data_parallel_ranks(recipe["parallelism"], job.gpus)
+        accumulation = grid.gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
+        steps = grid.steps_per_epoch(rows, batch, ranks)
+        ddp = {**batch, "global_batch": job.gpus * batch["per_device_batch"]}
+        ddp_steps = grid.steps_per_epoch(rows, ddp, job.gpus)
+        print(f"| {recipe['model']} | {recipe['run']} | {job.gpus} | {recipe['parallelism']} | {ranks} "
+              f"| {batch['per_device_batch']} | {accumulation} | {batch['global_batch']} | {rows} | {steps} "
+              f"| {recipe['epochs']} | {steps * recipe['epochs']} | {ddp['global_batch']}, {ddp_steps} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
