@@ -62,6 +62,8 @@ rule judge:
         kind=benchmark_kind,
         backend=config["generation"]["backend"],
         fallback=judge_fallback_arg,
+    group:
+        "judge-{judge}"  # one judge engine for the group's jobs (safelora.engines, docs/engines.md)
     threads: 8
     resources:
         gpu=judge_gpus,
@@ -72,4 +74,5 @@ rule judge:
     shell:
         "python {workflow.basedir}/workflow_scripts/judge.py --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
-        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"
+        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output}"
+        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"  # not a param: reruns nothing

@@ -9,7 +9,6 @@ text an engine of its own gives it.
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ from safelora.generation import (
     run_generation,
 )
 from safelora.io import read_jsonl
+from tiny_model import random_adapter
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -33,22 +33,6 @@ GREEDY = Sampling(n=1, temperature=0, top_p=1.0, max_new_tokens=16, seed=0)
 MAX_MODEL_LEN = 256
 
 
-def _adapter(tiny_model: Path, folder: Path, seed: int, targets: list[str]) -> Any:
-    """A rank-4 PEFT adapter with random (non-zero) A and B, saved with the tokenizer as training
-    exports it; returns the PEFT model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
-    return peft_model
-
-
 @pytest.fixture(scope="module")
 def models(tiny_model: Path, tmp_path_factory) -> dict[str, Path]:
     """The tiny base, rank-4 adapters with random lora_B (MLP; MLP again; MLP+attention), and the
@@ -57,11 +41,11 @@ def models(tiny_model: Path, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("vllm-models")
     mlp = ["gate_proj", "up_proj", "down_proj"]
-    peft_model = _adapter(tiny_model, root / "adapter", 1, mlp)
+    peft_model = random_adapter(tiny_model, root / "adapter", 1, mlp)
     peft_model.merge_and_unload().save_pretrained(root / "merged")
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / "merged")
-    _adapter(tiny_model, root / "adapter-2", 2, mlp)
-    _adapter(tiny_model, root / "adapter-3", 3, [*mlp, "q_proj", "k_proj", "v_proj", "o_proj"])
+    random_adapter(tiny_model, root / "adapter-2", 2, mlp)
+    random_adapter(tiny_model, root / "adapter-3", 3, [*mlp, "q_proj", "k_proj", "v_proj", "o_proj"])
     return {"base": tiny_model, "adapter": root / "adapter", "merged": root / "merged",
             "adapter-2": root / "adapter-2", "adapter-3": root / "adapter-3"}
 
