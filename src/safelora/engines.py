@@ -54,9 +54,10 @@ def _weights_version(base: str) -> float:
 
 
 def engine_key(backend_name: str, ref: ModelRef, seed: int, batch_size: int) -> str:
-    """Everything an engine's outputs depend on besides the request, hashed."""
+    """Everything an engine's outputs depend on besides the request, hashed (with the checkout
+    whose code serves it: two checkouts on one node never share an engine)."""
     fields = {"backend": backend_name, "ref": asdict(ref), "seed": seed, "batch_size": batch_size,
-              "weights": _weights_version(ref.base)}
+              "weights": _weights_version(ref.base), "code": str(Path(__file__).resolve())}
     return hashlib.sha256(stable_json(fields).encode()).hexdigest()[:20]
 
 
