@@ -38,7 +38,7 @@ def main() -> int:
     sampling = Sampling(**json.loads(args.sampling))
     # One LoRA slot: a request carries one adapter. Every job of a base asks for the same engine
     # (with LoRA when the grid has LoRA runs of the model), so they can share it.
-    ref = ModelRef(base=args.base, max_loras=1 if settings.get("max_lora_rank") else 0, **settings)
+    ref = ModelRef(base=args.base, max_loras=1 if settings.get("max_lora_rank") or args.adapter else 0, **settings)
     backend = open_backend(args.backend, ref, sampling.seed, args.batch_size, args.engine_idle_s)
     items = read_jsonl(args.items)
     prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
