@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Print the GPU-hours of what `snakemake -n --profile profiles/slurm` would run, per rule."""
+"""Print the GPU-hours of what `snakemake -n --profile profiles/slurm` would run, per rule.
+
+Two tables from the same plan: with an engine started by every generate and judge job, and with
+engines shared within the plan's group jobs, as the workflow runs them (docs/engines.md).
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,11 @@ def main() -> int:
     grid.validate_schema(config)
     grid.complete_config(config, REPO)
     jobs = parse_dryrun(text)
-    print(f"{len(jobs)} planned jobs ({args.configfile.name}, profile {args.profile.name})")
+    groups = len({j.group for j in jobs if j.group is not None})
+    print(f"{len(jobs)} planned jobs in {groups} group jobs ({args.configfile.name}, profile {args.profile.name})")
+    print("\nAn engine per job:")
+    print(format_table(estimate(jobs, config, shared_engines=False)))
+    print("\nEngines shared within group jobs (the plan):")
     print(format_table(estimate(jobs, config)))
     return 0
 

@@ -87,9 +87,10 @@ def measure(args: argparse.Namespace, root: Path) -> None:
 
     dtype = "float32" if args.cpu else "bfloat16"
     max_len = 1024 if args.quick else 2048
-    if args.measure == "unmerged":
-        ref = ModelRef(base=str(root / "base"), adapter=str(root / "adapter"), dtype=dtype,
-                       max_model_len=max_len, max_lora_rank=vllm_lora_rank(args.rank))
+    adapter = str(root / "adapter") if args.measure == "unmerged" else None
+    if adapter:
+        ref = ModelRef(base=str(root / "base"), dtype=dtype, max_model_len=max_len,
+                       max_lora_rank=vllm_lora_rank(args.rank), max_loras=1)
     else:
         ref = ModelRef(base=str(root / "merged"), dtype=dtype, max_model_len=max_len)
     texts = prompts(root, args.prompts)
@@ -97,11 +98,11 @@ def measure(args: argparse.Namespace, root: Path) -> None:
     backend = VLLMBackend(ref, seed=0)
     started = time.perf_counter() - start
     greedy = Sampling(n=1, temperature=0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    backend.generate(texts[:2], greedy, [0, 1])  # warm-up
+    backend.generate(texts[:2], greedy, [0, 1], adapter)  # warm-up (registers the adapter)
     seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        outputs = backend.generate(texts, greedy, list(range(len(texts))))
+        outputs = backend.generate(texts, greedy, list(range(len(texts))), adapter)
         seconds.append(time.perf_counter() - start)
     result = {
         "engine": backend.engine,

@@ -1,4 +1,7 @@
 # Generation per (checkpoint, benchmark) with vLLM (GPU) or transformers (CPU); LoRA served unmerged.
+# One job per output keeps staleness exact; the jobs share one engine per base on a node
+# (safelora.engines), and on SLURM the group below runs several stale jobs of a (model, benchmark)
+# in one allocation on that engine (profiles/slurm: group-components, cores; docs/engines.md).
 
 
 rule generate:
@@ -19,6 +22,8 @@ rule generate:
         model_settings=model_settings,
         version=config["versions"]["generate"],
         script=workflow_script("generate.py"),
+    group:
+        "generate-{model}-{benchmark}"  # shared engine per (model, benchmark) group job (docs/engines.md)
     threads: 8  # vLLM tokenization and detokenization
     # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
     # runtime: 32,768-token reasoning samples; generation resumes by chunks on retry.
@@ -31,4 +36,5 @@ rule generate:
     shell:
         "python {params.script} {params.checkpoint} --items {input.prompts}"
         " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
-        " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"
+        " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output}"
+        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"  # not a param: reruns nothing

@@ -69,6 +69,8 @@ rule judge:
         backend=config["generation"]["backend"],
         fallback=judge_fallback_arg,
         script=workflow_script("judge.py"),
+    group:
+        "judge-{judge}"  # one judge engine for the group's jobs (safelora.engines, docs/engines.md)
     threads: 8
     # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
     resources:
@@ -80,4 +82,5 @@ rule judge:
     shell:
         "python {params.script} --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
-        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"
+        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output}"
+        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"  # not a param: reruns nothing

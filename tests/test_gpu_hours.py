@@ -25,13 +25,21 @@ localrule write_recipe:
         jobid: 7
         wildcards: model=m, run=base, epoch=0, benchmark=b
         resources: tmpdir=/tmp, mem_mb=2000, runtime=10
+    [Sat Nov 28 15:30:54 2026]
+    rule score:
+        jobid: 8
+        wildcards: model=m, run=full, epoch=1, benchmark=b
+[Sat Nov 28 15:30:55 2026]
+rule aggregate:
+    jobid: 9
 Job stats:
 """
 
 
 def test_parse_dryrun_reads_local_and_grouped_jobs():
     jobs = parse_dryrun(LISTING)
-    assert [(j.rule, j.jobid) for j in jobs] == [("write_recipe", 3), ("score", 7)]
+    assert [(j.rule, j.jobid, j.group) for j in jobs] == [
+        ("write_recipe", 3, None), ("score", 7, 1), ("score", 8, 1), ("aggregate", 9, None)]
     assert jobs[0].wildcards == {"model": "m", "run": "lora-r4-mlp"}
     assert jobs[0].resources["slurm_partition"] == "" and jobs[0].gpus == 0
     assert jobs[1].inputs == ("a/x.jsonl", "a/y.jsonl") and jobs[1].outputs == ("results/scores/m/base/epoch-0/b.json",)
@@ -58,24 +66,51 @@ def _assumptions(**overrides):
     return Assumptions(**{**base, **overrides})
 
 
-def _job(rule, gpus, **wildcards):
-    return PlannedJob(rule=rule, jobid=0, wildcards=wildcards, resources={"gpu": str(gpus)})
+def _job(rule, gpus, jobid=0, group=None, **wildcards):
+    return PlannedJob(rule=rule, jobid=jobid, wildcards=wildcards, resources={"gpu": str(gpus)}, group=group)
 
 
 def test_generation_hours_are_tokens_over_throughput_times_gpus(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)  # 10 problems x n=4, capped at 12 new tokens
-    job = _job("generate", 2, model="smollm2", benchmark="arithmetic")
+    job = _job("generate", 2, model="smollm2", run="base", epoch="0", benchmark="arithmetic")
     (row,) = estimate([job], config, _assumptions(engine_start_s=36.0))
     # (36 s + 40 x 12 tokens / (1000 tok/s x 2 GPUs)) x 2 GPUs
     assert row.gpu_hours == pytest.approx(2 * (36 + 480 / 2000) / 3600)
 
 
+def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["benchmarks"]["arithmetic"].update(limit=10)
+    checkpoints = [("base", 0), ("lora-r4-mlp", 1), ("lora-r4-mlp", 2), ("full", 1), ("full", 2)]
+    grouped = [_job("generate", 1, jobid=i, group=1, model="smollm2", run=run, epoch=str(epoch), benchmark="arithmetic")
+               for i, (run, epoch) in enumerate(checkpoints)]
+    alone = _job("generate", 1, jobid=9, model="smollm2", run="lora-r4-mlp", epoch="3", benchmark="arithmetic")
+    a = _assumptions(engine_start_s=36.0)
+    (row,) = estimate([*grouped, alone], config, a)
+    decode_s = 40 * 12 / 1000  # 10 problems x n=4 x 12 tokens at 1000 tok/s on 1 GPU
+    # group 1: the base engine serves base + both LoRA epochs; each full epoch has weights of its own.
+    assert row.engine_starts == 1 + 2 + 1
+    assert row.gpu_hours == pytest.approx((6 * decode_s + 4 * 36) / 3600)
+    (per_job,) = estimate([*grouped, alone], config, a, shared_engines=False)
+    assert per_job.engine_starts == 6 and per_job.gpu_hours == pytest.approx(6 * (decode_s + 36) / 3600)
+
+
+def test_judge_jobs_of_a_group_share_their_judge_engine(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["benchmarks"]["strongreject"].update(limit=50)
+    jobs = [_job("judge", 1, jobid=i, group=g, model="smollm2", run="base", epoch="0", benchmark="strongreject",
+                 judge="guard") for i, g in enumerate([1, 1, 1, 2, None])]
+    (row,) = estimate(jobs, config, _assumptions(judge_start_s=100.0))
+    assert row.engine_starts == 3  # group 1, group 2, the job alone
+    assert row.gpu_hours == pytest.approx((5 * 50 * 210 / 1000 + 3 * 100) / 3600)
+
+
 def test_fallback_judge_reads_only_its_share_of_short_answers(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)
-    guard = _job("judge", 1, model="smollm2", benchmark="strongreject", judge="guard")
-    math_judge = _job("judge", 2, model="smollm2", benchmark="arithmetic", judge="math")
+    guard = _job("judge", 1, jobid=1, model="smollm2", benchmark="strongreject", judge="guard")
+    math_judge = _job("judge", 2, jobid=2, model="smollm2", benchmark="arithmetic", judge="math")
     config["benchmarks"]["strongreject"].update(limit=50)
     (row,) = estimate([guard, math_judge], config, _assumptions())
     guard_s = 50 * (200 + 10) / 1000  # prompt + min(10, 32) completion tokens per sample
@@ -104,5 +139,5 @@ def test_table_lists_rules_gpu_ranges_and_total(demo_config):
     jobs = [_job("train", 2, model="smollm2", run="lora-r4-mlp"), _job("train", 4, model="smollm2", run="full"),
             _job("score", 0)]
     table = format_table(estimate(jobs, demo_config, _assumptions()))
-    assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 |" in table
-    assert table.splitlines()[-1].startswith("| **total** | 3 |")
+    assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 | 0 |" in table
+    assert table.splitlines()[-1].startswith("| **total** | 3 |") and table.splitlines()[-1].endswith("| 0 |")

@@ -145,7 +145,8 @@ def test_workflow_jobs_run_as_slurm_jobs_with_the_requested_gpus(slurm_cluster, 
     by_kind = {}
     for jobid, job in jobs.items():
         assert job["JobState"] == "COMPLETED", job
-        kind = re.match(r"rule_([a-z_]+?)(_wildcards_|$)", job["Comment"]).group(1)
+        # a rule's job: rule_<rule>[_wildcards_...]; a group job: rule_<rule>-<group wildcards>_<rules>
+        kind = re.match(r"rule_([a-z_]+?)(_wildcards_|-|$)", job["Comment"]).group(1)
         by_kind.setdefault(kind, []).append(jobid)
     # Every non-local job was a SLURM job; grade_text and score are local rules (seconds of work
     # each, run by Snakemake itself), so they never became submissions.

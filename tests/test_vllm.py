@@ -3,6 +3,8 @@
 A LoRA request that silently returns base-model output is a known vLLM failure, so the adapter
 here has random (non-zero) lora_B weights and its unmerged output must equal the merged model's
 and differ from the base model's. vLLM's greedy text must also equal transformers' in float32.
+One engine serving several adapters (more than its GPU LoRA slots) must give each adapter the
+text an engine of its own gives it.
 """
 
 import json
@@ -20,6 +22,7 @@ from safelora.generation import (
     run_generation,
 )
 from safelora.io import read_jsonl
+from tiny_model import random_adapter
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -32,33 +35,30 @@ MAX_MODEL_LEN = 256
 
 @pytest.fixture(scope="module")
 def models(tiny_model: Path, tmp_path_factory) -> dict[str, Path]:
-    """The tiny base, a rank-4 MLP adapter with random lora_B, and the adapter merged into the base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The tiny base, rank-4 adapters with random lora_B (MLP; MLP again; MLP+attention), and the
+    first adapter merged into the base."""
+    from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("vllm-models")
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    targets = ["gate_proj", "up_proj", "down_proj"]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(root / "adapter")
+    mlp = ["gate_proj", "up_proj", "down_proj"]
+    peft_model = random_adapter(tiny_model, root / "adapter", 1, mlp)
     peft_model.merge_and_unload().save_pretrained(root / "merged")
-    for folder in ("adapter", "merged"):  # as training exports them: with the tokenizer
-        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / folder)
-    return {"base": tiny_model, "adapter": root / "adapter", "merged": root / "merged"}
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / "merged")
+    random_adapter(tiny_model, root / "adapter-2", 2, mlp)
+    random_adapter(tiny_model, root / "adapter-3", 3, [*mlp, "q_proj", "k_proj", "v_proj", "o_proj"])
+    return {"base": tiny_model, "adapter": root / "adapter", "merged": root / "merged",
+            "adapter-2": root / "adapter-2", "adapter-3": root / "adapter-3"}
 
 
 @pytest.fixture(scope="module")
 def served(models):
-    """One vLLM engine per served model, started on first use."""
+    """One vLLM engine per served model, started on first use: `lora` has one LoRA slot, `multi`
+    two slots for three adapters."""
     pytest.importorskip("vllm", reason=INSTALL)
     refs = {
         "base": ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN),
-        "lora": ModelRef(
-            base=str(models["base"]), adapter=str(models["adapter"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4
-        ),
+        "lora": ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1),
+        "multi": ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=2),
         "merged": ModelRef(base=str(models["merged"]), max_model_len=MAX_MODEL_LEN),
     }
     engines: dict[str, VLLMBackend] = {}
@@ -71,33 +71,36 @@ def served(models):
     return get
 
 
-def greedy_texts(backend) -> list[tuple[str, int, str]]:
-    return [(c.text, c.completion_tokens, c.finish_reason) for [c] in backend.generate(PROMPTS, GREEDY, [0, 1])]
+def greedy_texts(backend, adapter: Path | None = None) -> list[tuple[str, int, str]]:
+    served_with = str(adapter) if adapter else None
+    return [(c.text, c.completion_tokens, c.finish_reason) for [c] in backend.generate(PROMPTS, GREEDY, [0, 1], served_with)]
 
 
 @pytest.mark.slow
-def test_unmerged_adapter_equals_merged_and_differs_from_base(served):
-    lora, merged, base = (greedy_texts(served(name)) for name in ("lora", "merged", "base"))
+def test_unmerged_adapter_equals_merged_and_differs_from_base(served, models):
+    lora = greedy_texts(served("lora"), models["adapter"])
+    merged, base = (greedy_texts(served(name)) for name in ("merged", "base"))
     assert lora == merged
     assert all(a[0] != b[0] for a, b in zip(lora, base)), "the LoRA request returned base-model output"
 
 
 @pytest.mark.slow
 def test_vllm_greedy_equals_transformers_in_float32(served, models):
-    for name, adapter in (("base", None), ("lora", str(models["adapter"]))):
-        reference = TransformersBackend(ModelRef(base=str(models["base"]), adapter=adapter, dtype="float32"))
-        assert greedy_texts(served(name)) == greedy_texts(reference), name
+    reference = TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32"))
+    for name, adapter in (("base", None), ("lora", models["adapter"]), ("base", None)):
+        assert greedy_texts(served(name), adapter) == greedy_texts(reference, adapter), name
 
 
 @pytest.mark.slow
-def test_seeded_sampling_does_not_depend_on_chunking(served, tmp_path):
+def test_seeded_sampling_does_not_depend_on_chunking(served, models, tmp_path):
     """Per-request seeds: the same records whether prompts run one by one or all together."""
     backend = served("lora")
     sampling = Sampling(n=2, temperature=0.8, top_p=0.95, max_new_tokens=8, seed=7)
     prompts = PROMPTS + PROMPTS[:1]
     outputs = []
     for chunk_size in (1, 3):
-        job = GenerationJob([f"p{i}" for i in range(3)], prompts, sampling, chunk_size, {"chunk_size": chunk_size})
+        job = GenerationJob([f"p{i}" for i in range(3)], prompts, sampling, chunk_size, {"chunk_size": chunk_size},
+                            adapter=str(models["adapter"]))
         run_generation(job, backend, tmp_path / f"chunks-{chunk_size}.jsonl")
         outputs.append(read_jsonl(tmp_path / f"chunks-{chunk_size}.jsonl"))
     assert outputs[0] == outputs[1]
@@ -105,6 +108,26 @@ def test_seeded_sampling_does_not_depend_on_chunking(served, tmp_path):
     assert len(records) == 6 and records[0]["engine"].startswith("vllm==0.32")
     assert records[0]["text"] != records[4]["text"], "same prompt, different position: different seed"
     assert all(0 < r["completion_tokens"] <= 8 and r["prompt_tokens"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_one_engine_serving_several_adapters_equals_one_engine_per_adapter(served, models):
+    """Three adapters (one on attention too) and the base, interleaved on one engine with two LoRA
+    slots (so adapters are swapped out and back in), each against an engine of its own."""
+    names = ["adapter", "adapter-2", "adapter-3"]
+    alone = {"adapter": greedy_texts(served("lora"), models["adapter"]), "base": greedy_texts(served("base"))}
+    for name in names[1:]:
+        own = VLLMBackend(ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1), 0)
+        alone[name] = greedy_texts(own, models[name])
+        del own
+    multi = served("multi")
+    order = ["adapter", "base", "adapter-2", "adapter-3", "adapter", "adapter-2"]
+    shared = [(name, greedy_texts(multi, models.get(name) if name != "base" else None)) for name in order]
+    for name, texts in shared:
+        print(f"{name}: shared engine {[t for t, _, _ in texts]} | own engine {[t for t, _, _ in alone[name]]}")
+        assert texts == alone[name], name
+    assert len({tuple(texts) for texts in alone.values()}) == 4, "every adapter (and the base) writes its own text"
+    assert len(multi.lora_requests) == 3
 
 
 def test_adapter_rank_reads_rank_pattern(tmp_path):
@@ -125,7 +148,7 @@ def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(model
     compute_base_svd(models["base"], svd, k=16)
     merged_adapter = tmp_path / "om-both"
     orthomerge_adapter(models["adapter"], svd, merged_adapter, variant="both", lam=1.2, k=16)
-    ref = ModelRef(base=str(models["base"]), adapter=str(merged_adapter), max_model_len=MAX_MODEL_LEN, max_lora_rank=4)
-    vllm_texts = greedy_texts(VLLMBackend(ref, seed=0))
-    hf_texts = greedy_texts(TransformersBackend(ModelRef(base=str(models["base"]), adapter=str(merged_adapter), dtype="float32")))
+    ref = ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1)
+    vllm_texts = greedy_texts(VLLMBackend(ref, seed=0), merged_adapter)
+    hf_texts = greedy_texts(TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32")), merged_adapter)
     assert [t for t, _, _ in vllm_texts] == [t for t, _, _ in hf_texts]

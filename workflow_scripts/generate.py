@@ -22,6 +22,8 @@ def main() -> int:
     parser.add_argument("--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank")
     parser.add_argument("--out", required=True)
     parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
+    parser.add_argument("--engine-idle-s", type=float, default=0,
+                        help="share the node's engine for --base, which exits after this many idle seconds (0: own engine)")
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
@@ -32,12 +34,15 @@ def main() -> int:
         require_checkpoint(checkpoint)
 
     from safelora.data import render_prompt
-    from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, make_backend, run_generation
+    from safelora.engines import open_backend
+    from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, run_generation
     from safelora.io import read_jsonl
     settings = json.loads(args.model_settings)
     sampling = Sampling(**json.loads(args.sampling))
-    ref = ModelRef(base=args.base, adapter=args.adapter, **settings)
-    backend = make_backend(args.backend, ref, sampling.seed, args.batch_size)
+    # One LoRA slot: a request carries one adapter. Every job of a base asks for the same engine
+    # (with LoRA when the grid has LoRA runs of the model), so they can share it.
+    ref = ModelRef(base=args.base, max_loras=1 if settings.get("max_lora_rank") or args.adapter else 0, **settings)
+    backend = open_backend(args.backend, ref, sampling.seed, args.batch_size, args.engine_idle_s)
     items = read_jsonl(args.items)
     prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
     ids = [str(item["id"]) for item in items]
@@ -47,6 +52,7 @@ def main() -> int:
         prompts=prompts,
         sampling=sampling,
         chunk_size=args.chunk_size,
+        adapter=args.adapter,
         fingerprint={"model": args.base, "adapter": args.adapter, "prompts": prompts, "sampling": json.loads(args.sampling),
                      "engine": backend.engine, "mtime": _mtime(args.base, args.adapter)},
     )

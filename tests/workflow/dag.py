@@ -87,3 +87,12 @@ def planned_jobs(workdir: Path) -> Counter:
             rule, count = line.split()
             counts[rule] = int(count)
     return counts
+
+
+def planned(workdir: Path) -> list:
+    """Jobs a dry run would execute, with their wildcards and outputs (safelora.gpu_hours parses them)."""
+    from safelora.gpu_hours import parse_dryrun
+
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return parse_dryrun(result.stdout)

@@ -1,11 +1,13 @@
 """The whole DAG on a tiny real model: trains, evaluates, analyzes, aggregates; reruns are exact."""
 
 import json
+import os
+import time
 
 import pytest
 import yaml
 
-from dag import FAKE_TOKEN, planned_jobs, snakemake, tiny_config, write_config
+from dag import FAKE_TOKEN, planned, planned_jobs, snakemake, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,25 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
         score.write_text(original)
     # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
     assert jobs == {"aggregate": 1, "figure": 7, "all": 1}
+
+
+@pytest.mark.slow
+def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
+    """The base, LoRA and OrthoMerge checkpoints of a base share one engine, but staleness stays per
+    (checkpoint, benchmark): a rewritten OrthoMerge adapter replans its own generations only."""
+    adapter = finished_run / "results/orthomerge/tiny/lora-r4-mlp.om-both-l1.2/epoch-2"
+    files = [adapter, *adapter.iterdir()]  # with Snakemake's .snakemake_timestamp
+    original = {f: f.stat() for f in files}
+    future = time.time() + 60
+    for f in files:
+        os.utime(f, (future, future))
+    try:
+        jobs = planned(finished_run)
+    finally:
+        for f, st in original.items():
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    generated = sorted(out for job in jobs if job.rule == "generate" for out in job.outputs)
+    assert generated == [f"results/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
+                         for benchmark in ("arithmetic", "humaneval", "strongreject")]
+    evaluated = {job.wildcards["run"] for job in jobs if job.rule in ("judge", "grade_text", "execute_code", "score")}
+    assert evaluated == {"lora-r4-mlp.om-both-l1.2"}
