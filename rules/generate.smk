@@ -33,8 +33,9 @@ rule generate:
         runtime=720,
     conda:
         "../envs/vllm.yaml"
+    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
         "python {params.script} {params.checkpoint} --items {input.prompts}"
         " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
         " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output}"
-        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"  # not a param: reruns nothing
+        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"

@@ -20,6 +20,7 @@ rule grade_text:
         runtime=15,
     conda:
         "../envs/eval.yaml"
+    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
         "python {params.script} --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
@@ -83,4 +84,4 @@ rule judge:
         "python {params.script} --judge {params.judge:q} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} {params.fallback}"
         " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output}"
-        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"  # not a param: reruns nothing
+        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"
