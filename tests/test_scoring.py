@@ -185,7 +185,7 @@ def test_is_refusal(text: str, refused: bool) -> None:
 def test_math_judge_round_trip() -> None:
     messages = math_judge_messages("Find x.", "073", "73")
     assert messages[0]["role"] == "user"
-    assert "073" in messages[0]["content"] and "True or False" in messages[0]["content"]
+    assert messages[0]["content"].endswith("Problem: Find x.\nCorrect Answer: 073\nModel's Generated Answer: 73\nYour judgement:")
     assert parse_true_false("True") is True
     assert parse_true_false("  false.\n") is False
     assert parse_true_false("**TRUE**") is True

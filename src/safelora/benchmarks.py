@@ -38,7 +38,8 @@ def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
         items = _table_items(source)
     template = bench.get("prompt_template")
     if template:
-        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, i.meta) for i in items]
+        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, {**i.meta, "problem": i.prompt})
+                 for i in items]
     if bench.get("limit"):
         items = items[: bench["limit"]]
     _check_items(name, items)

@@ -119,18 +119,16 @@ def extract_last_number(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-MATH_JUDGE_TEMPLATE = """You are grading the final answer of a competition math problem.
-
-Problem:
-{problem}
-
-Reference answer: {gold}
-
-Student's final answer: {answer}
-
-Is the student's final answer mathematically equivalent to the reference answer? Ignore \
-formatting differences (LaTeX, leading zeros, units written or omitted). Reply with exactly \
-one word: True or False."""
+# The paper code's judge prompt (lm-evaluation-harness/math_metric_llm_eval_general.py, after
+# Small-Model-Learnability-Gap), sent as the user turn: Qwen2.5's chat template adds the same
+# default system prompt ("You are Qwen, created by Alibaba Cloud. ...") that the code writes out.
+MATH_JUDGE_TEMPLATE = (
+    "Given a math problem, its correct answer, and the model's generated answer, determine if the "
+    "model's generated answer is correct. Respond with 'True' if the answer is correct and 'False' "
+    "if it is incorrect. Directly provide your judgement 'True' or 'False' without any other "
+    "description.\nProblem: {problem}\nCorrect Answer: {gold}\nModel's Generated Answer: {answer}\n"
+    "Your judgement:"
+)
 
 
 def math_judge_messages(problem: str, gold: str, response_answer: str) -> list[dict[str, str]]:
