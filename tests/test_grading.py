@@ -36,6 +36,16 @@ def test_choice_grader_uses_the_final_letter():
     assert v["value"] == 1.0 and v["raw"] == "C"
 
 
+def test_gpqa_verdicts_are_samples_of_the_question():
+    """Items are question x shuffle seed; verdicts are filed as seeds x n samples of the question."""
+    items = [{"id": f"q@{seed}", "prompt": "p", "answer": "AB"[seed],
+              "meta": {"question": "q", "shuffle_seed": seed, "sample_offset": 2 * seed}} for seed in (0, 1)]
+    gens = [gen(f"q@{seed}", "Final Answer: \\boxed{B}", j) for seed in (0, 1) for j in (0, 1)]
+    verdicts = grade_text("choice_regex", "multiple_choice", gens, items)
+    assert [(v["prompt_id"], v["sample_index"], v["value"]) for v in verdicts] == [
+        ("q", 0, 0.0), ("q", 1, 0.0), ("q", 2, 1.0), ("q", 3, 1.0)]
+
+
 def test_unknown_prompt_id_is_an_error():
     with pytest.raises(KeyError, match="unknown prompt id 'z'"):
         grade_text("refusal_match", "safety", [gen("z", "x")], [{"id": "a", "prompt": "p"}])

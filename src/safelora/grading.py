@@ -93,9 +93,18 @@ def grade_text(grader: str, kind: str, generations: list[dict[str, Any]], items:
     for gen in generations:
         if gen["prompt_id"] not in by_id:
             raise KeyError(f"generation for unknown prompt id '{gen['prompt_id']}'")
-        value, label, raw = grade(gen, by_id[gen["prompt_id"]], kind)
-        results.append(verdict(gen, grader, value, label, raw))
+        item = by_id[gen["prompt_id"]]
+        value, label, raw = grade(gen, item, kind)
+        results.append(verdict(_as_sample_of_question(gen, item), grader, value, label, raw))
     return results
+
+
+def _as_sample_of_question(gen: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """A GPQA generation as a sample of its question (items are question x shuffle seed)."""
+    meta = item.get("meta") or {}
+    if "question" not in meta:
+        return gen
+    return {**gen, "prompt_id": meta["question"], "sample_index": meta["sample_offset"] + gen["sample_index"]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,39 +150,38 @@ def parse_true_false(output: str) -> bool | None:
 # --------------------------------------------------------------------------------------------
 # GPQA
 
-# The paper's Appendix A.3 prompt, line breaks as printed there.
-GPQA_TEMPLATE = """You are solving a multiple-choice question. At the end, present your
-final answer using the format: Final Answer: \\boxed{{X}}, where X is
-one of A, B, C, or D.
-Question: {question}
-Choices:
-(A) {choice1}
-(B) {choice2}
-(C) {choice3}
-(D) {choice4}"""
-
 LETTERS = "ABCD"
 
 
-def gpqa_prompt(question: str, choices: list[str]) -> str:
+def gpqa_prompt(template: str, question: str, choices: list[str]) -> str:
+    """The GPQA user message: `template` with ``{question}`` and ``{choice1}``..``{choice4}``."""
     if len(choices) != len(LETTERS):
         raise ValueError(f"GPQA needs {len(LETTERS)} choices, got {len(choices)}")
-    return GPQA_TEMPLATE.format(question=question, **{f"choice{i + 1}": c for i, c in enumerate(choices)})
+    return template.format(question=question, **{f"choice{i + 1}": c for i, c in enumerate(choices)})
 
 
-def shuffle_choices(correct: str, incorrect: list[str], seed: int, item_id: str) -> tuple[list[str], str]:
-    """Choices in a deterministic per-(seed, item) order, and the letter of the correct one.
+def clean_choice(text: str | None) -> str:
+    """A GPQA choice as the paper code's lm-eval task cleans it (gpqa utils.py ``preprocess``).
 
-    ``random.Random`` seeded with a string hashes it with SHA-512, so the order does not depend
-    on PYTHONHASHSEED or the platform.
+    That version also deletes every ``[...]`` span, which lm-eval removed in 2026 (PRs #3691,
+    #3735) because it corrupts answers such as ``ln(2) = [ (T_1 - T_2) / (T1*T2)]``; kept here
+    to reproduce the paper's prompts (``choice_cleaning: paper_code``).
     """
+    if text is None:
+        return " "
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def shuffle_choices(rng: random.Random, correct: str, incorrect: list[str]) -> tuple[list[str], str]:
+    """The paper code's shuffle: ``[incorrect 1-3, correct]`` shuffled by `rng`, the letter found
+    by value (``choices.index(correct)``: the first of equal choices)."""
     if len(incorrect) != len(LETTERS) - 1:
         raise ValueError(f"GPQA needs {len(LETTERS) - 1} incorrect choices, got {len(incorrect)}")
-    order = list(range(len(LETTERS)))
-    random.Random(f"gpqa:{seed}:{item_id}").shuffle(order)
-    pool = [correct, *incorrect]
-    choices = [pool[i] for i in order]
-    return choices, LETTERS[order.index(0)]
+    choices = [*incorrect, correct]
+    rng.shuffle(choices)
+    return choices, LETTERS[choices.index(correct)]
 
 
 _LETTER = "([A-D])"
