@@ -187,9 +187,10 @@ def shuffle_choices(rng: random.Random, correct: str, incorrect: list[str]) -> t
 _LETTER = "([A-D])"
 _FINAL_ANSWER_BOXED = re.compile(r"Final\s+Answer\s*:?\s*\\boxed\s*\{\s*(?:\\text\{\s*)?\(?" + _LETTER + r"\)?")
 _BOXED_LETTER = re.compile(r"^(?:\\text(?:bf)?\{)?\s*\(?" + _LETTER + r"\)?\s*\}?(?:[.:)]|\s|$)")
+# "answer" in any case, the letter in capitals only: "answer: a" is more often an article than
+# a choice (lighteval and the paper code's lm-eval filters do not read lower-case letters either).
 _ANSWER_PHRASE = re.compile(
-    r"answer\s+is\s*:?\s*\**\s*\(?" + _LETTER + r"\b\)?|answer\s*:\s*\**\s*\(?" + _LETTER + r"\b\)?",
-    flags=re.IGNORECASE,
+    r"(?i:answer)\s+is\s*:?\s*\**\s*\(?" + _LETTER + r"\b\)?|(?i:answer)\s*:\s*\**\s*\(?" + _LETTER + r"\b\)?"
 )
 _PAREN_LETTER = re.compile(r"\(" + _LETTER + r"\)")
 
