@@ -187,8 +187,10 @@ def bench(wildcards):
 
 
 def benchmark_spec(wildcards):
-    keys = ("kind", "source", "limit", "prompt_template", "shuffle_seed")
-    return stable_json({k: v for k, v in bench(wildcards).items() if k in keys})
+    keys = ("kind", "source", "limit", "prompt_template", "shuffle_seeds", "choice_cleaning")
+    spec = {k: v for k, v in bench(wildcards).items() if k in keys}
+    # samples per item: GPQA numbers a question's samples across its shuffle seeds
+    return stable_json({**spec, "sampling": {"n": bench(wildcards)["sampling"]["n"]}})
 
 
 def sampling(wildcards):

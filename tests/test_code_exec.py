@@ -59,13 +59,20 @@ def test_canonical_passes_and_wrong_fails(humaneval: dict) -> None:
         {"task_id": "HumanEval/0", "sample_index": 1,
          "solution": f"def {entry}(numbers, threshold):\n    return False\n"},
         {"task_id": "HumanEval/0", "sample_index": 2, "solution": "this is not python"},
+        # wrong on the base inputs only: its plus tests pass, but EvalPlus counts no plus pass
+        {"task_id": "HumanEval/0", "sample_index": 3, "solution": (
+            canonical(humaneval, "HumanEval/0")["solution"]
+            + f"\n_base = {humaneval['HumanEval/0']['base_input']!r}\n_right = {entry}\n"
+            f"def {entry}(numbers, threshold):\n"
+            "    return (not _right(numbers, threshold)) if [numbers, threshold] in _base else _right(numbers, threshold)\n")},
     ]
     results = evaluate_solutions("humaneval", humaneval, solutions, plus_limit=50, workers=2)
     assert [(r["task_id"], r["sample_index"]) for r in results] == [
         (s["task_id"], s["sample_index"]) for s in solutions]
     assert [(r["base_pass"], r["plus_pass"]) for r in results] == [
-        (True, True), (True, True), (False, False), (False, False)]
-    assert results[2]["status"] == "fail"
+        (True, True), (True, True), (False, False), (False, False), (False, False)]
+    assert results[2]["status"] == "base_fail"
+    assert results[4]["status"] == "base_fail"
 
 
 def test_mbpp_canonical_passes() -> None:
@@ -113,7 +120,7 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
     )
     plus, base = read_jsonl(out), read_jsonl(out_base)
     assert [(v["grader"], v["value"], v["label"]) for v in plus] == [
-        ("evalplus_plus", 1.0, "pass"), ("evalplus_plus", 0.0, "fail")]
+        ("evalplus_plus", 1.0, "pass"), ("evalplus_plus", 0.0, "base_fail")]
     assert [(v["grader"], v["value"]) for v in base] == [("evalplus_base", 1.0), ("evalplus_base", 0.0)]
     assert "def below_zero" in plus[0]["raw"] and "<think>" not in plus[0]["raw"]
 
@@ -122,21 +129,3 @@ def test_cli_help_is_instant() -> None:
     out = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--help"],
                          capture_output=True, text=True, check=True)
     assert "--out-base" in out.stdout
-
-
-@pytest.mark.slow
-def test_every_canonical_humaneval_solution_passes_base(humaneval: dict) -> None:
-    solutions = [canonical(humaneval, t) for t in humaneval]
-    results = evaluate_solutions("humaneval", humaneval, solutions, base_only=True, workers=2)
-    # EvalPlus 0.3.1's special oracle for find_zero (HumanEval/32) `continue`s past its progress
-    # counter, so untrusted_check reports every solution of that task as failed, even the
-    # canonical one (checked outside the sandbox too). Every other task must pass.
-    assert [r["task_id"] for r in results if not r["base_pass"]] == ["HumanEval/32"]
-
-
-@pytest.mark.slow
-def test_canonical_humaneval_sample_passes_all_plus_inputs(humaneval: dict) -> None:
-    sample = list(humaneval)[1::16]  # 11 tasks (not HumanEval/32, see above), every plus input
-    results = evaluate_solutions("humaneval", humaneval, [canonical(humaneval, t) for t in sample],
-                                 workers=2)
-    assert [r["task_id"] for r in results if not (r["base_pass"] and r["plus_pass"])] == []

@@ -180,6 +180,7 @@ BAD_CONFIGS = [
     ("top_p above 1", _set(["benchmarks", "aime", "sampling", "top_p"], 1.5), "sampling/top_p"),
     ("unparseable share above 1", _set(["max_unparseable_share"], 2), "max_unparseable_share"),
     ("analysis of the base run", _set(["analysis", "runs"], ["base"]), "not a training run"),
+    ("AIME judge policy on a refusal judge", _set(["judges", "qwen_refusal", "unboxed"], "incorrect"), "judges/qwen_refusal"),
 ]
 
 

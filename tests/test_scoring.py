@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
+from pathlib import Path
 
 import pytest
 
+from safelora.benchmarks import gpqa_items
+from safelora.config import load_config
 from safelora.scoring import (
+    clean_choice,
     cohen_kappa,
     extract_boxed,
     extract_choice_letter,
@@ -102,26 +107,77 @@ def test_extract_last_number() -> None:
     assert extract_last_number("none") is None
 
 
-def test_gpqa_prompt_is_the_papers() -> None:
-    prompt = gpqa_prompt("What is 2+2?", ["3", "4", "5", "6"])
-    assert prompt == (
-        "You are solving a multiple-choice question. At the end, present your\n"
-        "final answer using the format: Final Answer: \\boxed{X}, where X is\n"
-        "one of A, B, C, or D.\n"
-        "Question: What is 2+2?\n"
-        "Choices:\n(A) 3\n(B) 4\n(C) 5\n(D) 6"
-    )
+# The paper code's GPQA task (lm-evaluation-harness/lm_eval/tasks/gpqa/better_prompt/
+# _gpqa_better_prompt_yaml), doc_to_text as YAML decodes it, Jinja fields renamed.
+PAPER_CODE_GPQA = ("You are solving a multiple-choice question. At the end, present your final answer using the "
+                   "format: Final Answer: \\boxed{X}, where X is one of A, B, C, or D.\n\nQuestion: {{Question}}\n"
+                   "Choices:\n(A) {{choice1}}\n(B) {{choice2}}\n(C) {{choice3}}\n(D) {{choice4}}\n\n")
+
+
+def _paper_code_process_docs(rows: list[dict], seed: int) -> list[dict]:
+    """The code's utils.process_docs (lm-eval gpqa, 2025 version with the [...] regex), after
+    lm-eval's random.seed(seed): the reference the project's items must reproduce."""
+    import re
+
+    def preprocess(text):
+        if text is None:
+            return " "
+        text = text.strip()
+        text = text.replace(" [title]", ". ")
+        text = re.sub("\\[.*?\\]", "", text)
+        text = text.replace("  ", " ")
+        return text
+
+    state = random.getstate()
+    random.seed(seed)
+    docs = []
+    for doc in rows:
+        choices = [preprocess(doc["Incorrect Answer 1"]), preprocess(doc["Incorrect Answer 2"]),
+                   preprocess(doc["Incorrect Answer 3"]), preprocess(doc["Correct Answer"])]
+        random.shuffle(choices)
+        docs.append({"Question": doc["Question"], "choices": choices,
+                     "answer": "ABCD"[choices.index(preprocess(doc["Correct Answer"]))]})
+    random.setstate(state)
+    return docs
+
+
+GPQA_ROWS = [
+    {"Record ID": f"rec{i}", "Question": f" Which is {i}?\n", "Correct Answer": f"right {i} ",
+     "Incorrect Answer 1": f"w1 [title] {i}", "Incorrect Answer 2": f"spiro[4.5]decane {i}",
+     "Incorrect Answer 3": f"w3  {i}"}
+    for i in range(12)
+]
+
+
+def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters() -> None:
+    config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+    bench = config["benchmarks"]["gpqa"]
+    items = gpqa_items(GPQA_ROWS, bench)
+    assert len(items) == len(GPQA_ROWS) * len(bench["shuffle_seeds"]) == 96
+    by_id = {item.id: item for item in items}
+    for seed in bench["shuffle_seeds"]:
+        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, seed)):
+            item = by_id[f"{row['Record ID']}@{seed}"]
+            expected = PAPER_CODE_GPQA.replace("{{Question}}", doc["Question"])
+            for k, choice in enumerate(doc["choices"], start=1):
+                expected = expected.replace("{{choice%d}}" % k, choice)
+            assert item.prompt == expected
+            assert item.answer == doc["answer"]
+            assert item.meta == {"question": row["Record ID"], "shuffle_seed": seed, "sample_offset": seed}
+    assert "spirodecane 0\n" in items[0].prompt and not any("[4.5]" in i.prompt for i in items)  # the code drops [4.5]
+    assert {item.answer for item in items} == set("ABCD")
+    stripped = gpqa_items(GPQA_ROWS, {**bench, "choice_cleaning": "strip"})
+    assert "spiro[4.5]decane 0" in stripped[0].prompt
+
+
+def test_gpqa_letter_is_found_by_value_as_in_the_code() -> None:
+    # Cleaning can make choices equal (lm-eval PR #3691: one GPQA Diamond question's four
+    # choices all become "ln(2) ="); the code then names the first equal choice.
+    assert clean_choice(" a [title] b  c ") == "a. b c" and clean_choice(None) == " "
+    choices, letter = shuffle_choices(random.Random(0), "same", ["same", "x", "y"])
+    assert letter == "ABCD"[choices.index("same")]
     with pytest.raises(ValueError):
-        gpqa_prompt("q", ["1", "2", "3"])
-
-
-def test_shuffle_choices_is_deterministic_and_tracks_the_answer() -> None:
-    choices, letter = shuffle_choices("right", ["w1", "w2", "w3"], seed=0, item_id="rec1")
-    assert (choices, letter) == shuffle_choices("right", ["w1", "w2", "w3"], seed=0, item_id="rec1")
-    assert sorted(choices) == ["right", "w1", "w2", "w3"]
-    assert choices["ABCD".index(letter)] == "right"
-    letters = {shuffle_choices("right", ["w1", "w2", "w3"], seed=s, item_id="rec1")[1] for s in range(40)}
-    assert letters == set("ABCD")  # the position really varies with the seed
+        gpqa_prompt("{question}", "q", ["1", "2", "3"])
 
 
 @pytest.mark.parametrize(
@@ -185,7 +241,7 @@ def test_is_refusal(text: str, refused: bool) -> None:
 def test_math_judge_round_trip() -> None:
     messages = math_judge_messages("Find x.", "073", "73")
     assert messages[0]["role"] == "user"
-    assert "073" in messages[0]["content"] and "True or False" in messages[0]["content"]
+    assert messages[0]["content"].endswith("Problem: Find x.\nCorrect Answer: 073\nModel's Generated Answer: 73\nYour judgement:")
     assert parse_true_false("True") is True
     assert parse_true_false("  false.\n") is False
     assert parse_true_false("**TRUE**") is True

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safelora.data import DataError, read_table
-from safelora.scoring import gpqa_prompt, shuffle_choices
+from safelora.scoring import clean_choice, gpqa_prompt, shuffle_choices
 
 
 
@@ -33,12 +34,16 @@ def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
     if "evalplus" in source:
         items = _evalplus_items(source)
     elif "hub" in source and bench["kind"] == "multiple_choice":
-        items = _gpqa_items(source, bench.get("shuffle_seed", 0))
+        from datasets import load_dataset
+
+        rows = load_dataset(source["hub"], source.get("config"), split=source.get("split", "train"))
+        items = gpqa_items(list(rows), bench)
     else:
         items = _table_items(source)
     template = bench.get("prompt_template")
-    if template:
-        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, i.meta) for i in items]
+    if template and bench["kind"] != "multiple_choice":
+        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, {**i.meta, "problem": i.prompt})
+                 for i in items]
     if bench.get("limit"):
         items = items[: bench["limit"]]
     _check_items(name, items)
@@ -99,17 +104,30 @@ def _evalplus_items(source: dict[str, Any]) -> list[BenchmarkItem]:
     return items
 
 
-def _gpqa_items(source: dict[str, Any], seed: int) -> list[BenchmarkItem]:
-    from datasets import load_dataset
+def gpqa_items(rows: list[dict[str, Any]], bench: dict[str, Any]) -> list[BenchmarkItem]:
+    """One item per (question, shuffle seed), as the paper code's lm-eval GPQA task builds them.
 
-    rows = load_dataset(source["hub"], source.get("config"), split=source.get("split", "train"))
+    For each seed in ``shuffle_seeds`` (the code: its sampling seeds, one lm-eval run each), one
+    ``random.Random(seed)`` shuffles the choices of every question in dataset order, as
+    ``random.seed(seed)`` followed by the task's ``process_docs`` does. The question is used as
+    stored; the choices are cleaned by ``clean_choice`` (``choice_cleaning: paper_code``) or only
+    stripped (``strip``). Item ids are ``<Record ID>@<seed>``; graders file sample j of an item
+    as sample ``meta.sample_offset + j`` of ``meta.question``, so scores see one problem per
+    question with seeds x n samples.
+    """
+    clean = clean_choice if bench.get("choice_cleaning", "paper_code") == "paper_code" else str.strip
+    n = bench["sampling"]["n"]
     items = []
-    for index, row in enumerate(rows):
-        item_id = str(row.get("Record ID", index))
-        incorrect = [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
-        choices, letter = shuffle_choices(row["Correct Answer"].strip(), incorrect, seed, item_id)
-        prompt = gpqa_prompt(row["Question"].strip(), choices)
-        items.append(BenchmarkItem(id=item_id, prompt=prompt, answer=letter, meta={"shuffle_seed": seed}))
+    for position, seed in enumerate(bench["shuffle_seeds"]):
+        rng = random.Random(seed)
+        for index, row in enumerate(rows):
+            question_id = str(row.get("Record ID", index))
+            incorrect = [clean(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
+            choices, letter = shuffle_choices(rng, clean(row["Correct Answer"]), incorrect)
+            prompt = gpqa_prompt(bench["prompt_template"], row["Question"], choices)
+            items.append(BenchmarkItem(id=f"{question_id}@{seed}", prompt=prompt, answer=letter,
+                                       meta={"question": question_id, "shuffle_seed": seed,
+                                             "sample_offset": position * n}))
     return items
 
 

@@ -109,8 +109,10 @@ def evaluate_solutions(
     One sandbox runs one task with all its samples; its wall-clock limit is a ground-truth budget
     plus `timeout_s` per sample (EvalPlus's own per-test limits apply inside). `plus_limit` keeps
     only the first plus inputs (tests only; None runs all). Returns, in input order, dicts with
-    ``task_id``, ``sample_index``, ``base_pass``, ``plus_pass`` and ``status`` (the plus status, or
-    the base status when base_only); statuses are EvalPlus's pass/fail/timeout or
+    ``task_id``, ``sample_index``, ``base_pass``, ``plus_pass``, ``base_status`` and ``status``.
+    As in ``evalplus.evaluate`` (its "base + extra tests" pass@k), a plus pass needs the base tests
+    to pass too; ``status`` is the plus status, ``base_<status>`` where the base tests did not
+    pass, or the base status when base_only. Statuses are EvalPlus's pass/fail/timeout or
     sandbox_timeout/sandbox_error.
     """
     if dataset not in DATASETS:
@@ -137,11 +139,15 @@ def evaluate_solutions(
     rows = {}
     for task_id, results in outcomes.items():
         for r in results:
-            plus_status = r["base_status"] if base_only else r["plus_status"]
+            base_pass = r["base_status"] == "pass"
+            if base_only:
+                status = r["base_status"]
+            else:
+                status = r["plus_status"] if base_pass else f"base_{r['base_status']}"
             rows[task_id, r["sample_index"]] = {
                 "task_id": task_id, "sample_index": r["sample_index"],
-                "base_pass": r["base_status"] == "pass", "plus_pass": plus_status == "pass",
-                "base_status": r["base_status"], "status": plus_status,
+                "base_pass": base_pass, "plus_pass": status == "pass",
+                "base_status": r["base_status"], "status": status,
             }
     return [rows[s["task_id"], s["sample_index"]] for s in solutions]
 

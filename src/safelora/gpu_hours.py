@@ -125,10 +125,10 @@ class Assumptions:
 
 
 def samples(config: dict[str, Any], benchmark: str) -> int:
-    """Generated samples of one benchmark: problems (or the limit) x n."""
+    """Generated samples of one benchmark: problems (or the limit) x GPQA's shuffle seeds x n."""
     bench = config["benchmarks"][benchmark]
     problems = bench.get("limit") or PROBLEMS[benchmark]
-    return problems * bench["sampling"]["n"]
+    return problems * len(bench.get("shuffle_seeds", [None])) * bench["sampling"]["n"]
 
 
 def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 from safelora.data import render_messages
 from safelora.engines import open_backend
 from safelora.generation import ModelRef, Sampling
-from safelora.grading import judge_messages, parse_judge, samples_to_judge, verdict
+from safelora.grading import judge_messages, parse_judge, settled_without_judge, verdict
 from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
 
@@ -28,7 +28,8 @@ def run_judge(
     generations = read_generations(generations_path, items_path)
     items = {str(item["id"]): item for item in read_jsonl(items_path)}
     fallback = read_jsonl(fallback_path) if fallback_path else None
-    ask, carried = samples_to_judge(generations, fallback)
+    settled = settled_without_judge(spec, generations, fallback)
+    ask = [i for i in range(len(generations)) if i not in settled]
     name = out.stem
     outputs: dict[int, str] = {}
     if ask:
@@ -43,11 +44,11 @@ def run_judge(
         outputs = {i: c[0].text for i, c in zip(ask, completions)}
     verdicts = []
     for i, gen in enumerate(generations):
-        if i in carried:
-            verdicts.append(verdict(gen, name, 1.0, "verified", "passed the backed-up grader"))
+        if i in settled:
+            verdicts.append(verdict(gen, name, *settled[i]))
             continue
-        value, label = parse_judge(spec["kind"], kind, outputs[i])
+        value, label = parse_judge(spec, kind, outputs[i])
         verdicts.append(verdict(gen, name, value, label, outputs[i]))
     atomic_write_jsonl(out, verdicts)
-    unparseable = sum(v["value"] is None for v in verdicts)
+    unparseable = sum(v["label"] == "unparseable" for v in verdicts)
     print(f"{len(verdicts)} verdicts by {name}; {len(ask)} judged; {unparseable} unparseable")

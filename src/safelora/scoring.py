@@ -119,18 +119,16 @@ def extract_last_number(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
-MATH_JUDGE_TEMPLATE = """You are grading the final answer of a competition math problem.
-
-Problem:
-{problem}
-
-Reference answer: {gold}
-
-Student's final answer: {answer}
-
-Is the student's final answer mathematically equivalent to the reference answer? Ignore \
-formatting differences (LaTeX, leading zeros, units written or omitted). Reply with exactly \
-one word: True or False."""
+# The paper code's judge prompt (lm-evaluation-harness/math_metric_llm_eval_general.py, after
+# Small-Model-Learnability-Gap), sent as the user turn: Qwen2.5's chat template adds the same
+# default system prompt ("You are Qwen, created by Alibaba Cloud. ...") that the code writes out.
+MATH_JUDGE_TEMPLATE = (
+    "Given a math problem, its correct answer, and the model's generated answer, determine if the "
+    "model's generated answer is correct. Respond with 'True' if the answer is correct and 'False' "
+    "if it is incorrect. Directly provide your judgement 'True' or 'False' without any other "
+    "description.\nProblem: {problem}\nCorrect Answer: {gold}\nModel's Generated Answer: {answer}\n"
+    "Your judgement:"
+)
 
 
 def math_judge_messages(problem: str, gold: str, response_answer: str) -> list[dict[str, str]]:
@@ -152,47 +150,47 @@ def parse_true_false(output: str) -> bool | None:
 # --------------------------------------------------------------------------------------------
 # GPQA
 
-# The paper's Appendix A.3 prompt, line breaks as printed there.
-GPQA_TEMPLATE = """You are solving a multiple-choice question. At the end, present your
-final answer using the format: Final Answer: \\boxed{{X}}, where X is
-one of A, B, C, or D.
-Question: {question}
-Choices:
-(A) {choice1}
-(B) {choice2}
-(C) {choice3}
-(D) {choice4}"""
-
 LETTERS = "ABCD"
 
 
-def gpqa_prompt(question: str, choices: list[str]) -> str:
+def gpqa_prompt(template: str, question: str, choices: list[str]) -> str:
+    """The GPQA user message: `template` with ``{question}`` and ``{choice1}``..``{choice4}``."""
     if len(choices) != len(LETTERS):
         raise ValueError(f"GPQA needs {len(LETTERS)} choices, got {len(choices)}")
-    return GPQA_TEMPLATE.format(question=question, **{f"choice{i + 1}": c for i, c in enumerate(choices)})
+    return template.format(question=question, **{f"choice{i + 1}": c for i, c in enumerate(choices)})
 
 
-def shuffle_choices(correct: str, incorrect: list[str], seed: int, item_id: str) -> tuple[list[str], str]:
-    """Choices in a deterministic per-(seed, item) order, and the letter of the correct one.
+def clean_choice(text: str | None) -> str:
+    """A GPQA choice as the paper code's lm-eval task cleans it (gpqa utils.py ``preprocess``).
 
-    ``random.Random`` seeded with a string hashes it with SHA-512, so the order does not depend
-    on PYTHONHASHSEED or the platform.
+    That version also deletes every ``[...]`` span, which lm-eval removed in 2026 (PRs #3691,
+    #3735) because it corrupts answers such as ``ln(2) = [ (T_1 - T_2) / (T1*T2)]``; kept here
+    to reproduce the paper's prompts (``choice_cleaning: paper_code``).
     """
+    if text is None:
+        return " "
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def shuffle_choices(rng: random.Random, correct: str, incorrect: list[str]) -> tuple[list[str], str]:
+    """The paper code's shuffle: ``[incorrect 1-3, correct]`` shuffled by `rng`, the letter found
+    by value (``choices.index(correct)``: the first of equal choices)."""
     if len(incorrect) != len(LETTERS) - 1:
         raise ValueError(f"GPQA needs {len(LETTERS) - 1} incorrect choices, got {len(incorrect)}")
-    order = list(range(len(LETTERS)))
-    random.Random(f"gpqa:{seed}:{item_id}").shuffle(order)
-    pool = [correct, *incorrect]
-    choices = [pool[i] for i in order]
-    return choices, LETTERS[order.index(0)]
+    choices = [*incorrect, correct]
+    rng.shuffle(choices)
+    return choices, LETTERS[choices.index(correct)]
 
 
 _LETTER = "([A-D])"
 _FINAL_ANSWER_BOXED = re.compile(r"Final\s+Answer\s*:?\s*\\boxed\s*\{\s*(?:\\text\{\s*)?\(?" + _LETTER + r"\)?")
 _BOXED_LETTER = re.compile(r"^(?:\\text(?:bf)?\{)?\s*\(?" + _LETTER + r"\)?\s*\}?(?:[.:)]|\s|$)")
+# "answer" in any case, the letter in capitals only: "answer: a" is more often an article than
+# a choice (lighteval and the paper code's lm-eval filters do not read lower-case letters either).
 _ANSWER_PHRASE = re.compile(
-    r"answer\s+is\s*:?\s*\**\s*\(?" + _LETTER + r"\b\)?|answer\s*:\s*\**\s*\(?" + _LETTER + r"\b\)?",
-    flags=re.IGNORECASE,
+    r"(?i:answer)\s+is\s*:?\s*\**\s*\(?" + _LETTER + r"\b\)?|(?i:answer)\s*:\s*\**\s*\(?" + _LETTER + r"\b\)?"
 )
 _PAREN_LETTER = re.compile(r"\(" + _LETTER + r"\)")
 
