@@ -217,7 +217,8 @@ def test_generation_never_publishes_a_damaged_file(tmp_path):
 
 RECIPE = {"model": "tiny", "run": "lora", "method": "lora", "dtype": "float32", "seed": 7, "epochs": 2,
           "learning_rate": 1e-3, "weight_decay": 1e-4, "lr_scheduler": "cosine", "warmup_steps": 0,
-          "gradient_checkpointing": False, "deepspeed": None, "data": {"max_length": 128},
+          "gradient_checkpointing": False, "deepspeed": None, "parallelism": "model_split",
+          "mixed_precision": "bf16", "completion_only_loss": True, "data": {"max_length": 128},
           "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
           "lora": {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}}
 # 12 examples, global batch 4: 3 optimizer steps per epoch, trainer checkpoints 3 and 6.
