@@ -85,6 +85,13 @@ def train_data_source(wildcards):
     return stable_json(data["sources"][data["source"]])
 
 
+def train_data_files(wildcards):
+    """The local training data file (none for a hub source): an input, so editing it reruns what it feeds."""
+    data = config["training_data"]
+    source = data["sources"][data["source"]]
+    return [source["path"]] if "path" in source else []
+
+
 def train_manifest(model, run):
     return f"results/train/{model}/{run}/manifest.json"
 
@@ -184,6 +191,12 @@ def model_settings(wildcards):
 
 def bench(wildcards):
     return config["benchmarks"][wildcards.benchmark]
+
+
+def benchmark_data_files(wildcards):
+    """The benchmark's local data files (none for a hub source): inputs, so editing one reruns what it feeds."""
+    source = bench(wildcards)["source"]
+    return [source[key] for key in ("csv", "jsonl", "path") if key in source]
 
 
 def benchmark_spec(wildcards):

@@ -22,6 +22,7 @@ rule prepare_model:
 rule build_train_set:
     input:
         base=base_model_files,
+        data=train_data_files,
     output:
         "results/data/train/{model}.jsonl",
     log:
@@ -44,6 +45,8 @@ rule build_train_set:
 
 
 rule build_benchmark:
+    input:
+        data=benchmark_data_files,
     output:
         "results/data/bench/{benchmark}.jsonl",
     log:

@@ -104,7 +104,8 @@ def read_generations(path: str | os.PathLike[str], items_path: str | os.PathLike
     """Generation records, checked to be exactly the benchmark's items x n samples, once each.
 
     A damaged file (cut, a repeated or foreign record, bad bytes) is renamed to `<name>.damaged`,
-    so the next run of the workflow regenerates it, and the error names the file and line.
+    so no job reads it again and any job that needs it regenerates it, and the error names the
+    file, the line and the command that regenerates it and what was computed from it.
     """
     path = Path(path)
     ids = [str(item["id"]) for item in read_jsonl(items_path)]
@@ -114,7 +115,7 @@ def read_generations(path: str | os.PathLike[str], items_path: str | os.PathLike
     except ValueError as err:
         aside = path.with_name(path.name + ".damaged")
         os.replace(path, aside)
-        raise DamagedFileError(f"{err} (moved to {aside.name}; rerun the workflow to regenerate it)") from err
+        raise DamagedFileError(f"{err} (moved to {aside.name}; regenerate it with: snakemake --forcerun {path})") from err
     return records
 
 

@@ -113,3 +113,52 @@ def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
                          for benchmark in ("arithmetic", "humaneval", "strongreject")]
     evaluated = {job.wildcards["run"] for job in jobs if job.rule in ("judge", "grade_text", "execute_code", "score")}
     assert evaluated == {"lora-r4-mlp.om-both-l1.2"}
+
+
+def edited_plan(workdir, data_file, old, new):
+    """Jobs planned after one edit of `data_file` (Snakemake compares content, not only mtime); the file's
+    bytes and modification time are restored afterwards, so the checkout is left as it was."""
+    original, stat = data_file.read_bytes(), data_file.stat()
+    assert original.count(old) >= 1
+    data_file.write_bytes(original.replace(old, new, 1))
+    try:
+        return planned_jobs(workdir)
+    finally:
+        data_file.write_bytes(original)
+        os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo):
+    jobs = edited_plan(finished_run, repo / "data/demo/arithmetic.jsonl", b'"answer": "14"', b'"answer": "15"')
+    # 5 checkpoints x arithmetic, its one text grader; the table and the figures that read it.
+    assert jobs == {"build_benchmark": 1, "generate": 5, "grade_text": 5, "score": 5, "aggregate": 1, "figure": 7, "all": 1}
+    print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
+
+
+@pytest.mark.slow
+def test_an_edited_training_file_reruns_training_and_not_the_base_model(finished_run, repo):
+    jobs = edited_plan(finished_run, repo / "data/demo/refusals.jsonl", b"I'm sorry", b"I am sorry")
+    # full and LoRA retrain; their 4 checkpoints (OrthoMerge included) x 3 benchmarks regenerate, the base's 3 do not.
+    assert jobs["build_train_set"] == 1 and jobs["train"] == 2 and jobs["generate"] == 12
+    assert "build_benchmark" not in jobs and "base_svd" not in jobs
+    print(f"\nedited data/demo/refusals.jsonl: planned {dict(sorted(jobs.items()))}")
+
+
+@pytest.mark.slow
+def test_a_damaged_generation_file_fails_grading_and_the_named_command_regenerates_it(finished_run):
+    generations = finished_run / "results/generations/tiny/base/epoch-0/arithmetic.jsonl"
+    relative = generations.relative_to(finished_run)
+    original = generations.read_bytes()
+    generations.write_bytes(b"".join(original.splitlines(keepends=True)[:-1]))  # cut at a line end
+    first = snakemake(finished_run, "--cores", "2")
+    log = first.stdout + first.stderr
+    assert first.returncode != 0
+    assert f"DamagedFileError: {relative}: 1 of 6 samples missing (3 items x n=2)" in log
+    assert f"regenerate it with: snakemake --forcerun {relative}" in log
+    assert not generations.exists()  # moved aside: no job reads it again
+    # Snakemake does not rebuild a missing intermediate file whose consumers are up to date: the command named does.
+    second = snakemake(finished_run, "--cores", "2", "--forcerun", str(relative))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert generations.read_bytes() == original
+    assert planned_jobs(finished_run) == {}
