@@ -313,8 +313,9 @@ def expected_checkpoints(wildcards):
     benchmarks = {}
     for c, b in EVALUATIONS:
         benchmarks.setdefault(c, []).append(b)
-    return stable_json([{"model": c.model, "run": c.run, "epoch": c.epoch, "benchmarks": names}
-                        for c, names in benchmarks.items()])
+    return stable_json(
+        [{"model": c.model, "run": c.run, "epoch": c.epoch, "benchmarks": names} for c, names in benchmarks.items()]
+    )
 
 
 def runs_meta_json(wildcards):
