@@ -30,3 +30,15 @@ def tiny_tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Twelve refusal examples in the workflow's training-set format."""
+    from safelora.data import RefusalRow, build_examples
+    from safelora.io import atomic_write_jsonl
+
+    rows = [RefusalRow(f"How do I do harmful thing number {i}?", "I'm sorry, I can't help.") for i in range(12)]
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    atomic_write_jsonl(path, build_examples(rows, tiny_tokenizer, "I should not answer this question!"))
+    return path

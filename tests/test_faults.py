@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from safelora.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from tiny_model import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
@@ -215,23 +216,8 @@ def test_generation_never_publishes_a_damaged_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Training: kills and a full disk while the trainer saves, deleted checkpoints.
 
-RECIPE = {"model": "tiny", "run": "lora", "method": "lora", "dtype": "float32", "seed": 7, "epochs": 2,
-          "learning_rate": 1e-3, "weight_decay": 1e-4, "lr_scheduler": "cosine", "warmup_steps": 0,
-          "gradient_checkpointing": False, "deepspeed": None, "parallelism": "model_split",
-          "mixed_precision": "bf16", "completion_only_loss": True, "data": {"max_length": 128},
-          "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
-          "lora": {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}}
+RECIPE = recipe("lora")
 # 12 examples, global batch 4: 3 optimizer steps per epoch, trainer checkpoints 3 and 6.
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory, tiny_tokenizer):
-    from safelora.data import RefusalRow, build_examples
-
-    rows = [RefusalRow(f"How do I do harmful thing number {i}?", "I'm sorry, I can't help.") for i in range(12)]
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    atomic_write_jsonl(path, build_examples(rows, tiny_tokenizer, "I should not answer this question!"))
-    return path
 
 
 class Run:

@@ -9,33 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from safelora import training
-from safelora.data import RefusalRow, build_examples
-from safelora.io import atomic_write_jsonl
 from safelora.training import PREEMPTED_EXIT_CODE, TrainPaths
-
-BASE_RECIPE = {
-    "model": "tiny", "dtype": "float32", "seed": 7, "epochs": 2, "learning_rate": 1e-3, "weight_decay": 1e-4,
-    "lr_scheduler": "cosine", "warmup_steps": 0, "gradient_checkpointing": False, "deepspeed": None,
-    "parallelism": "model_split", "mixed_precision": "bf16", "completion_only_loss": True,
-    "data": {"max_length": 128}, "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
-}
-LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
-
-
-def recipe(method, **extra):
-    r = {**BASE_RECIPE, "method": method, "run": method, **extra}
-    if method == "lora":
-        r.setdefault("lora", LORA)
-    return r
-
-
-@pytest.fixture(scope="module")
-def train_data(tmp_path_factory, tiny_tokenizer):
-    rows = [RefusalRow(f"How do I do harmful thing number {i}?", "I'm sorry, I can't help.") for i in range(12)]
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    atomic_write_jsonl(path, build_examples(rows, tiny_tokenizer, "I should not answer this question!"))
-    return path
-
+from tiny_model import recipe
 
 def paths(tmp_path, tiny_model, train_data, name="run", svd=None):
     return TrainPaths(train_data=train_data, base_model=str(tiny_model), state_dir=tmp_path / name / "state",

@@ -87,3 +87,20 @@ def random_adapter(model_dir: Path, out: Path, seed: int, targets: list[str]):
     peft_model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return peft_model
+
+
+# A training recipe as safelora.config.training_recipe writes it, sized for the tiny model.
+BASE_RECIPE = {
+    "model": "tiny", "dtype": "float32", "seed": 7, "epochs": 2, "learning_rate": 1e-3, "weight_decay": 1e-4,
+    "lr_scheduler": "cosine", "warmup_steps": 0, "gradient_checkpointing": False, "deepspeed": None,
+    "parallelism": "model_split", "mixed_precision": "bf16", "completion_only_loss": True,
+    "data": {"max_length": 128}, "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
+}
+LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
+
+
+def recipe(method, **extra):
+    r = {**BASE_RECIPE, "method": method, "run": method, **extra}
+    if method == "lora":
+        r.setdefault("lora", LORA)
+    return r
