@@ -53,7 +53,7 @@ dryrun: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules
 
 report: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --report report.html
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --report results/demo/report.html
 
 clean:
 	rm -rf results .snakemake report.html

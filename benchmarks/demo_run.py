@@ -43,16 +43,16 @@ def main() -> int:
     start = time.perf_counter()
     snakemake("--cores", args.cores)
     wall = time.perf_counter() - start
-    snakemake("--report", "results/report.html")
+    snakemake("--report", "results/demo/report.html")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print("\n== Results (results/aggregate/results.md) ==")
-    print((ROOT / "results/aggregate/results.md").read_text())
-    missing = (ROOT / "results/aggregate/missing.txt").read_text().strip()
+    print("\n== Results (results/demo/aggregate/results.md) ==")
+    print((ROOT / "results/demo/aggregate/results.md").read_text())
+    missing = (ROOT / "results/demo/aggregate/missing.txt").read_text().strip()
     print(f"missing: {missing or 'nothing'}")
-    print("figures: results/figures/*.png; report: results/report.html")
+    print("figures: results/demo/figures/*.png; report: results/demo/report.html")
     print(f"\ndemo wall time: {wall:.0f} s on {args.cores} cores")
     print(f"peak RSS of a single process: {peak_mb:.0f} MB")
-    for rule, mb in sorted(rule_peaks(ROOT / "results/benchmarks").items()):
+    for rule, mb in sorted(rule_peaks(ROOT / "results/demo/benchmarks").items()):
         print(f"  peak RSS {rule:<10} {mb:8.0f} MB")
     return 0
 

@@ -4,10 +4,10 @@
 
 rule describe_grid:
     output:
-        meta="results/aggregate/runs_meta.json",
-        expected="results/aggregate/expected.json",
+        meta="<results>/aggregate/runs_meta.json",
+        expected="<results>/aggregate/expected.json",
     log:
-        "results/logs/describe_grid/describe_grid.log",
+        "<results>/logs/describe_grid/describe_grid.log",
     params:
         meta=runs_meta_json,
         expected=expected_checkpoints,
@@ -25,15 +25,15 @@ rule describe_grid:
 rule aggregate:
     input:
         scores=all_score_files(),
-        meta="results/aggregate/runs_meta.json",
-        expected="results/aggregate/expected.json",
+        meta="<results>/aggregate/runs_meta.json",
+        expected="<results>/aggregate/expected.json",
     output:
-        csv=report("results/aggregate/results.csv", caption="report/results.rst", category="Tables"),
-        md="results/aggregate/results.md",
-        missing=report("results/aggregate/missing.txt", caption="report/missing.rst", category="Tables"),
-        agreement=report("results/aggregate/agreement.csv", caption="report/agreement_table.rst", category="Tables"),
+        csv=report("<results>/aggregate/results.csv", caption="report/results.rst", category="Tables"),
+        md="<results>/aggregate/results.md",
+        missing=report("<results>/aggregate/missing.txt", caption="report/missing.rst", category="Tables"),
+        agreement=report("<results>/aggregate/agreement.csv", caption="report/agreement_table.rst", category="Tables"),
     log:
-        "results/logs/aggregate/aggregate.log",
+        "<results>/logs/aggregate/aggregate.log",
     params:
         bootstrap=bootstrap_args,
         version=config["versions"]["aggregate"],
@@ -54,9 +54,9 @@ rule figure:
     input:
         unpack(figure_inputs),
     output:
-        report("results/figures/{figure}.png", caption="report/figure.rst", category="Figures"),
+        report("<results>/figures/{figure}.png", caption="report/figure.rst", category="Figures"),
     log:
-        "results/logs/figure/{figure}.log",
+        "<results>/logs/figure/{figure}.log",
     params:
         args=figure_args,
         version=config["versions"]["aggregate"],

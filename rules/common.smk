@@ -18,6 +18,15 @@ validate(config, grid.SCHEMA_PATH, set_default=False)
 grid.complete_config(config)
 check_local_data(config)
 
+# Every output of this config lives under results/<experiment>/: rule directives name it
+# `<results>` (a Snakemake path variable), Python code here RESULTS.
+RESULTS = f"results/{config['experiment']}"
+
+
+pathvars:
+    results=RESULTS,
+
+
 CHECKPOINTS = grid.checkpoints(config)
 RUN_NAMES = grid.all_run_names(config)
 JUDGES = config["judges"]
@@ -59,7 +68,7 @@ def base_model(model):
     """What transformers/vLLM load for the base model: a hub id or a local folder."""
     source = config["models"][model]["source"]
     if "gguf" in source:
-        return f"results/models/{model}/base"
+        return f"{RESULTS}/models/{model}/base"
     return source.get("hub") or source["path"]
 
 
@@ -93,7 +102,7 @@ def train_data_files(wildcards):
 
 
 def train_manifest(model, run):
-    return f"results/train/{model}/{run}/manifest.json"
+    return f"{RESULTS}/train/{model}/{run}/manifest.json"
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,8 +115,8 @@ def recipe_json(wildcards):
 
 
 def _run_folder(kind, model, run):
-    """`results/<kind>/{model}/{run}/<recipe hash>`: a changed recipe gets a fresh folder."""
-    return f"results/{kind}/{model}/{run}/{grid.recipe_hash(recipe(model, run))}"
+    """`<results>/<kind>/{model}/{run}/<recipe hash>`: a changed recipe gets a fresh folder."""
+    return f"{RESULTS}/{kind}/{model}/{run}/{grid.recipe_hash(recipe(model, run))}"
 
 
 def train_state_dir(wildcards):
@@ -126,8 +135,8 @@ def trained_checkpoint(model, run, epoch):
 
 def train_inputs(wildcards):
     inputs = {
-        "recipe": f"results/train/{wildcards.model}/{wildcards.run}/recipe.yaml",
-        "data": f"results/data/train/{wildcards.model}.jsonl",
+        "recipe": f"{RESULTS}/train/{wildcards.model}/{wildcards.run}/recipe.yaml",
+        "data": f"{RESULTS}/data/train/{wildcards.model}.jsonl",
         "base": base_model_input(wildcards.model),
     }
     if recipe(wildcards.model, wildcards.run).get("ortho_reg"):
@@ -155,7 +164,7 @@ def checkpoint_inputs(wildcards):
     model, run = wildcards.model, wildcards.run
     inputs = {"base": base_model_input(model)}
     if grid.is_orthomerge(run):
-        inputs["adapter"] = f"results/orthomerge/{model}/{run}/epoch-{wildcards.epoch}"
+        inputs["adapter"] = f"{RESULTS}/orthomerge/{model}/{run}/epoch-{wildcards.epoch}"
     elif run != grid.BASE_RUN:
         inputs["manifest"] = train_manifest(model, run)
     return inputs
@@ -165,7 +174,7 @@ def checkpoint_args(wildcards):
     """`--base` (and `--adapter`) naming checkpoint (model, run, epoch) for generation."""
     model, run, epoch = wildcards.model, wildcards.run, wildcards.epoch
     if grid.is_orthomerge(run):
-        return f"--base {base_model(model)} --adapter results/orthomerge/{model}/{run}/epoch-{epoch}"
+        return f"--base {base_model(model)} --adapter {RESULTS}/orthomerge/{model}/{run}/epoch-{epoch}"
     if run == grid.BASE_RUN:
         return f"--base {base_model(model)}"
     if recipe(model, run)["method"] == "lora":
@@ -211,12 +220,12 @@ def sampling(wildcards):
 
 
 def ckpt_dir(kind, wildcards):
-    return f"results/{kind}/{wildcards.model}/{wildcards.run}/epoch-{wildcards.epoch}"
+    return f"{RESULTS}/{kind}/{wildcards.model}/{wildcards.run}/epoch-{wildcards.epoch}"
 
 
 def verdict_files(model, run, epoch, benchmark):
     """Verdict files a benchmark's score reads, one per grader (EvalPlus: base and plus)."""
-    folder = f"results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}"
+    folder = f"{RESULTS}/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}"
     files = []
     for grader in config["benchmarks"][benchmark]["graders"]:
         names = ["evalplus_base", "evalplus_plus"] if grader == "evalplus" else [grader]
@@ -265,7 +274,7 @@ def _fallback_file(wildcards):
 def judge_inputs(wildcards):
     inputs = {
         "generations": f"{ckpt_dir('generations', wildcards)}/{wildcards.benchmark}.jsonl",
-        "prompts": f"results/data/bench/{wildcards.benchmark}.jsonl",
+        "prompts": f"{RESULTS}/data/bench/{wildcards.benchmark}.jsonl",
     }
     if _fallback_file(wildcards):
         inputs["fallback"] = _fallback_file(wildcards)
@@ -299,7 +308,7 @@ def score_settings(wildcards):
 
 
 def score_file(c, benchmark):
-    return f"results/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
+    return f"{RESULTS}/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
 
 
 EVALUATIONS = grid.evaluations(config)
@@ -362,7 +371,7 @@ def orthomerge_settings(wildcards):
 
 
 def analysis_files():
-    return [f"results/analysis/weights/{c.model}/{c.run}/epoch-{c.epoch}.csv" for c in ANALYSIS_CHECKPOINTS]
+    return [f"{RESULTS}/analysis/weights/{c.model}/{c.run}/epoch-{c.epoch}.csv" for c in ANALYSIS_CHECKPOINTS]
 
 
 def svd_models():
@@ -375,7 +384,7 @@ def svd_models():
 
 
 def svd_input(model):
-    return f"results/analysis/svd/{model}.safetensors"
+    return f"{RESULTS}/analysis/svd/{model}.safetensors"
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,13 +396,13 @@ WEIGHT_FIGURES = ("fig1", "fig4")
 
 def figure_inputs(wildcards):
     """Only what a figure draws, so it is redrawn only when that changes."""
-    inputs = {"meta": "results/aggregate/runs_meta.json"}
+    inputs = {"meta": f"{RESULTS}/aggregate/runs_meta.json"}
     if wildcards.figure in WEIGHT_FIGURES:
         inputs["weights"] = analysis_files()
     elif wildcards.figure == "agreement":
-        inputs["agreement"] = "results/aggregate/agreement.csv"
+        inputs["agreement"] = f"{RESULTS}/aggregate/agreement.csv"
     else:
-        inputs["table"] = "results/aggregate/results.csv"
+        inputs["table"] = f"{RESULTS}/aggregate/results.csv"
     return inputs
 
 
@@ -436,13 +445,13 @@ def prune_state_flag(wildcards):
 def prune_targets():
     if not config.get("prune"):
         return []
-    return [f"results/train/{model}/{run}/pruned.json" for model, run in grid.training_runs(config)]
+    return [f"{RESULTS}/train/{model}/{run}/pruned.json" for model, run in grid.training_runs(config)]
 
 
 def final_targets():
     return [
-        "results/aggregate/results.csv",
-        "results/aggregate/results.md",
-        *[f"results/figures/{name}.png" for name in FIGURES],
+        f"{RESULTS}/aggregate/results.csv",
+        f"{RESULTS}/aggregate/results.md",
+        *[f"{RESULTS}/figures/{name}.png" for name in FIGURES],
         *prune_targets(),
     ]

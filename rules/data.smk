@@ -3,9 +3,9 @@
 
 rule prepare_model:
     output:
-        directory("results/models/{model}/base"),
+        directory("<results>/models/{model}/base"),
     log:
-        "results/logs/prepare_model/{model}.log",
+        "<results>/logs/prepare_model/{model}.log",
     params:
         source=model_source,
         script=workflow_script("prepare_model.py"),
@@ -24,9 +24,9 @@ rule build_train_set:
         base=base_model_files,
         data=train_data_files,
     output:
-        "results/data/train/{model}.jsonl",
+        "<results>/data/train/{model}.jsonl",
     log:
-        "results/logs/build_train_set/{model}.log",
+        "<results>/logs/build_train_set/{model}.log",
     params:
         tokenizer=base_model_ref,
         source=train_data_source,
@@ -48,9 +48,9 @@ rule build_benchmark:
     input:
         data=benchmark_data_files,
     output:
-        "results/data/bench/{benchmark}.jsonl",
+        "<results>/data/bench/{benchmark}.jsonl",
     log:
-        "results/logs/build_benchmark/{benchmark}.log",
+        "<results>/logs/build_benchmark/{benchmark}.log",
     params:
         spec=benchmark_spec,
         version=config["versions"]["data"],

@@ -7,13 +7,13 @@
 rule generate:
     input:
         unpack(checkpoint_inputs),
-        prompts="results/data/bench/{benchmark}.jsonl",
+        prompts="<results>/data/bench/{benchmark}.jsonl",
     output:
-        "results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+        "<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
     log:
-        "results/logs/generate/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+        "<results>/logs/generate/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     benchmark:
-        "results/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
+        "<results>/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
     params:
         checkpoint=checkpoint_args,
         backend=config["generation"]["backend"],

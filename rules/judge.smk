@@ -4,12 +4,12 @@
 
 rule grade_text:
     input:
-        generations="results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
-        prompts="results/data/bench/{benchmark}.jsonl",
+        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+        prompts="<results>/data/bench/{benchmark}.jsonl",
     output:
-        "results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.jsonl",
+        "<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.jsonl",
     log:
-        "results/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
+        "<results>/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
     params:
         kind=benchmark_kind,
         version=grader_version,
@@ -28,13 +28,13 @@ rule grade_text:
 
 rule execute_code:
     input:
-        generations="results/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
-        prompts="results/data/bench/{benchmark}.jsonl",
+        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
+        prompts="<results>/data/bench/{benchmark}.jsonl",
     output:
-        plus="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_plus.jsonl",
-        base="results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_base.jsonl",
+        plus="<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_plus.jsonl",
+        base="<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_base.jsonl",
     log:
-        "results/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+        "<results>/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
         dataset=evalplus_dataset,
         problems=evalplus_problems,
@@ -59,11 +59,11 @@ rule judge:
     input:
         unpack(judge_inputs),
     output:
-        "results/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.jsonl",
+        "<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.jsonl",
     log:
-        "results/logs/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.log",
+        "<results>/logs/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.log",
     benchmark:
-        "results/benchmarks/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.tsv"
+        "<results>/benchmarks/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.tsv"
     params:
         judge=judge_spec,
         kind=benchmark_kind,

@@ -5,11 +5,11 @@
 rule orthomerge:
     input:
         manifest=orthomerge_source_manifest,
-        svd="results/analysis/svd/{model}.safetensors",
+        svd="<results>/analysis/svd/{model}.safetensors",
     output:
-        directory("results/orthomerge/{model}/{run}/epoch-{epoch}"),
+        directory("<results>/orthomerge/{model}/{run}/epoch-{epoch}"),
     log:
-        "results/logs/orthomerge/{model}/{run}/epoch-{epoch}.log",
+        "<results>/logs/orthomerge/{model}/{run}/epoch-{epoch}.log",
     params:
         settings=orthomerge_settings,
         source=orthomerge_source_args,

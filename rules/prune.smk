@@ -7,9 +7,9 @@ rule prune:
     input:
         unpack(prune_inputs),
     output:
-        "results/train/{model}/{run}/pruned.json",
+        "<results>/train/{model}/{run}/pruned.json",
     log:
-        "results/logs/prune/{model}/{run}.log",
+        "<results>/logs/prune/{model}/{run}.log",
     params:
         state=train_state_dir,
         keep=prune_keep,

@@ -5,9 +5,9 @@ rule score:
     input:
         score_inputs,
     output:
-        "results/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
+        "<results>/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
     log:
-        "results/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
+        "<results>/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
         settings=score_settings,
         script=workflow_script("score.py"),

@@ -5,9 +5,9 @@
 
 rule write_recipe:
     output:
-        "results/train/{model}/{run}/recipe.yaml",
+        "<results>/train/{model}/{run}/recipe.yaml",
     log:
-        "results/logs/write_recipe/{model}/{run}.log",
+        "<results>/logs/write_recipe/{model}/{run}.log",
     params:
         recipe=recipe_json,
         script=workflow_script("write_recipe.py"),
@@ -24,11 +24,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        manifest="results/train/{model}/{run}/manifest.json",
+        manifest="<results>/train/{model}/{run}/manifest.json",
     log:
-        "results/logs/train/{model}/{run}.log",
+        "<results>/logs/train/{model}/{run}.log",
     benchmark:
-        "results/benchmarks/train/{model}/{run}.tsv"
+        "<results>/benchmarks/train/{model}/{run}.tsv"
     params:
         base=base_model_ref,
         state=train_state_dir,

@@ -6,11 +6,11 @@ rule base_svd:
     input:
         base=base_model_files,
     output:
-        "results/analysis/svd/{model}.safetensors",
+        "<results>/analysis/svd/{model}.safetensors",
     log:
-        "results/logs/base_svd/{model}.log",
+        "<results>/logs/base_svd/{model}.log",
     benchmark:
-        "results/benchmarks/base_svd/{model}.tsv"
+        "<results>/benchmarks/base_svd/{model}.tsv"
     params:
         base=base_model_ref,
         rank=config.get("analysis", {}).get("svd_rank", 64),
@@ -35,11 +35,11 @@ rule analyze_weights:
     input:
         manifest=analysis_manifest,
         base=base_model_files,
-        svd="results/analysis/svd/{model}.safetensors",
+        svd="<results>/analysis/svd/{model}.safetensors",
     output:
-        "results/analysis/weights/{model}/{run}/epoch-{epoch}.csv",
+        "<results>/analysis/weights/{model}/{run}/epoch-{epoch}.csv",
     log:
-        "results/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
+        "<results>/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
     params:
         checkpoint=analysis_checkpoint_args,
         norm=config.get("analysis", {}).get("norm", "fro"),

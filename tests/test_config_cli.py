@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_TARGET = "results/generations/r1-7b/base/epoch-0/aime.jsonl"
-DEMO_TARGET = "results/generations/smollm2/base/epoch-0/strongreject.jsonl"
+PAPER_TARGET = "results/paper/generations/r1-7b/base/epoch-0/aime.jsonl"
+DEMO_TARGET = "results/demo/generations/smollm2/base/epoch-0/strongreject.jsonl"
 
 
 def dry_run(*args: str) -> subprocess.CompletedProcess:
@@ -41,3 +41,22 @@ def test_configfile_replaces_config_yaml_and_config_overrides_it():
     paper = dry_run("--configfile", "config/demo.yaml", "--", PAPER_TARGET)
     assert paper.returncode != 0
     assert "MissingRuleException" in paper.stdout + paper.stderr, paper.stdout[-2000:] + paper.stderr[-2000:]
+
+
+def planned_paths(*args: str) -> set[str]:
+    """Every output and log path of a whole-DAG dry run."""
+    result = dry_run(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fields = re.findall(r"^\s+(?:output|log): (.+)$", result.stdout, re.M)
+    return {path.strip() for field in fields for path in field.split(",")}
+
+
+def test_the_demo_and_the_paper_grid_write_disjoint_results_folders():
+    """Each config names its experiment and writes only below results/<experiment>/, so running
+    one after the other in a checkout never reruns or overwrites the other's outputs."""
+    paper, demo = planned_paths(), planned_paths("--configfile", "config/demo.yaml")
+    assert len(paper) > 4000 and len(demo) > 100
+    assert all(p.startswith("results/paper/") for p in paper), sorted(p for p in paper if not p.startswith("results/paper/"))[:5]
+    assert all(p.startswith("results/demo/") for p in demo), sorted(p for p in demo if not p.startswith("results/demo/"))[:5]
+    assert not paper & demo
+    print(f"\npaper grid: {len(paper)} output and log paths under results/paper/; demo: {len(demo)} under results/demo/; shared: 0")

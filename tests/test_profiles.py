@@ -73,10 +73,10 @@ def test_every_job_gets_the_same_resources_with_or_without_the_slurm_profile():
 # training jobs, generation, both judges (1 and 2 GPUs), text grading, code execution and scoring,
 # with math_verify -> qwen_math -> score.
 TARGETS = [
-    *[f"results/train/{m}/{r}/manifest.json" for m in ("r1-7b", "r1-14b")
+    *[f"results/paper/train/{m}/{r}/manifest.json" for m in ("r1-7b", "r1-14b")
       for r in ("full", "lora-r4-mlp", "reg-col", "reg-both")],
-    *[f"results/train/r1-14b/{r}/manifest.json" for r in ("lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "lora-r4-mlp-attn")],
-    *[f"results/scores/r1-14b/full/epoch-1/{b}.json" for b in ("aime", "strongreject", "humaneval")],
+    *[f"results/paper/train/r1-14b/{r}/manifest.json" for r in ("lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "lora-r4-mlp-attn")],
+    *[f"results/paper/scores/r1-14b/full/epoch-1/{b}.json" for b in ("aime", "strongreject", "humaneval")],
 ]
 
 

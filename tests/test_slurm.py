@@ -25,10 +25,10 @@ GENERATE_GPUS = 2  # the tiny model's tensor_parallel: generate asks for one GPU
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TARGETS = [
-    "results/data/train/tiny.jsonl",  # build_train_set (CPU)
-    "results/train/tiny/lora-r4-mlp/recipe.yaml",  # write_recipe (local rule: not submitted)
-    "results/scores/tiny/base/epoch-0/strongreject.json",  # build_benchmark, generate (GPU), grade, score
-    "results/scores/tiny/base/epoch-0/xstest.json",
+    "results/tiny/data/train/tiny.jsonl",  # build_train_set (CPU)
+    "results/tiny/train/tiny/lora-r4-mlp/recipe.yaml",  # write_recipe (local rule: not submitted)
+    "results/tiny/scores/tiny/base/epoch-0/strongreject.json",  # build_benchmark, generate (GPU), grade, score
+    "results/tiny/scores/tiny/base/epoch-0/xstest.json",
 ]
 
 
@@ -65,6 +65,7 @@ def slurm_cluster(tmp_path_factory):
 def ci_config(model_dir: Path) -> dict:
     """The demo config on a tiny local model: two benchmarks of two prompts, four new tokens."""
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
+    config["experiment"] = "tiny"
     config["models"] = {"tiny": {"source": {"path": str(model_dir)}, "size": "tiny", "dtype": "float32",
                                  "max_model_len": 512, "tensor_parallel": GENERATE_GPUS}}
     source = config["training_data"]["sources"]["demo"]

@@ -20,6 +20,7 @@ def tiny_config(model_dir: Path) -> dict:
     """The demo config shrunk to seconds per job, pointing at a tiny model and absolute data paths."""
     with open(REPO / "config/demo.yaml", encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
+    config["experiment"] = "tiny"
     config["models"] = {"tiny": {"source": {"path": str(model_dir)}, "size": "tiny", "dtype": "float32",
                                  "max_model_len": 512, "tensor_parallel": 1}}
     source = config["training_data"]["sources"]["demo"]

@@ -16,23 +16,23 @@ def finished_run(tmp_path_factory, tiny_model):
     write_config(workdir, tiny_config(tiny_model))
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    report = snakemake(workdir, "--report", str(workdir / "results/report.html"))
+    report = snakemake(workdir, "--report", str(workdir / "results/tiny/report.html"))
     assert report.returncode == 0, report.stderr[-3000:]
     return workdir
 
 
 @pytest.mark.slow
 def test_dag_produces_table_figures_and_weight_analysis(finished_run):
-    table = (finished_run / "results/aggregate/results.csv").read_text()
+    table = (finished_run / "results/tiny/aggregate/results.csv").read_text()
     for run in ("base", "full", "lora-r4-mlp", "lora-r4-mlp.om-both-l1.2"):
         assert f",{run}," in table
-    assert (finished_run / "results/figures/fig2.png").stat().st_size > 10_000
-    assert (finished_run / "results/report.html").stat().st_size > 100_000  # figures embedded
-    weights = (finished_run / "results/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
+    assert (finished_run / "results/tiny/figures/fig2.png").stat().st_size > 10_000
+    assert (finished_run / "results/tiny/report.html").stat().st_size > 100_000  # figures embedded
+    weights = (finished_run / "results/tiny/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
     assert weights[0].startswith("layer,module,stable_rank") and len(weights) == 1 + 2 * 7
-    score = json.loads((finished_run / "results/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
+    score = json.loads((finished_run / "results/tiny/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
-    manifest = json.loads((finished_run / "results/train/tiny/lora-r4-mlp/manifest.json").read_text())
+    manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
     assert manifest["global_batch"] == 8 and manifest["gradient_accumulation"] == 2
 
 
@@ -80,7 +80,7 @@ def test_no_output_log_or_metadata_contains_the_hub_token(finished_run):
 
 @pytest.mark.slow
 def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it(finished_run):
-    score = finished_run / "results/scores/tiny/full/epoch-1/arithmetic.json"
+    score = finished_run / "results/tiny/scores/tiny/full/epoch-1/arithmetic.json"
     data = json.loads(score.read_text())
     original = score.read_text()
     data["metrics"][0]["value"] = 0.5
@@ -97,7 +97,7 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
 def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
     """The base, LoRA and OrthoMerge checkpoints of a base share one engine, but staleness stays per
     (checkpoint, benchmark): a rewritten OrthoMerge adapter replans its own generations only."""
-    adapter = finished_run / "results/orthomerge/tiny/lora-r4-mlp.om-both-l1.2/epoch-2"
+    adapter = finished_run / "results/tiny/orthomerge/tiny/lora-r4-mlp.om-both-l1.2/epoch-2"
     files = [adapter, *adapter.iterdir()]  # with Snakemake's .snakemake_timestamp
     original = {f: f.stat() for f in files}
     future = time.time() + 60
@@ -109,7 +109,7 @@ def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
         for f, st in original.items():
             os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     generated = sorted(out for job in jobs if job.rule == "generate" for out in job.outputs)
-    assert generated == [f"results/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
+    assert generated == [f"results/tiny/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
                          for benchmark in ("arithmetic", "humaneval", "strongreject")]
     evaluated = {job.wildcards["run"] for job in jobs if job.rule in ("judge", "grade_text", "execute_code", "score")}
     assert evaluated == {"lora-r4-mlp.om-both-l1.2"}
@@ -147,7 +147,7 @@ def test_an_edited_training_file_reruns_training_and_not_the_base_model(finished
 
 @pytest.mark.slow
 def test_a_damaged_generation_file_fails_grading_and_the_named_command_regenerates_it(finished_run):
-    generations = finished_run / "results/generations/tiny/base/epoch-0/arithmetic.jsonl"
+    generations = finished_run / "results/tiny/generations/tiny/base/epoch-0/arithmetic.jsonl"
     relative = generations.relative_to(finished_run)
     original = generations.read_bytes()
     generations.write_bytes(b"".join(original.splitlines(keepends=True)[:-1]))  # cut at a line end
