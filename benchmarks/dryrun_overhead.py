@@ -91,8 +91,10 @@ def directory_rules() -> set[str]:
 
 
 def create_outputs(jobs, workdir: Path, path_of, dirs: set[str]) -> None:
-    base = time.time() - 10_000
+    # Newer than every file the jobs read from the checkout (the local data files are inputs),
+    # and ascending along the DAG, ending now.
     depth = depths(jobs)
+    base = time.time() - max(depth.values()) - 1
     for job in jobs:
         for out in path_of(job):
             target = workdir / out
