@@ -21,7 +21,7 @@ from pins import conda_env, rules_by_env
 
 CPU_ENVS = ("train", "eval")
 DEMO_MODEL = "smollm2"
-PREPARED = f"results/models/{DEMO_MODEL}/base"
+PREPARED = f"results/tiny/models/{DEMO_MODEL}/base"  # tiny_config names its experiment "tiny"
 
 
 def build_venv(name: str, root: Path) -> Path:
