@@ -62,10 +62,13 @@ def write_generations(folder: Path, marker: Path) -> Path:
     task = load_evalplus_problems("humaneval", HUMANEVAL)["HumanEval/3"]
     right = f"```python\n{task['prompt']}{task['canonical_solution']}```"
     tamper = f"```python\ndef below_zero(operations):\n    open({str(marker)!r}, 'w').write('ran')\n    return True\n```"
+    items = folder / "items.jsonl"  # the benchmark's items, against which the generation file is checked
+    items.write_text(json.dumps({"id": "HumanEval/3", "prompt": task["prompt"], "answer": None, "meta": {}}) + "\n")
     path = folder / "generations.jsonl"
-    path.write_text("".join(json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text}) + "\n"
-                            for i, text in enumerate([right, tamper])))
-    path.chmod(0o644)
+    path.write_text("".join(json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "sampling": {"n": 2}, "text": text})
+                            + "\n" for i, text in enumerate([right, tamper])))
+    for f in (items, path):
+        f.chmod(0o644)
     return path
 
 
@@ -73,7 +76,8 @@ def execute_code(python: Path, folder: Path, generations: Path, prefix: list[str
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": str(folder), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     cmd = [*prefix, str(python), str(REPO / "workflow_scripts" / "execute_code.py"), "--dataset", "humaneval",
-           "--problems", str(HUMANEVAL), "--generations", str(generations), "--out", str(folder / "plus.jsonl"),
+           "--problems", str(HUMANEVAL), "--generations", str(generations), "--items", str(generations.with_name("items.jsonl")),
+           "--out", str(folder / "plus.jsonl"),
            "--out-base", str(folder / "base.jsonl"), "--timeout", "20"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -89,7 +93,7 @@ def test_execute_code_runs_sandboxed_as_an_unprivileged_user(cluster_user):
     result = execute_code(python, folder, generations, as_user)
     assert result.returncode == 0, result.stderr[-3000:]
     plus = read_jsonl(folder / "plus.jsonl")
-    assert [(v["value"], v["label"]) for v in plus] == [(1.0, "pass"), (0.0, "fail")]
+    assert [(v["value"], v["label"]) for v in plus] == [(1.0, "pass"), (0.0, "base_fail")]  # plus needs base (EvalPlus)
     assert not marker.exists()  # the tampering sample ran, in the sandbox's private /tmp only
 
 
