@@ -147,7 +147,9 @@ def check_config(base: Path, dtype: str, rows: int, prompts: int, max_new_tokens
     source = config["training_data"]["sources"]["demo"]
     source.update(path=str(REPO / source["path"]), rows=rows)
     for method in ("full", "lora"):
-        config["training"][method].update(epochs=1, deepspeed=ZERO3 if method == "full" else None)
+        zero3 = method == "full"  # ZeRO-3 runs one process per GPU (parallelism data_parallel)
+        config["training"][method].update(epochs=1, deepspeed=ZERO3 if zero3 else None,
+                                          parallelism="data_parallel" if zero3 else "model_split")
         config["training"][method]["per_model"] = {"check": {"gpus": 1, "per_device_batch": 4, "global_batch": 4}}
     config["runs"] = [{"name": "full", "method": "full", "models": ["check"]},
                       {"name": "lora-r4-mlp", "method": "lora", "rank": 4, "targets": "mlp", "models": ["check"]}]
@@ -165,11 +167,12 @@ def train_step(memory: PeakMemory, work: Path, config: dict, run: str, data: Pat
     folder = work / run
     folder.mkdir()
     recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(grid.training_recipe(config, "check", run)), encoding="utf-8")
+    resolved = grid.training_recipe(config, "check", run)
+    recipe.write_text(yaml.safe_dump(resolved), encoding="utf-8")
     manifest = folder / "manifest.json"
     gpus = "0" if not memory.gpu else "1"
     wall, peak = memory.run(
-        ["bash", str(SCRIPTS / "launch_train.sh"), gpus, "1", str(SCRIPTS / "train.py"), "--recipe", str(recipe),
+        ["bash", str(SCRIPTS / "launch_train.sh"), gpus, "1", resolved["parallelism"], str(SCRIPTS / "train.py"), "--recipe", str(recipe),
          "--train-data", str(data), "--base", str(base), "--state-dir", str(folder / "state"),
          "--checkpoint-dir", str(folder / "checkpoints"), "--manifest", str(manifest)],
         folder / "train.log")
