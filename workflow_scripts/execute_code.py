@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
-    from safelora.io import atomic_write_jsonl, read_generations
+    from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
     from safelora.sandbox import SandboxUnavailableError, preflight
 
     try:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     problems = load_evalplus_problems(args.dataset, args.problems)
-    generations = read_generations(args.generations, args.items)
+    generations = read_generations(args.generations, read_jsonl(args.items))
     unknown = sorted({g["prompt_id"] for g in generations} - problems.keys())
     if unknown:
         print(f"{args.generations}: prompt ids not in {args.problems}: {unknown[:5]}", file=sys.stderr)

@@ -20,7 +20,8 @@ def main() -> int:
     from safelora.grading import grade_text
     from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
-    verdicts = grade_text(args.grader, args.kind, read_generations(args.generations, args.items), read_jsonl(args.items))
+    items = read_jsonl(args.items)
+    verdicts = grade_text(args.grader, args.kind, read_generations(args.generations, items), items)
     atomic_write_jsonl(args.out, verdicts)
     print(f"{len(verdicts)} verdicts by {args.grader}")
     return 0

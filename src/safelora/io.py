@@ -100,15 +100,16 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [_json_line(path, lineno, line) for lineno, line in _jsonl_lines(path) if line.strip()]
 
 
-def read_generations(path: str | os.PathLike[str], items_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Generation records, checked to be exactly the benchmark's items x n samples, once each.
+def read_generations(path: str | os.PathLike[str], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generation records, checked to be exactly the benchmark's `items` (BenchmarkItem records) x n
+    samples, once each.
 
     A damaged file (cut, a repeated or foreign record, bad bytes) is renamed to `<name>.damaged`,
     so no job reads it again and any job that needs it regenerates it, and the error names the
     file, the line and the command that regenerates it and what was computed from it.
     """
     path = Path(path)
-    ids = [str(item["id"]) for item in read_jsonl(items_path)]
+    ids = [str(item["id"]) for item in items]
     try:
         records = [_json_line(path, lineno, line) for lineno, line in _jsonl_lines(path)]
         check_generations(records, ids, str(path))

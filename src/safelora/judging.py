@@ -25,8 +25,9 @@ def run_judge(
 ) -> None:
     """Judge every sample (or, with a fallback, those it did not pass); `engine_idle_s` > 0 shares
     the node's engine of this judge model with the other judge jobs (safelora.engines)."""
-    generations = read_generations(generations_path, items_path)
-    items = {str(item["id"]): item for item in read_jsonl(items_path)}
+    records = read_jsonl(items_path)
+    generations = read_generations(generations_path, records)
+    items = {str(item["id"]): item for item in records}
     fallback = read_jsonl(fallback_path) if fallback_path else None
     settled = settled_without_judge(spec, generations, fallback)
     ask = [i for i in range(len(generations)) if i not in settled]
