@@ -31,7 +31,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from safelora.generation import Backend, Completion, ModelRef, Sampling, make_backend
+from safelora.generation import Backend, Completion, ModelRef, Sampling, make_backend, newest_file_time
 from safelora.io import stable_json
 
 START_TIMEOUT_S = 3600.0  # loading a 32B judge from a cold shared filesystem takes minutes
@@ -47,17 +47,13 @@ def engine_dir() -> Path:
     return folder
 
 
-def _weights_version(base: str) -> float:
-    """A local base folder's modification time (0 for a hub id): rewritten weights, a new engine."""
-    path = Path(base)
-    return max((f.stat().st_mtime for f in path.iterdir()), default=0.0) if path.is_dir() else 0.0
-
-
 def engine_key(backend_name: str, ref: ModelRef, seed: int, batch_size: int) -> str:
     """Everything an engine's outputs depend on besides the request, hashed (with the checkout
     whose code serves it: two checkouts on one node never share an engine)."""
+    base = Path(ref.base)
+    weights = newest_file_time(base) if base.is_dir() else 0.0  # 0 for a hub id
     fields = {"backend": backend_name, "ref": asdict(ref), "seed": seed, "batch_size": batch_size,
-              "weights": _weights_version(ref.base), "code": str(Path(__file__).resolve())}
+              "weights": weights, "code": str(Path(__file__).resolve())}
     return hashlib.sha256(stable_json(fields).encode()).hexdigest()[:20]
 
 

@@ -271,7 +271,13 @@ def adapter_version(adapter: str) -> tuple[str, float]:
     """An adapter folder's identity for an engine: its absolute path and newest file time, so an
     adapter retrained in place is loaded afresh by an engine that served the old one."""
     folder = Path(adapter).resolve()
-    return str(folder), max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
+    return str(folder), newest_file_time(folder)
+
+
+def newest_file_time(folder: Path) -> float:
+    """The newest modification time of a checkpoint folder's files (the folder's own when empty):
+    weights rewritten in place change it."""
+    return max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
 
 
 def adapter_rank(adapter: str | Path) -> int:
