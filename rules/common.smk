@@ -97,8 +97,7 @@ def train_data_source(wildcards):
 def train_data_files(wildcards):
     """The local training data file (none for a hub source): an input, so editing it reruns what it feeds."""
     data = config["training_data"]
-    source = data["sources"][data["source"]]
-    return [source["path"]] if "path" in source else []
+    return list(grid.local_files(data["sources"][data["source"]]).values())
 
 
 def train_manifest(model, run):
@@ -204,8 +203,7 @@ def bench(wildcards):
 
 def benchmark_data_files(wildcards):
     """The benchmark's local data files (none for a hub source): inputs, so editing one reruns what it feeds."""
-    source = bench(wildcards)["source"]
-    return [source[key] for key in ("csv", "jsonl", "path") if key in source]
+    return list(grid.local_files(bench(wildcards)["source"]).values())
 
 
 def benchmark_spec(wildcards):

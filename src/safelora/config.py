@@ -275,6 +275,11 @@ def _check_prune(config: dict[str, Any]) -> None:
                 raise ConfigError(f"prune.keep_epochs: run '{run['name']}' has {epochs} epochs, not {bad}")
 
 
+def local_files(source: dict[str, Any]) -> dict[str, str]:
+    """The local data files a data source names, by key (none for a hub source)."""
+    return {key: source[key] for key in ("csv", "jsonl", "path") if key in source}
+
+
 def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
     judges = config["judges"]
     for name, bench in config["benchmarks"].items():
@@ -292,9 +297,9 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
         if bench["primary"] not in bench["graders"]:
             raise ConfigError(f"{key}.primary: '{bench['primary']}' is not one of its graders")
         source = bench["source"]
-        for field in ("csv", "jsonl", "path"):
-            if field in source and not (workdir / source[field]).exists():
-                raise ConfigError(f"{key}.source.{field}: file not found: {source[field]}")
+        for field, path in local_files(source).items():
+            if not (workdir / path).exists():
+                raise ConfigError(f"{key}.source.{field}: file not found: {path}")
         if bench["kind"] == "code" and "evalplus" not in source:
             raise ConfigError(f"{key}.source: a code benchmark needs an 'evalplus' source")
         if bench["runs"] != "all":
