@@ -57,6 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
+
+from safelora.housekeeping import process_tree_rss_mb  # noqa: E402
+
 # (hidden, intermediate, layers, attention heads, key-value heads)
 SHAPES = {"qwen2.5-0.5b": (896, 4864, 24, 14, 2), "tiny": (128, 256, 2, 4, 2)}
 ZERO3 = {"stage": 3, "offload_optimizer": False, "offload_params": False}
@@ -85,17 +88,6 @@ class PeakMemory:
                              capture_output=True, text=True, check=True).stdout
         return float(out.split()[0])
 
-    @staticmethod
-    def _tree_rss(pid: int) -> float:
-        import psutil
-
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs) / 2**20
-        except psutil.NoSuchProcess:
-            return 0.0
-
     def run(self, cmd: list[str], log: Path) -> tuple[float, float]:
         """(wall seconds, peak MiB) of `cmd`; its output goes to `log`; a failure raises with the log's tail."""
         start = time.monotonic()
@@ -107,7 +99,7 @@ class PeakMemory:
             def poll() -> None:
                 nonlocal peak
                 while not stop.wait(0.2):
-                    used = self._gpu_used() - self.baseline if self.gpu else self._tree_rss(proc.pid)
+                    used = self._gpu_used() - self.baseline if self.gpu else process_tree_rss_mb(proc.pid)
                     peak = max(peak, used)
 
             poller = threading.Thread(target=poll, daemon=True)

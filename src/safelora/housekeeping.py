@@ -40,12 +40,17 @@ def prune_run(manifest_path: Path, state_dir: Path, keep_epochs: list[int] | str
     return {"removed": removed, "kept_epochs": kept}
 
 
-def process_tree_rss_mb() -> float:
+def process_tree_rss_mb(pid: int | None = None) -> float:
+    """Resident memory (MiB) of a process (default: this one) and all its children; 0 once it is gone."""
     import psutil
 
-    proc = psutil.Process()
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        children = proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    for child in children:
         try:
             total += child.memory_info().rss
         except psutil.NoSuchProcess:
