@@ -38,10 +38,24 @@ INDEX = "https://pypi.org/simple"
 # (PyPI's Linux builds are CUDA builds, so this cannot be tried on a CPU machine). Sources:
 # torchaudio: in maintenance since 2.9, 2.11 is its release for torch >= 2.11 (its 2.11.1 metadata:
 # torch>=2.11); torchcodec: the compatibility table of its README (0.14-0.16: torch >= 2.11).
-TORCH_COMPATIBILITY = {"torchaudio": {"2.11": ">=2.11"},
-                       "torchcodec": {"0.14": ">=2.11", "0.15": ">=2.11", "0.16": ">=2.11"}}
-SHOWN = ("torch", "torchvision", "torchaudio", "torchcodec", "vllm", "deepspeed", "trl", "peft", "transformers",
-         "accelerate", "numpy", "triton")
+TORCH_COMPATIBILITY = {
+    "torchaudio": {"2.11": ">=2.11"},
+    "torchcodec": {"0.14": ">=2.11", "0.15": ">=2.11", "0.16": ">=2.11"},
+}
+SHOWN = (
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "torchcodec",
+    "vllm",
+    "deepspeed",
+    "trl",
+    "peft",
+    "transformers",
+    "accelerate",
+    "numpy",
+    "triton",
+)
 
 
 def pip_venv(root: Path, pip_version: str, python: str) -> Path:
@@ -49,16 +63,44 @@ def pip_venv(root: Path, pip_version: str, python: str) -> Path:
     if (root / "bin/python").exists():
         return root / "bin/python"
     subprocess.run([f"python{python}", "-m", "venv", str(root)], check=True)
-    subprocess.run([str(root / "bin/python"), "-m", "pip", "install", "--quiet", "--isolated",
-                    "--disable-pip-version-check", "--index-url", INDEX, f"pip=={pip_version}"], check=True)
+    subprocess.run(
+        [
+            str(root / "bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--isolated",
+            "--disable-pip-version-check",
+            "--index-url",
+            INDEX,
+            f"pip=={pip_version}",
+        ],
+        check=True,
+    )
     return root / "bin/python"
 
 
 def pip_report(python: Path, requirements: list[str], scratch: Path, options: tuple[str, ...] = ()) -> list[dict]:
     """pip's `--dry-run --report` of installing `requirements`; raises with pip's message when it cannot."""
     report = scratch / "report.json"
-    cmd = [str(python), "-m", "pip", "install", "--isolated", "--disable-pip-version-check", "--quiet",
-           "--dry-run", "--ignore-installed", "--index-url", INDEX, "--report", str(report), *options, *requirements]
+    cmd = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--isolated",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dry-run",
+        "--ignore-installed",
+        "--index-url",
+        INDEX,
+        "--report",
+        str(report),
+        *options,
+        *requirements,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         where = "for the cluster's platform tags" if options else "on this machine"
@@ -70,15 +112,33 @@ def platform_args(python: str, glibc: str, scratch: Path) -> list[str]:
     """pip options selecting wheels for Linux x86_64, CPython `python`, glibc <= `glibc`, no dependencies."""
     major, minor = (int(x) for x in glibc.split("."))
     tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 16, -1)] + ["manylinux2014_x86_64"]
-    return ["--no-deps", "--target", str(scratch / "target"), "--only-binary=:all:", "--implementation", "cp",
-            "--python-version", python, *(a for tag in tags for a in ("--platform", tag))]
+    return [
+        "--no-deps",
+        "--target",
+        str(scratch / "target"),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        *(a for tag in tags for a in ("--platform", tag)),
+    ]
 
 
 def marker_env(python: str) -> dict[str, str]:
-    return {"implementation_name": "cpython", "platform_python_implementation": "CPython", "os_name": "posix",
-            "platform_machine": "x86_64", "platform_system": "Linux", "sys_platform": "linux",
-            "python_version": python, "python_full_version": f"{python}.0", "platform_release": "",
-            "platform_version": "", "implementation_version": f"{python}.0"}
+    return {
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "os_name": "posix",
+        "platform_machine": "x86_64",
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "platform_release": "",
+        "platform_version": "",
+        "implementation_version": f"{python}.0",
+    }
 
 
 def unmet_requirements(resolved: dict[str, dict], roots: list[Requirement], python: str) -> list[str]:
@@ -103,8 +163,12 @@ def unmet_requirements(resolved: dict[str, dict], roots: list[Requirement], pyth
             for dep in got.get("requires_dist", []):
                 dep_req = Requirement(dep)
                 if not dep_req.marker or dep_req.marker.evaluate({**marker_env(python), "extra": extra}):
-                    todo.append((f"{name}=={got['version']}" + (f"[{extra}]" if extra else ""),
-                                 Requirement(str(dep_req).split(";")[0])))
+                    todo.append(
+                        (
+                            f"{name}=={got['version']}" + (f"[{extra}]" if extra else ""),
+                            Requirement(str(dep_req).split(";")[0]),
+                        )
+                    )
     return problems
 
 
@@ -117,22 +181,28 @@ def gpu_build_problems(resolved: dict[str, dict]) -> list[str]:
     if torch is None:
         return problems
     version = Version(torch["version"])
-    if version.local or not any(canonicalize_name(Requirement(d).name).startswith("nvidia-")
-                                for d in torch.get("requires_dist", [])):
+    if version.local or not any(
+        canonicalize_name(Requirement(d).name).startswith("nvidia-") for d in torch.get("requires_dist", [])
+    ):
         problems.append(f"torch=={version} is not the CUDA build (no nvidia-* requirements)")
     for ext in ("torchvision", "torchaudio", "torchcodec"):
         if ext not in resolved:
             continue
         ext_version = Version(resolved[ext]["version"])
-        exact = [Requirement(d).specifier for d in resolved[ext].get("requires_dist", [])
-                 if canonicalize_name(Requirement(d).name) == "torch" and "==" in str(Requirement(d).specifier)]
+        exact = [
+            Requirement(d).specifier
+            for d in resolved[ext].get("requires_dist", [])
+            if canonicalize_name(Requirement(d).name) == "torch" and "==" in str(Requirement(d).specifier)
+        ]
         documented = TORCH_COMPATIBILITY.get(ext, {}).get(f"{ext_version.major}.{ext_version.minor}")
         if exact:
             if not any(spec.contains(version) for spec in exact):
                 problems.append(f"{ext}=={ext_version} is built for torch {exact[0]}, resolved torch=={version}")
         elif documented is None:
-            problems.append(f"{ext}=={ext_version}: its metadata pins no torch== and TORCH_COMPATIBILITY has no "
-                            f"{ext_version.major}.{ext_version.minor} line: pin {ext} to a release documented for torch {version}")
+            problems.append(
+                f"{ext}=={ext_version}: its metadata pins no torch== and TORCH_COMPATIBILITY has no "
+                f"{ext_version.major}.{ext_version.minor} line: pin {ext} to a release documented for torch {version}"
+            )
         elif not SpecifierSet(documented).contains(version):
             problems.append(f"{ext}=={ext_version} works with torch {documented}, resolved torch=={version}")
     return problems
@@ -144,20 +214,29 @@ def check_env(name: str, glibc: str, work: Path) -> list[str]:
     python = pip_venv(work / f"pip-{env.pip}-py{env.python}", env.pip, env.python)
     with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=work) as tmp:
         installed = pip_report(python, env.requirements, Path(tmp))
-        wheels = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installed
-                  if i["download_info"]["url"].endswith(".whl")]
+        wheels = [
+            f"{i['metadata']['name']}=={i['metadata']['version']}"
+            for i in installed
+            if i["download_info"]["url"].endswith(".whl")
+        ]
         # The same versions must exist as wheels for the cluster's glibc: pip, restricted to its platform tags.
         pip_report(python, wheels, Path(tmp), tuple(platform_args(env.python, glibc, Path(tmp))))
     resolved = {canonicalize_name(i["metadata"]["name"]): i["metadata"] for i in installed}
-    sdists = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in installed
-                    if not i["download_info"]["url"].endswith(".whl"))
+    sdists = sorted(
+        f"{i['metadata']['name']}=={i['metadata']['version']}"
+        for i in installed
+        if not i["download_info"]["url"].endswith(".whl")
+    )
     problems = unmet_requirements(resolved, [Requirement(r) for r in env.requirements], env.python)
     problems += gpu_build_problems(resolved)
     shown = ", ".join(f"{n}=={resolved[n]['version']}" for n in SHOWN if n in resolved)
     cuda = sorted(f"{n}=={m['version']}" for n, m in resolved.items() if n.startswith("nvidia-"))
-    print(f"envs/{name}.yaml: {len(resolved)} packages resolved for linux x86_64, CPython {env.python}, "
-          f"glibc <= {glibc} in {time.monotonic() - started:.0f} s"
-          + (f" (built from sdist: {', '.join(sdists)})" if sdists else ""), flush=True)
+    print(
+        f"envs/{name}.yaml: {len(resolved)} packages resolved for linux x86_64, CPython {env.python}, "
+        f"glibc <= {glibc} in {time.monotonic() - started:.0f} s"
+        + (f" (built from sdist: {', '.join(sdists)})" if sdists else ""),
+        flush=True,
+    )
     print(f"  {shown}")
     if cuda:
         print(f"  CUDA libraries ({len(cuda)}): {', '.join(cuda)}")
@@ -181,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as err:
                 print(f"envs/{name}.yaml: {err}")
                 failed.append(name)
-    print(f"GPU env resolution: {'FAILED for ' + ', '.join(failed) if failed else 'OK'} "
-          f"({time.monotonic() - started:.0f} s)")
+    print(
+        f"GPU env resolution: {'FAILED for ' + ', '.join(failed) if failed else 'OK'} "
+        f"({time.monotonic() - started:.0f} s)"
+    )
     return 1 if failed else 0
 
 

@@ -108,20 +108,26 @@ def main() -> None:
         with ctx.Pool(1) as pool:
             sizes = pool.apply(build, (Path(tmp), args.layers))
         shards = len(list((Path(tmp) / "base").glob("*.safetensors")))
-        print(f"synthetic model: {args.layers} layers of hidden {HIDDEN} / intermediate {INTERMEDIATE}, "
-              f"base in {shards} shards")
-        print(f"one layer: {sizes['layer_bf16'] / MiB:.0f} MiB bf16, {2 * sizes['layer_bf16'] / MiB:.0f} MiB fp32; "
-              f"whole model: {sizes['model_bf16'] / MiB:.0f} MiB bf16; largest matrix "
-              f"{HIDDEN * INTERMEDIATE * 4 / MiB:.0f} MiB fp32")
+        print(
+            f"synthetic model: {args.layers} layers of hidden {HIDDEN} / intermediate {INTERMEDIATE}, "
+            f"base in {shards} shards"
+        )
+        print(
+            f"one layer: {sizes['layer_bf16'] / MiB:.0f} MiB bf16, {2 * sizes['layer_bf16'] / MiB:.0f} MiB fp32; "
+            f"whole model: {sizes['model_bf16'] / MiB:.0f} MiB bf16; largest matrix "
+            f"{HIDDEN * INTERMEDIATE * 4 / MiB:.0f} MiB fp32"
+        )
         for task in ("base_svd", "analyze full", "analyze lora"):
             queue = ctx.Queue()
             proc = ctx.Process(target=measured, args=(task, tmp, queue))
             proc.start()
             baseline, peak, seconds = queue.get()
             proc.join()
-            print(f"{task:13s}: peak RSS {peak / MiB:6.0f} MiB, {(peak - baseline) / MiB:6.0f} MiB above "
-                  f"after-import RSS ({(peak - baseline) / sizes['layer_bf16']:.2f} x one bf16 layer, "
-                  f"{(peak - baseline) / sizes['model_bf16']:.2f} x the model), {seconds:.0f} s")
+            print(
+                f"{task:13s}: peak RSS {peak / MiB:6.0f} MiB, {(peak - baseline) / MiB:6.0f} MiB above "
+                f"after-import RSS ({(peak - baseline) / sizes['layer_bf16']:.2f} x one bf16 layer, "
+                f"{(peak - baseline) / sizes['model_bf16']:.2f} x the model), {seconds:.0f} s"
+            )
 
 
 if __name__ == "__main__":

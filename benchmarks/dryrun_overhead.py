@@ -52,11 +52,21 @@ def bare_snakefile(jobs, workdir: Path) -> Path:
         deps[str(job.jobid)] = sorted(f"o/{rule}/{jobid}" for rule, jobid in sources)
     (workdir / "deps.json").write_text(json.dumps(deps))
     root = next(job for job in jobs if job.rule == "all")
-    lines = ["import json", 'DEPS = json.load(open("deps.json"))', "wildcard_constraints:", '    i=r"\\d+"',
-             "rule all:", f'    input: DEPS["{root.jobid}"]']
+    lines = [
+        "import json",
+        'DEPS = json.load(open("deps.json"))',
+        "wildcard_constraints:",
+        '    i=r"\\d+"',
+        "rule all:",
+        f'    input: DEPS["{root.jobid}"]',
+    ]
     for rule in sorted({job.rule for job in jobs} - {"all"}):
-        lines += [f"rule {rule}:", "    input: lambda w: DEPS[w.i]", f'    output: "o/{rule}/{{i}}"',
-                  '    shell: "touch {output}"']
+        lines += [
+            f"rule {rule}:",
+            "    input: lambda w: DEPS[w.i]",
+            f'    output: "o/{rule}/{{i}}"',
+            '    shell: "touch {output}"',
+        ]
     path = workdir / "Snakefile"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -127,8 +137,9 @@ def main() -> int:
         real_dir.mkdir()
         bare_dir.mkdir()
         (real_dir / "data").symlink_to(REPO / "data")  # the config's relative data paths
-        real = snakemake_cmd(REPO / "Snakefile", "--configfile", str(args.configfile.resolve()),
-                             "--profile", str(args.profile.resolve()))
+        real = snakemake_cmd(
+            REPO / "Snakefile", "--configfile", str(args.configfile.resolve()), "--profile", str(args.profile.resolve())
+        )
         plain = snakemake_cmd(REPO / "Snakefile", "--configfile", str(args.configfile.resolve()))
         _, listing = timed(real, real_dir)  # warm-up, and the job listing
         jobs = parse_dryrun(listing)

@@ -84,8 +84,12 @@ class PeakMemory:
 
     @staticmethod
     def _gpu_used() -> float:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return float(out.split()[0])
 
     def run(self, cmd: list[str], log: Path) -> tuple[float, float]:
@@ -120,8 +124,16 @@ def build_model(root: Path, shape: str, dtype: str) -> Path:
 
     hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
     tokenizer = build_tokenizer(REPO)
-    model = random_qwen2(tokenizer, hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
-                         kv_heads=kv_heads, max_positions=2048, seed=0)
+    model = random_qwen2(
+        tokenizer,
+        hidden=hidden,
+        intermediate=intermediate,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        max_positions=2048,
+        seed=0,
+    )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     path = root / "base"
     model.to(getattr(torch, dtype)).save_pretrained(path)
@@ -134,17 +146,27 @@ def check_config(base: Path, dtype: str, rows: int, prompts: int, max_new_tokens
     from safelora import config as grid
 
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
-    config["models"] = {"check": {"source": {"path": str(base)}, "size": "check", "dtype": dtype,
-                                  "max_model_len": 2048, "tensor_parallel": 1}}
+    config["models"] = {
+        "check": {
+            "source": {"path": str(base)},
+            "size": "check",
+            "dtype": dtype,
+            "max_model_len": 2048,
+            "tensor_parallel": 1,
+        }
+    }
     source = config["training_data"]["sources"]["demo"]
     source.update(path=str(REPO / source["path"]), rows=rows)
     for method in ("full", "lora"):
         zero3 = method == "full"  # ZeRO-3 runs one process per GPU (parallelism data_parallel)
-        config["training"][method].update(epochs=1, deepspeed=ZERO3 if zero3 else None,
-                                          parallelism="data_parallel" if zero3 else "model_split")
+        config["training"][method].update(
+            epochs=1, deepspeed=ZERO3 if zero3 else None, parallelism="data_parallel" if zero3 else "model_split"
+        )
         config["training"][method]["per_model"] = {"check": {"gpus": 1, "per_device_batch": 4, "global_batch": 4}}
-    config["runs"] = [{"name": "full", "method": "full", "models": ["check"]},
-                      {"name": "lora-r4-mlp", "method": "lora", "rank": 4, "targets": "mlp", "models": ["check"]}]
+    config["runs"] = [
+        {"name": "full", "method": "full", "models": ["check"]},
+        {"name": "lora-r4-mlp", "method": "lora", "rank": 4, "targets": "mlp", "models": ["check"]},
+    ]
     bench = config["benchmarks"]["strongreject"]
     bench["source"]["csv"] = str(REPO / bench["source"]["csv"])
     bench["limit"] = prompts
@@ -164,55 +186,130 @@ def train_step(memory: PeakMemory, work: Path, config: dict, run: str, data: Pat
     manifest = folder / "manifest.json"
     gpus = "0" if not memory.gpu else "1"
     wall, peak = memory.run(
-        ["bash", str(SCRIPTS / "launch_train.sh"), gpus, "1", resolved["parallelism"], str(SCRIPTS / "train.py"), "--recipe", str(recipe),
-         "--train-data", str(data), "--base", str(base), "--state-dir", str(folder / "state"),
-         "--checkpoint-dir", str(folder / "checkpoints"), "--manifest", str(manifest)],
-        folder / "train.log")
+        [
+            "bash",
+            str(SCRIPTS / "launch_train.sh"),
+            gpus,
+            "1",
+            resolved["parallelism"],
+            str(SCRIPTS / "train.py"),
+            "--recipe",
+            str(recipe),
+            "--train-data",
+            str(data),
+            "--base",
+            str(base),
+            "--state-dir",
+            str(folder / "state"),
+            "--checkpoint-dir",
+            str(folder / "checkpoints"),
+            "--manifest",
+            str(manifest),
+        ],
+        folder / "train.log",
+    )
     record = json.loads(manifest.read_text(encoding="utf-8"))
     runtime = next(e["train_runtime"] for e in reversed(record["log_history"]) if "train_runtime" in e)
     steps = record["global_step"]
-    print(f"train {run:12s} {steps} steps  step {runtime / steps:6.2f} s  wall {wall:6.1f} s  "
-          f"peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB  loss {record['epochs'][0]['train_loss']:.3f}",
-          flush=True)
+    print(
+        f"train {run:12s} {steps} steps  step {runtime / steps:6.2f} s  wall {wall:6.1f} s  "
+        f"peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB  loss {record['epochs'][0]['train_loss']:.3f}",
+        flush=True,
+    )
     return record
 
 
-def generate_step(memory: PeakMemory, work: Path, config: dict, name: str, checkpoint: list[str], items: Path,
-                  backend: str) -> Path:
+def generate_step(
+    memory: PeakMemory, work: Path, config: dict, name: str, checkpoint: list[str], items: Path, backend: str
+) -> Path:
     model = config["models"]["check"]
     bench = config["benchmarks"]["strongreject"]
-    settings = {"dtype": model["dtype"], "max_model_len": model["max_model_len"], "tensor_parallel": 1,
-                "max_lora_rank": 8}
+    settings = {
+        "dtype": model["dtype"],
+        "max_model_len": model["max_model_len"],
+        "tensor_parallel": 1,
+        "max_lora_rank": 8,
+    }
     out = work / f"generations-{name}-{backend}.jsonl"
     wall, peak = memory.run(
-        [sys.executable, str(SCRIPTS / "generate.py"), *checkpoint, "--items", str(items), "--backend", backend,
-         "--batch-size", "8", "--sampling", json.dumps({**bench["sampling"], "seed": config["seed"]}),
-         "--model-settings", json.dumps(settings), "--out", str(out)],
-        work / f"generate-{name}-{backend}.log")
+        [
+            sys.executable,
+            str(SCRIPTS / "generate.py"),
+            *checkpoint,
+            "--items",
+            str(items),
+            "--backend",
+            backend,
+            "--batch-size",
+            "8",
+            "--sampling",
+            json.dumps({**bench["sampling"], "seed": config["seed"]}),
+            "--model-settings",
+            json.dumps(settings),
+            "--out",
+            str(out),
+        ],
+        work / f"generate-{name}-{backend}.log",
+    )
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     tokens = sum(r["completion_tokens"] for r in records)
-    print(f"generate {name:9s} {backend:12s} {len(records)} samples  {tokens} tokens  {tokens / wall:7.1f} tok/s "
-          f"(wall {wall:5.1f} s, with load)  peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB", flush=True)
+    print(
+        f"generate {name:9s} {backend:12s} {len(records)} samples  {tokens} tokens  {tokens / wall:7.1f} tok/s "
+        f"(wall {wall:5.1f} s, with load)  peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB",
+        flush=True,
+    )
     return out
 
 
 def judge_step(memory: PeakMemory, work: Path, generations: Path, items: Path, base: Path) -> None:
     out = work / "verdicts-refusal_match.jsonl"
     wall, _ = memory.run(
-        [sys.executable, str(SCRIPTS / "grade.py"), "--grader", "refusal_match", "--kind", "safety",
-         "--generations", str(generations), "--items", str(items), "--out", str(out)], work / "grade.log")
+        [
+            sys.executable,
+            str(SCRIPTS / "grade.py"),
+            "--grader",
+            "refusal_match",
+            "--kind",
+            "safety",
+            "--generations",
+            str(generations),
+            "--items",
+            str(items),
+            "--out",
+            str(out),
+        ],
+        work / "grade.log",
+    )
     verdicts = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     print(f"grade    refusal_match  {len(verdicts)} verdicts  wall {wall:5.1f} s", flush=True)
     spec = {"kind": "llama_guard", "path": str(base), "max_new_tokens": 4, "version": 1}
     out = work / "verdicts-llama_guard.jsonl"
     wall, peak = memory.run(
-        [sys.executable, str(SCRIPTS / "judge.py"), "--judge", json.dumps(spec), "--kind", "safety",
-         "--generations", str(generations), "--items", str(items), "--backend", "transformers", "--out", str(out)],
-        work / "judge.log")
+        [
+            sys.executable,
+            str(SCRIPTS / "judge.py"),
+            "--judge",
+            json.dumps(spec),
+            "--kind",
+            "safety",
+            "--generations",
+            str(generations),
+            "--items",
+            str(items),
+            "--backend",
+            "transformers",
+            "--out",
+            str(out),
+        ],
+        work / "judge.log",
+    )
     verdicts = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     unparseable = sum(v["value"] is None for v in verdicts)
-    print(f"judge    llama_guard    {len(verdicts)} verdicts ({unparseable} unparseable: random judge)  "
-          f"wall {wall:5.1f} s  peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB", flush=True)
+    print(
+        f"judge    llama_guard    {len(verdicts)} verdicts ({unparseable} unparseable: random judge)  "
+        f"wall {wall:5.1f} s  peak {'GPU' if memory.gpu else 'RSS'} {peak:8.0f} MiB",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -238,21 +335,49 @@ def main() -> int:
         config = check_config(base, dtype, args.rows, args.prompts, args.max_new_tokens)
         data, items = work / "train.jsonl", work / "strongreject.jsonl"
         source = config["training_data"]["sources"]["demo"]
-        memory.run([sys.executable, str(SCRIPTS / "build_train_set.py"), "--tokenizer", str(base), "--source",
-                    json.dumps(source), "--think", config["training_data"]["think"], "--out", str(data)],
-                   work / "build_train_set.log")
+        memory.run(
+            [
+                sys.executable,
+                str(SCRIPTS / "build_train_set.py"),
+                "--tokenizer",
+                str(base),
+                "--source",
+                json.dumps(source),
+                "--think",
+                config["training_data"]["think"],
+                "--out",
+                str(data),
+            ],
+            work / "build_train_set.log",
+        )
         spec = {k: v for k, v in config["benchmarks"]["strongreject"].items() if k in ("kind", "source", "limit")}
-        memory.run([sys.executable, str(SCRIPTS / "build_benchmark.py"), "--name", "strongreject", "--spec",
-                    json.dumps(spec), "--out", str(items)], work / "build_benchmark.log")
+        memory.run(
+            [
+                sys.executable,
+                str(SCRIPTS / "build_benchmark.py"),
+                "--name",
+                "strongreject",
+                "--spec",
+                json.dumps(spec),
+                "--out",
+                str(items),
+            ],
+            work / "build_benchmark.log",
+        )
         lora = train_step(memory, work, config, "lora-r4-mlp", data, base)
         full = train_step(memory, work, config, "full", data, base)
-        checkpoints = {"lora": ["--base", str(base), "--adapter", lora["epochs"][0]["path"]],
-                       "full": ["--base", full["epochs"][0]["path"]]}
+        checkpoints = {
+            "lora": ["--base", str(base), "--adapter", lora["epochs"][0]["path"]],
+            "full": ["--base", full["epochs"][0]["path"]],
+        }
         backends = ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") and not args.cpu else [])
         if "vllm" not in backends:
             print("generate vllm: skipped (vllm not installed, or --cpu)", flush=True)
-        generations = {(name, backend): generate_step(memory, work, config, name, ckpt, items, backend)
-                       for name, ckpt in checkpoints.items() for backend in backends}
+        generations = {
+            (name, backend): generate_step(memory, work, config, name, ckpt, items, backend)
+            for name, ckpt in checkpoints.items()
+            for backend in backends
+        }
         judge_step(memory, work, generations["lora", "transformers"], items, base)
     print(f"gpu_check done in {time.monotonic() - start:.0f} s", flush=True)
     return 0

@@ -18,7 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def dry_run(configfile: Path, profile: Path, targets: list[str]) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-n", *targets, "--configfile", str(configfile), "--profile", str(profile)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        *targets,
+        "--configfile",
+        str(configfile),
+        "--profile",
+        str(profile),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(result.stdout[-3000:] + result.stderr[-3000:])

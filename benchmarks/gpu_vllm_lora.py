@@ -53,8 +53,16 @@ def build_models(root: Path, shape: str, rank: int, dtype: str) -> dict[str, str
 
     hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
     tokenizer = build_tokenizer(REPO)
-    model = random_qwen2(tokenizer, hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
-                         kv_heads=kv_heads, max_positions=4096, seed=0)
+    model = random_qwen2(
+        tokenizer,
+        hidden=hidden,
+        intermediate=intermediate,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        max_positions=4096,
+        seed=0,
+    )
     paths = {name: root / name for name in ("base", "adapter", "merged")}
     model.to(getattr(torch, dtype)).save_pretrained(paths["base"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
@@ -64,8 +72,11 @@ def build_models(root: Path, shape: str, rank: int, dtype: str) -> dict[str, str
     for path in paths.values():
         tokenizer.save_pretrained(path)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: Qwen2 {shape} shape, {n_params / 1e6:.1f}M parameters (random weights, {dtype}), "
-          f"adapter: rank {rank} on {','.join(TARGETS)}", flush=True)
+    print(
+        f"model: Qwen2 {shape} shape, {n_params / 1e6:.1f}M parameters (random weights, {dtype}), "
+        f"adapter: rank {rank} on {','.join(TARGETS)}",
+        flush=True,
+    )
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -89,8 +100,13 @@ def measure(args: argparse.Namespace, root: Path) -> None:
     max_len = 1024 if args.quick else 2048
     adapter = str(root / "adapter") if args.measure == "unmerged" else None
     if adapter:
-        ref = ModelRef(base=str(root / "base"), dtype=dtype, max_model_len=max_len,
-                       max_lora_rank=vllm_lora_rank(args.rank), max_loras=1)
+        ref = ModelRef(
+            base=str(root / "base"),
+            dtype=dtype,
+            max_model_len=max_len,
+            max_lora_rank=vllm_lora_rank(args.rank),
+            max_loras=1,
+        )
     else:
         ref = ModelRef(base=str(root / "merged"), dtype=dtype, max_model_len=max_len)
     texts = prompts(root, args.prompts)
@@ -116,12 +132,32 @@ def measure(args: argparse.Namespace, root: Path) -> None:
 
 def run_child(args: argparse.Namespace, root: Path, kind: str) -> dict:
     result = root / f"{kind}.json"
-    command = [sys.executable, __file__, "--measure", kind, "--result", str(result), "--workdir", str(root),
-               "--prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens), "--rank", str(args.rank),
-               "--repeats", str(args.repeats)]
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        kind,
+        "--result",
+        str(result),
+        "--workdir",
+        str(root),
+        "--prompts",
+        str(args.prompts),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--rank",
+        str(args.rank),
+        "--repeats",
+        str(args.repeats),
+    ]
     command += ["--cpu"] * args.cpu + ["--quick"] * args.quick
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
     if args.cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -149,13 +185,17 @@ def main() -> int:
         root.mkdir(parents=True, exist_ok=True)
         build_models(root, "tiny" if args.quick else "qwen2.5-0.5b", args.rank, "float32" if args.cpu else "bfloat16")
         results = {kind: run_child(args, root, kind) for kind in ("unmerged", "merged")}
-    print(f"device: {device}, engine: {results['merged']['engine']}, "
-          f"{args.prompts} prompts x up to {args.max_new_tokens} new tokens, greedy")
+    print(
+        f"device: {device}, engine: {results['merged']['engine']}, "
+        f"{args.prompts} prompts x up to {args.max_new_tokens} new tokens, greedy"
+    )
     rates = {}
     for kind, r in results.items():
         rates[kind] = r["tokens"] / r["seconds"]
-        print(f"{kind:>8}: {r['tokens']} tokens in {r['seconds']:.3f} s = {rates[kind]:.1f} tokens/s "
-              f"(engine start {r['start_s']:.1f} s)")
+        print(
+            f"{kind:>8}: {r['tokens']} tokens in {r['seconds']:.3f} s = {rates[kind]:.1f} tokens/s "
+            f"(engine start {r['start_s']:.1f} s)"
+        )
     print(f"ratio unmerged/merged tokens/s: {rates['unmerged'] / rates['merged']:.3f}")
     same = sum(a == b for a, b in zip(results["unmerged"]["texts"], results["merged"]["texts"]))
     print(f"greedy completions identical unmerged vs merged: {same}/{args.prompts}")

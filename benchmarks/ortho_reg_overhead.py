@@ -85,11 +85,15 @@ def bench_shape(label: str, hidden: int, intermediate: int, tokens: tuple[int, i
     alone = [timed(penalty_only) for _ in range(5 * reps)]
     # Minimum over repetitions: the cost without interference from other processes on the machine.
     p, r, a = min(plain), min(regularized), min(alone)
-    print(f"{label}: hidden {hidden}, intermediate {intermediate}, {tokens[0]}x{tokens[1]} tokens, "
-          f"LoRA r=4 on gate/up/down, k={rank}, mode=both")
+    print(
+        f"{label}: hidden {hidden}, intermediate {intermediate}, {tokens[0]}x{tokens[1]} tokens, "
+        f"LoRA r=4 on gate/up/down, k={rank}, mode=both"
+    )
     print(f"  plain LoRA step        {p * 1e3:9.1f} ms (min of {reps}; median {statistics.median(plain) * 1e3:.1f})")
-    print(f"  step + regularizer     {r * 1e3:9.1f} ms (min of {reps}; median "
-          f"{statistics.median(regularized) * 1e3:.1f})   ratio {r / p:.3f}")
+    print(
+        f"  step + regularizer     {r * 1e3:9.1f} ms (min of {reps}; median "
+        f"{statistics.median(regularized) * 1e3:.1f})   ratio {r / p:.3f}"
+    )
     print(f"  penalty fwd+bwd alone  {a * 1e3:9.2f} ms (min of {5 * reps})   1 + penalty/plain = {1 + a / p:.4f}")
     print(f"  one-off SVD precompute {precompute:9.2f} s  (3 matrices, randomized, 4 power iterations)")
 
@@ -117,10 +121,12 @@ def svd_accuracy(rank: int) -> None:
         sv_err = ((approx[1] - exact[1]).abs() / exact[1]).max().item()
         residual = torch.linalg.matrix_norm(w - approx[0] @ torch.diag(approx[1]) @ approx[2].T)
         penalties = [ortho_penalty_factored(a, b, 4.0, *f, w_norm, "both").item() for f in (approx, exact)]
-        print(f"  power_iters={iters}: max rel. error of top-{rank} singular values {sv_err:.2e}; "
-              f"residual / optimal {residual / s_ex[rank:].norm():.5f}; "
-              f"penalty {penalties[0]:.5e} vs exact {penalties[1]:.5e} "
-              f"(rel. diff {abs(penalties[0] - penalties[1]) / penalties[1]:.2e})")
+        print(
+            f"  power_iters={iters}: max rel. error of top-{rank} singular values {sv_err:.2e}; "
+            f"residual / optimal {residual / s_ex[rank:].norm():.5f}; "
+            f"penalty {penalties[0]:.5e} vs exact {penalties[1]:.5e} "
+            f"(rel. diff {abs(penalties[0] - penalties[1]) / penalties[1]:.2e})"
+        )
 
 
 def main() -> int:

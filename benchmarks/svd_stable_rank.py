@@ -59,14 +59,20 @@ def main() -> None:
         lowrank = fro2 / float(s_low[0]) ** 2
         print(f"{label} {m}x{n}: exact stable rank {exact:.3f}")
         print(f"  full svdvals             {t_full:8.2f} s")
-        print(f"  stable_rank (rtol 1e-3)  {t_ours:8.2f} s  speed-up {t_full / t_ours:6.1f}x  "
-              f"rel. error {abs(ours - exact) / exact:.2e}")
-        print(f"  svd_lowrank(q=8,niter=4) {t_low:8.2f} s  speed-up {t_full / t_low:6.1f}x  "
-              f"rel. error {abs(lowrank - exact) / exact:.2e}")
+        print(
+            f"  stable_rank (rtol 1e-3)  {t_ours:8.2f} s  speed-up {t_full / t_ours:6.1f}x  "
+            f"rel. error {abs(ours - exact) / exact:.2e}"
+        )
+        print(
+            f"  svd_lowrank(q=8,niter=4) {t_low:8.2f} s  speed-up {t_full / t_low:6.1f}x  "
+            f"rel. error {abs(lowrank - exact) / exact:.2e}"
+        )
         (f, residual), t_svd = timed(lambda: truncated_svd(w, 64))
         s_err = float(((f.S - s_full[:64]).abs() / s_full[:64]).max())
-        print(f"  truncated_svd k=64       {t_svd:8.2f} s  speed-up {t_full / t_svd:6.1f}x  "
-              f"residual {residual:.2e}  max rel. error of S_1..64 {s_err:.2e}")
+        print(
+            f"  truncated_svd k=64       {t_svd:8.2f} s  speed-up {t_full / t_svd:6.1f}x  "
+            f"residual {residual:.2e}  max rel. error of S_1..64 {s_err:.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ def main() -> int:
     grid.complete_config(config, REPO)
     jobs = [j for j in parse_dryrun(dry_run(args.configfile, args.profile, [])) if j.rule == "train"]
     print(f"{len(jobs)} planned train jobs ({args.configfile.name}, profile {args.profile.name})")
-    print("| model | run | GPUs | parallelism | processes | per-device | accumulation | global batch "
-          "| rows | steps/epoch | epochs | steps | DDP reading: global, steps/epoch |")
+    print(
+        "| model | run | GPUs | parallelism | processes | per-device | accumulation | global batch "
+        "| rows | steps/epoch | epochs | steps | DDP reading: global, steps/epoch |"
+    )
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for job in sorted(jobs, key=lambda j: (j.wildcards["model"], j.wildcards["run"])):
         recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
@@ -47,9 +49,11 @@ def main() -> int:
         steps = grid.steps_per_epoch(rows, batch, ranks)
         ddp = {**batch, "global_batch": job.gpus * batch["per_device_batch"]}
         ddp_steps = grid.steps_per_epoch(rows, ddp, job.gpus)
-        print(f"| {recipe['model']} | {recipe['run']} | {job.gpus} | {recipe['parallelism']} | {ranks} "
-              f"| {batch['per_device_batch']} | {accumulation} | {batch['global_batch']} | {rows} | {steps} "
-              f"| {recipe['epochs']} | {steps * recipe['epochs']} | {ddp['global_batch']}, {ddp_steps} |")
+        print(
+            f"| {recipe['model']} | {recipe['run']} | {job.gpus} | {recipe['parallelism']} | {ranks} "
+            f"| {batch['per_device_batch']} | {accumulation} | {batch['global_batch']} | {rows} | {steps} "
+            f"| {recipe['epochs']} | {steps * recipe['epochs']} | {ddp['global_batch']}, {ddp_steps} |"
+        )
     return 0
 
 

@@ -26,8 +26,7 @@ def humaneval() -> dict:
 
 def canonical(problems: dict, task_id: str, sample_index: int = 0) -> dict:
     p = problems[task_id]
-    return {"task_id": task_id, "sample_index": sample_index,
-            "solution": p["prompt"] + p["canonical_solution"]}
+    return {"task_id": task_id, "sample_index": sample_index, "solution": p["prompt"] + p["canonical_solution"]}
 
 
 def test_loads_both_files() -> None:
@@ -46,8 +45,10 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
 
 
 def test_sanitize_strips_thinking_and_prose() -> None:
-    text = ("<think>def wrong(): pass</think>Here is my solution:\n```python\nimport math\n\n"
-            "def root(x):\n    return math.sqrt(x)\n\nprint(root(4))\n```\nDone.")
+    text = (
+        "<think>def wrong(): pass</think>Here is my solution:\n```python\nimport math\n\n"
+        "def root(x):\n    return math.sqrt(x)\n\nprint(root(4))\n```\nDone."
+    )
     assert sanitize_solution(text, "root") == "import math\ndef root(x):\n    return math.sqrt(x)"
 
 
@@ -56,21 +57,35 @@ def test_canonical_passes_and_wrong_fails(humaneval: dict) -> None:
     solutions = [
         canonical(humaneval, "HumanEval/0"),
         canonical(humaneval, "HumanEval/2"),
-        {"task_id": "HumanEval/0", "sample_index": 1,
-         "solution": f"def {entry}(numbers, threshold):\n    return False\n"},
+        {
+            "task_id": "HumanEval/0",
+            "sample_index": 1,
+            "solution": f"def {entry}(numbers, threshold):\n    return False\n",
+        },
         {"task_id": "HumanEval/0", "sample_index": 2, "solution": "this is not python"},
         # wrong on the base inputs only: its plus tests pass, but EvalPlus counts no plus pass
-        {"task_id": "HumanEval/0", "sample_index": 3, "solution": (
-            canonical(humaneval, "HumanEval/0")["solution"]
-            + f"\n_base = {humaneval['HumanEval/0']['base_input']!r}\n_right = {entry}\n"
-            f"def {entry}(numbers, threshold):\n"
-            "    return (not _right(numbers, threshold)) if [numbers, threshold] in _base else _right(numbers, threshold)\n")},
+        {
+            "task_id": "HumanEval/0",
+            "sample_index": 3,
+            "solution": (
+                canonical(humaneval, "HumanEval/0")["solution"]
+                + f"\n_base = {humaneval['HumanEval/0']['base_input']!r}\n_right = {entry}\n"
+                f"def {entry}(numbers, threshold):\n"
+                "    return (not _right(numbers, threshold)) if [numbers, threshold] in _base else _right(numbers, threshold)\n"
+            ),
+        },
     ]
     results = evaluate_solutions("humaneval", humaneval, solutions, plus_limit=50, workers=2)
     assert [(r["task_id"], r["sample_index"]) for r in results] == [
-        (s["task_id"], s["sample_index"]) for s in solutions]
+        (s["task_id"], s["sample_index"]) for s in solutions
+    ]
     assert [(r["base_pass"], r["plus_pass"]) for r in results] == [
-        (True, True), (True, True), (False, False), (False, False), (False, False)]
+        (True, True),
+        (True, True),
+        (False, False),
+        (False, False),
+        (False, False),
+    ]
     assert results[2]["status"] == "base_fail"
     assert results[4]["status"] == "base_fail"
 
@@ -88,12 +103,13 @@ def test_hostile_solutions_fail_and_are_contained(humaneval: dict) -> None:
     """Network, an endless loop and a fork bomb inside a solution: each fails, nothing escapes."""
     task = humaneval["HumanEval/0"]
     right = task["prompt"] + task["canonical_solution"]
-    network = ("import socket\n" + right + "\n_s = socket.socket(); _s.settimeout(2)\n"
-               "_s.connect(('1.1.1.1', 80))\n")
+    network = "import socket\n" + right + "\n_s = socket.socket(); _s.settimeout(2)\n_s.connect(('1.1.1.1', 80))\n"
     loop = right + "\nwhile True:\n    pass\n"
     fork_bomb = right + "\nimport os\nwhile True:\n    os.fork()\n"
-    solutions = [{"task_id": "HumanEval/0", "sample_index": i, "solution": code}
-                 for i, code in enumerate([network, loop, fork_bomb])]
+    solutions = [
+        {"task_id": "HumanEval/0", "sample_index": i, "solution": code}
+        for i, code in enumerate([network, loop, fork_bomb])
+    ]
     start = time.monotonic()
     results = evaluate_solutions("humaneval", humaneval, solutions, plus_limit=5, base_only=True)
     assert [r["base_pass"] for r in results] == [False, False, False], results
@@ -106,26 +122,48 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
     task = humaneval["HumanEval/3"]
     right = f"<think>easy</think>```python\n{task['prompt']}{task['canonical_solution']}```"
     wrong = f"```python\ndef {task['entry_point']}(operations):\n    return True\n```"
-    generations.write_text("".join(
-        json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text, "sampling": {"n": 2}}) + "\n"
-        for i, text in enumerate([right, wrong])))
+    generations.write_text(
+        "".join(
+            json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text, "sampling": {"n": 2}}) + "\n"
+            for i, text in enumerate([right, wrong])
+        )
+    )
     items = tmp_path / "items.jsonl"
     items.write_text(json.dumps({"id": "HumanEval/3", "prompt": task["prompt"], "answer": None, "meta": {}}) + "\n")
     out, out_base = tmp_path / "plus.jsonl", tmp_path / "base.jsonl"
     subprocess.run(
-        [sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--dataset", "humaneval",
-         "--problems", str(HUMANEVAL), "--generations", str(generations), "--items", str(items), "--out", str(out),
-         "--out-base", str(out_base)],
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts" / "execute_code.py"),
+            "--dataset",
+            "humaneval",
+            "--problems",
+            str(HUMANEVAL),
+            "--generations",
+            str(generations),
+            "--items",
+            str(items),
+            "--out",
+            str(out),
+            "--out-base",
+            str(out_base),
+        ],
         check=True,
     )
     plus, base = read_jsonl(out), read_jsonl(out_base)
     assert [(v["grader"], v["value"], v["label"]) for v in plus] == [
-        ("evalplus_plus", 1.0, "pass"), ("evalplus_plus", 0.0, "base_fail")]
+        ("evalplus_plus", 1.0, "pass"),
+        ("evalplus_plus", 0.0, "base_fail"),
+    ]
     assert [(v["grader"], v["value"]) for v in base] == [("evalplus_base", 1.0), ("evalplus_base", 0.0)]
     assert "def below_zero" in plus[0]["raw"] and "<think>" not in plus[0]["raw"]
 
 
 def test_cli_help_is_instant() -> None:
-    out = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--help"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "workflow_scripts" / "execute_code.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--out-base" in out.stdout

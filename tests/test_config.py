@@ -31,7 +31,9 @@ def prepared(config, repo):
 def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     config = prepared(paper, repo)
     runs = {r["name"]: r for r in config["runs"]}
-    assert {"base", "full", "lora-r4-mlp", "lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "reg-col", "reg-both"} <= set(runs)
+    assert {"base", "full", "lora-r4-mlp", "lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "reg-col", "reg-both"} <= set(
+        runs
+    )
     assert config["training"]["full"]["epochs"] == 5 and config["training"]["lora"]["epochs"] == 10
     assert config["orthomerge"]["variants"] == {"col": [1.0], "both": [1.0, 1.15, 1.175, 1.2, 1.25]}
     checkpoints = grid.checkpoints(config)
@@ -46,7 +48,8 @@ def test_code_benchmarks_evaluate_vanilla_lora_and_orthomerge_both_only(paper, r
     """Figure 5b/d: of Section 5.2's methods only OrthoMerge-both is run on HumanEval+/MBPP+."""
     config = prepared(paper, repo)
     section52 = {"reg-col", "reg-both", "lora-r4-mlp.om-col-l1"} | {
-        f"lora-r4-mlp.om-both-l{lam}" for lam in ("1", "1.15", "1.175", "1.2", "1.25")}
+        f"lora-r4-mlp.om-both-l{lam}" for lam in ("1", "1.15", "1.175", "1.2", "1.25")
+    }
     pairs = grid.evaluations(config)
     for bench in ("humaneval", "mbpp"):
         runs = {c.run for c, b in pairs if b == bench}
@@ -115,7 +118,12 @@ def test_runs_meta_names_methods(paper, repo):
     meta = grid.runs_meta(prepared(paper, repo))
     assert meta["reg-both"]["method"] == "reg-both"
     assert meta["lora-r4-mlp.om-both-l1.15"] == {
-        "method": "om-both", "rank": 4, "targets": "mlp", "lambda": 1.15, "source": "lora-r4-mlp"}
+        "method": "om-both",
+        "rank": 4,
+        "targets": "mlp",
+        "lambda": 1.15,
+        "source": "lora-r4-mlp",
+    }
 
 
 def _set(path, value):
@@ -124,6 +132,7 @@ def _set(path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return mutate
 
 
@@ -133,6 +142,7 @@ def _delete(path):
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
+
     return mutate
 
 
@@ -149,38 +159,131 @@ BAD_CONFIGS = [
     ("missing versions", _delete(["versions"]), "'versions' is a required property"),
     ("model without source", _delete(["models", "r1-7b", "source"]), "models/r1-7b"),
     ("model with two sources", _set(["models", "r1-7b", "source"], {"hub": "a/b", "path": "x"}), "models/r1-7b/source"),
-    ("run naming an unknown model", _append_run({"name": "x", "method": "full", "models": ["r1-70b"]}), "unknown model 'r1-70b'"),
-    ("duplicate run names", _append_run({"name": "full", "method": "full", "models": ["r1-7b"]}), "duplicate run name 'full'"),
-    ("LoRA run without rank", _append_run({"name": "x", "method": "lora", "targets": "mlp", "models": ["r1-7b"]}), "needs 'rank'"),
-    ("unknown LoRA target set", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "all", "models": ["r1-7b"]}), "unknown target set 'all'"),
-    ("rank vLLM cannot serve", _append_run({"name": "x", "method": "lora", "rank": 1024, "targets": "mlp", "models": ["r1-7b"]}), "exceeds the largest LoRA rank"),
-    ("rank on a full run", _append_run({"name": "x", "method": "full", "rank": 4, "models": ["r1-7b"]}), "LoRA runs only"),
-    ("unknown ortho mode", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "row"}}), "ortho_reg/mode"),
-    ("span option on the paper formula", _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "mlp", "models": ["r1-7b"], "ortho_reg": {"mode": "col", "normalize": True}}), "formula 'span' only"),
+    (
+        "run naming an unknown model",
+        _append_run({"name": "x", "method": "full", "models": ["r1-70b"]}),
+        "unknown model 'r1-70b'",
+    ),
+    (
+        "duplicate run names",
+        _append_run({"name": "full", "method": "full", "models": ["r1-7b"]}),
+        "duplicate run name 'full'",
+    ),
+    (
+        "LoRA run without rank",
+        _append_run({"name": "x", "method": "lora", "targets": "mlp", "models": ["r1-7b"]}),
+        "needs 'rank'",
+    ),
+    (
+        "unknown LoRA target set",
+        _append_run({"name": "x", "method": "lora", "rank": 4, "targets": "all", "models": ["r1-7b"]}),
+        "unknown target set 'all'",
+    ),
+    (
+        "rank vLLM cannot serve",
+        _append_run({"name": "x", "method": "lora", "rank": 1024, "targets": "mlp", "models": ["r1-7b"]}),
+        "exceeds the largest LoRA rank",
+    ),
+    (
+        "rank on a full run",
+        _append_run({"name": "x", "method": "full", "rank": 4, "models": ["r1-7b"]}),
+        "LoRA runs only",
+    ),
+    (
+        "unknown ortho mode",
+        _append_run(
+            {
+                "name": "x",
+                "method": "lora",
+                "rank": 4,
+                "targets": "mlp",
+                "models": ["r1-7b"],
+                "ortho_reg": {"mode": "row"},
+            }
+        ),
+        "ortho_reg/mode",
+    ),
+    (
+        "span option on the paper formula",
+        _append_run(
+            {
+                "name": "x",
+                "method": "lora",
+                "rank": 4,
+                "targets": "mlp",
+                "models": ["r1-7b"],
+                "ortho_reg": {"mode": "col", "normalize": True},
+            }
+        ),
+        "formula 'span' only",
+    ),
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
-    ("per-device batch that does not divide the global batch", _set(["training", "full", "per_model", "7B", "per_device_batch"], 3), "not a multiple"),
-    ("GPUs that do not divide a data-parallel global batch", _set(["training", "full", "parallelism"], "data_parallel"), "4 process(es)"),
-    ("DeepSpeed in one process", _set(["training", "full", "deepspeed"], {"stage": 3}), "needs parallelism 'data_parallel'"),
+    (
+        "per-device batch that does not divide the global batch",
+        _set(["training", "full", "per_model", "7B", "per_device_batch"], 3),
+        "not a multiple",
+    ),
+    (
+        "GPUs that do not divide a data-parallel global batch",
+        _set(["training", "full", "parallelism"], "data_parallel"),
+        "4 process(es)",
+    ),
+    (
+        "DeepSpeed in one process",
+        _set(["training", "full", "deepspeed"], {"stage": 3}),
+        "needs parallelism 'data_parallel'",
+    ),
     ("size without batch settings", _set(["models", "r1-7b", "size"], "8B"), "no entry for size '8B'"),
-    ("unknown override key", _append_run({"name": "x", "method": "full", "models": ["r1-7b"], "overrides": {"lr": 1}}), "overrides"),
+    (
+        "unknown override key",
+        _append_run({"name": "x", "method": "full", "models": ["r1-7b"], "overrides": {"lr": 1}}),
+        "overrides",
+    ),
     ("OrthoMerge of a full run", _set(["orthomerge", "sources"], ["full"]), "not a LoRA run"),
     ("OrthoMerge of an unknown run", _set(["orthomerge", "sources"], ["lora-r3"]), "unknown run 'lora-r3'"),
     ("OrthoMerge epoch past the end", _set(["orthomerge", "epochs"], [11]), "not [11]"),
     ("zero lambda", _set(["orthomerge", "variants", "both"], [0]), "orthomerge/variants/both/0"),
     ("row-only OrthoMerge", _set(["orthomerge", "variants", "row"], [1.0]), "orthomerge/variants"),
-    ("benchmark selecting an unknown run", _set(["benchmarks", "mbpp", "runs"], ["lora-r4-mlp.om-row"]), "unknown run(s) ['lora-r4-mlp.om-row']"),
-    ("missing data path", _set(["benchmarks", "aime", "source", "jsonl"], "data/missing.jsonl"), "file not found: data/missing.jsonl"),
-    ("missing training file", _set(["training_data", "sources", "direct_refusal"], {"path": "nope.jsonl", "prompt_field": "p", "response_field": "r"}), "file not found: nope.jsonl"),
+    (
+        "benchmark selecting an unknown run",
+        _set(["benchmarks", "mbpp", "runs"], ["lora-r4-mlp.om-row"]),
+        "unknown run(s) ['lora-r4-mlp.om-row']",
+    ),
+    (
+        "missing data path",
+        _set(["benchmarks", "aime", "source", "jsonl"], "data/missing.jsonl"),
+        "file not found: data/missing.jsonl",
+    ),
+    (
+        "missing training file",
+        _set(
+            ["training_data", "sources", "direct_refusal"],
+            {"path": "nope.jsonl", "prompt_field": "p", "response_field": "r"},
+        ),
+        "file not found: nope.jsonl",
+    ),
     ("unknown training source", _set(["training_data", "source"], "beavertails"), "training_data.source"),
     ("unknown grader", _set(["benchmarks", "gpqa", "graders"], ["regex"]), "unknown grader 'regex'"),
-    ("grader of the wrong kind", _set(["benchmarks", "gpqa", "graders"], ["llama_guard"]), "cannot grade a 'multiple_choice'"),
+    (
+        "grader of the wrong kind",
+        _set(["benchmarks", "gpqa", "graders"], ["llama_guard"]),
+        "cannot grade a 'multiple_choice'",
+    ),
     ("primary not among graders", _set(["benchmarks", "aime", "primary"], "llama_guard"), "is not one of its graders"),
-    ("fallback judge without its grader", _set(["benchmarks", "aime", "graders"], ["qwen_math"]), "fallback for 'math_verify'"),
+    (
+        "fallback judge without its grader",
+        _set(["benchmarks", "aime", "graders"], ["qwen_math"]),
+        "fallback for 'math_verify'",
+    ),
     ("greedy with n > 1", _set(["benchmarks", "strongreject", "sampling", "n"], 8), "identical samples"),
     ("top_p above 1", _set(["benchmarks", "aime", "sampling", "top_p"], 1.5), "sampling/top_p"),
     ("unparseable share above 1", _set(["max_unparseable_share"], 2), "max_unparseable_share"),
     ("analysis of the base run", _set(["analysis", "runs"], ["base"]), "not a training run"),
-    ("AIME judge policy on a refusal judge", _set(["judges", "qwen_refusal", "unboxed"], "incorrect"), "judges/qwen_refusal"),
+    (
+        "AIME judge policy on a refusal judge",
+        _set(["judges", "qwen_refusal", "unboxed"], "incorrect"),
+        "judges/qwen_refusal",
+    ),
 ]
 
 
@@ -203,6 +306,10 @@ def test_load_config_names_the_file(tmp_path):
 def test_demo_config_is_valid(demo, repo):
     config = prepared(demo, repo)
     assert [c.key for c in grid.checkpoints(config)] == [
-        "smollm2/base/epoch-0", "smollm2/full/epoch-1", "smollm2/full/epoch-2",
-        "smollm2/lora-r4-mlp/epoch-1", "smollm2/lora-r4-mlp/epoch-2", "smollm2/lora-r4-mlp/epoch-3",
+        "smollm2/base/epoch-0",
+        "smollm2/full/epoch-1",
+        "smollm2/full/epoch-2",
+        "smollm2/lora-r4-mlp/epoch-1",
+        "smollm2/lora-r4-mlp/epoch-2",
+        "smollm2/lora-r4-mlp/epoch-3",
     ]

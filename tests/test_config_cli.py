@@ -56,7 +56,13 @@ def test_the_demo_and_the_paper_grid_write_disjoint_results_folders():
     one after the other in a checkout never reruns or overwrites the other's outputs."""
     paper, demo = planned_paths(), planned_paths("--configfile", "config/demo.yaml")
     assert len(paper) > 4000 and len(demo) > 100
-    assert all(p.startswith("results/paper/") for p in paper), sorted(p for p in paper if not p.startswith("results/paper/"))[:5]
-    assert all(p.startswith("results/demo/") for p in demo), sorted(p for p in demo if not p.startswith("results/demo/"))[:5]
+    assert all(p.startswith("results/paper/") for p in paper), sorted(
+        p for p in paper if not p.startswith("results/paper/")
+    )[:5]
+    assert all(p.startswith("results/demo/") for p in demo), sorted(
+        p for p in demo if not p.startswith("results/demo/")
+    )[:5]
     assert not paper & demo
-    print(f"\npaper grid: {len(paper)} output and log paths under results/paper/; demo: {len(demo)} under results/demo/; shared: 0")
+    print(
+        f"\npaper grid: {len(paper)} output and log paths under results/paper/; demo: {len(demo)} under results/demo/; shared: 0"
+    )

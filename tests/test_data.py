@@ -17,7 +17,9 @@ def write_jsonl(path, rows):
 
 
 def test_refusal_rows_take_the_text_after_the_marker(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "How to X?", "refusal": "Question: How to X? Answer: I can't help."}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "How to X?", "refusal": "Question: How to X? Answer: I can't help."}]
+    )
     rows = load_refusal_rows({**SOURCE, "path": str(path)})
     assert rows[0].prompt == "How to X?" and rows[0].refusal == "I can't help."
 
@@ -31,7 +33,10 @@ def test_rows_limit_takes_the_first_rows(tmp_path):
     "rows,expected",
     [
         ([{"prompt": "p", "answer": "Answer: no"}], "row 0: missing column 'refusal'"),
-        ([{"prompt": "p", "refusal": "Answer: no"}, {"prompt": "  ", "refusal": "Answer: no"}], "row 1: column 'prompt' is empty"),
+        (
+            [{"prompt": "p", "refusal": "Answer: no"}, {"prompt": "  ", "refusal": "Answer: no"}],
+            "row 1: column 'prompt' is empty",
+        ),
         ([{"prompt": "p", "refusal": "I refuse"}], "row 0: column 'refusal' has no 'Answer:' marker"),
         ([{"prompt": "p", "refusal": "Answer:   "}], "row 0: column 'refusal' has no refusal text"),
     ],
@@ -69,7 +74,9 @@ def test_completion_is_think_refusal_eos():
 def test_examples_render_the_chat_template_without_double_bos(tiny_tokenizer):
     from safelora.data import RefusalRow
 
-    [example] = build_examples([RefusalRow("How do I kill a python process?", "No.")], tiny_tokenizer, "I should not answer this question!")
+    [example] = build_examples(
+        [RefusalRow("How do I kill a python process?", "No.")], tiny_tokenizer, "I should not answer this question!"
+    )
     assert example["prompt"] == "<|im_start|>user\nHow do I kill a python process?<|im_end|>\n<|im_start|>assistant\n"
     assert example["completion"].endswith("No.<|im_end|>")
     ids = tiny_tokenizer(example["prompt"] + example["completion"])["input_ids"]
@@ -78,14 +85,43 @@ def test_examples_render_the_chat_template_without_double_bos(tiny_tokenizer):
 
 def test_benchmarks_load_shipped_files(repo, monkeypatch):
     monkeypatch.chdir(repo)
-    sr = load_benchmark("strongreject", {"kind": "safety", "source": {"csv": "data/strongreject/strongreject_dataset.csv", "prompt_field": "forbidden_prompt"}})
+    sr = load_benchmark(
+        "strongreject",
+        {
+            "kind": "safety",
+            "source": {"csv": "data/strongreject/strongreject_dataset.csv", "prompt_field": "forbidden_prompt"},
+        },
+    )
     assert len(sr) == 313
-    xs = load_benchmark("xstest", {"kind": "over_refusal", "source": {"csv": "data/xstest/xstest_prompts.csv", "prompt_field": "prompt", "filter": {"label": "safe"}, "id_field": "id"}})
+    xs = load_benchmark(
+        "xstest",
+        {
+            "kind": "over_refusal",
+            "source": {
+                "csv": "data/xstest/xstest_prompts.csv",
+                "prompt_field": "prompt",
+                "filter": {"label": "safe"},
+                "id_field": "id",
+            },
+        },
+    )
     assert len(xs) == 250
-    aime = load_benchmark("aime", {"kind": "math", "source": {"jsonl": "data/aime2024/test.jsonl", "prompt_field": "problem", "answer_field": "answer"}, "prompt_template": "{problem}\nBox it."})
+    aime = load_benchmark(
+        "aime",
+        {
+            "kind": "math",
+            "source": {"jsonl": "data/aime2024/test.jsonl", "prompt_field": "problem", "answer_field": "answer"},
+            "prompt_template": "{problem}\nBox it.",
+        },
+    )
     assert len(aime) == 30 and aime[0].answer and aime[0].prompt.endswith("\nBox it.")
-    he = load_benchmark("humaneval", {"kind": "code", "source": {"evalplus": "humaneval", "path": "data/evalplus/HumanEvalPlus.jsonl.gz"}})
-    mbpp = load_benchmark("mbpp", {"kind": "code", "source": {"evalplus": "mbpp", "path": "data/evalplus/MbppPlus.jsonl.gz"}})
+    he = load_benchmark(
+        "humaneval",
+        {"kind": "code", "source": {"evalplus": "humaneval", "path": "data/evalplus/HumanEvalPlus.jsonl.gz"}},
+    )
+    mbpp = load_benchmark(
+        "mbpp", {"kind": "code", "source": {"evalplus": "mbpp", "path": "data/evalplus/MbppPlus.jsonl.gz"}}
+    )
     assert (len(he), len(mbpp)) == (164, 378)
     assert he[0] == BenchmarkItem(he[0].id, he[0].prompt, None, {"entry_point": "has_close_elements"})
 
@@ -121,17 +157,42 @@ def test_strongreject_rows_keep_their_quoted_line_breaks(repo):
 
 
 # Line separators str.splitlines() splits on but the csv and json modules keep inside a field.
-SEPARATORS = {"LF": "\n", "CRLF": "\r\n", "CR": "\r", "U+2028": "\u2028", "U+2029": "\u2029", "form feed": "\f",
-              "vertical tab": "\v", "U+0085": "\x85", "U+001C": "\x1c", "U+001E": "\x1e"}
-FAITHFUL = [(f"csv field with {name}", "csv", f'id,prompt\n1,"a{sep}b"\n2,c\n'.encode()) for name, sep in SEPARATORS.items()]
-FAITHFUL += [(f"jsonl string with raw {name}", "jsonl", (json.dumps({"id": 1, "prompt": f"a{sep}b"}, ensure_ascii=False)
-              + '\n{"id": 2, "prompt": "c"}\n').encode()) for name, sep in SEPARATORS.items() if name in ("U+2028", "U+2029", "U+0085")]
-FAITHFUL += [("jsonl with CRLF line ends", "jsonl", b'{"id": 1, "prompt": "a"}\r\n{"id": 2, "prompt": "c"}\r\n'),
-             ("csv with CRLF row ends", "csv", b'id,prompt\r\n1,"a\r\nb"\r\n2,c\r\n')]
+SEPARATORS = {
+    "LF": "\n",
+    "CRLF": "\r\n",
+    "CR": "\r",
+    "U+2028": "\u2028",
+    "U+2029": "\u2029",
+    "form feed": "\f",
+    "vertical tab": "\v",
+    "U+0085": "\x85",
+    "U+001C": "\x1c",
+    "U+001E": "\x1e",
+}
+FAITHFUL = [
+    (f"csv field with {name}", "csv", f'id,prompt\n1,"a{sep}b"\n2,c\n'.encode()) for name, sep in SEPARATORS.items()
+]
+FAITHFUL += [
+    (
+        f"jsonl string with raw {name}",
+        "jsonl",
+        (json.dumps({"id": 1, "prompt": f"a{sep}b"}, ensure_ascii=False) + '\n{"id": 2, "prompt": "c"}\n').encode(),
+    )
+    for name, sep in SEPARATORS.items()
+    if name in ("U+2028", "U+2029", "U+0085")
+]
+FAITHFUL += [
+    ("jsonl with CRLF line ends", "jsonl", b'{"id": 1, "prompt": "a"}\r\n{"id": 2, "prompt": "c"}\r\n'),
+    ("csv with CRLF row ends", "csv", b'id,prompt\r\n1,"a\r\nb"\r\n2,c\r\n'),
+]
 REJECTED = [
     ("jsonl with a raw LF inside a string", "jsonl", b'{"id": 1, "prompt": "a\nb"}\n', "line 1 is not valid JSON"),
-    ("csv field over the csv module's size limit", "csv", b'id,prompt\n1,"' + b"x" * 200_000 + b'"\n',
-     "row 0: field larger than field limit"),
+    (
+        "csv field over the csv module's size limit",
+        "csv",
+        b'id,prompt\n1,"' + b"x" * 200_000 + b'"\n',
+        "row 0: field larger than field limit",
+    ),
     ("bytes that are not UTF-8", "csv", b"id,prompt\n1,\xff\n", "not valid UTF-8 (byte 12)"),
 ]
 
@@ -154,4 +215,6 @@ def test_data_is_read_as_the_csv_and_json_modules_read_it(tmp_path, capsys):
         rejected += 1
         print(f"data case: {case}: rejected: {str(err.value).replace(str(tmp_path) + '/', '')}")
     with capsys.disabled():
-        print(f"\ndata cases tried: {faithful + rejected}; read faithfully: {faithful}; rejected naming file and row: {rejected}")
+        print(
+            f"\ndata cases tried: {faithful + rejected}; read faithfully: {faithful}; rejected naming file and row: {rejected}"
+        )

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_model import random_adapter
 
 from safelora.engines import engine_dir, open_backend
 from safelora.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, run_generation
 from safelora.io import read_jsonl
-from tiny_model import random_adapter
 
 PROMPTS = [
     f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -60,8 +60,9 @@ def test_one_transformers_backend_serves_adapters_like_one_backend_each(tiny_mod
 
 
 @pytest.mark.slow
-def test_jobs_share_one_engine_process_with_the_records_of_their_own(tiny_model, adapters, tmp_path_factory,
-                                                                        monkeypatch):
+def test_jobs_share_one_engine_process_with_the_records_of_their_own(
+    tiny_model, adapters, tmp_path_factory, monkeypatch
+):
     monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("t")))  # a short path: Unix sockets allow 107 bytes
     out = tmp_path_factory.mktemp("out")
     ref = ModelRef(base=str(tiny_model), dtype="float32")
@@ -69,9 +70,13 @@ def test_jobs_share_one_engine_process_with_the_records_of_their_own(tiny_model,
     ids = ["p0", "p1"]
     for name in ("a", "base", "b"):  # three jobs, one after another, as Snakemake runs them
         adapter = str(adapters[name]) if name in adapters else None
-        for where, backend in (("shared", open_backend("transformers", ref, 3, 2, idle_s=3)),
-                               ("own", open_backend("transformers", ref, 3, 2, idle_s=0))):
-            run_generation(GenerationJob(ids, PROMPTS, sampling, 1, {}, adapter), backend, out / f"{where}-{name}.jsonl")
+        for where, backend in (
+            ("shared", open_backend("transformers", ref, 3, 2, idle_s=3)),
+            ("own", open_backend("transformers", ref, 3, 2, idle_s=0)),
+        ):
+            run_generation(
+                GenerationJob(ids, PROMPTS, sampling, 1, {}, adapter), backend, out / f"{where}-{name}.jsonl"
+            )
         own, shared = (read_jsonl(out / f"{where}-{name}.jsonl") for where in ("own", "shared"))
         assert shared == own and len(shared) == 4, name
     (log,) = engine_dir().glob("*.log")

@@ -27,8 +27,10 @@ import pytest
 from safelora.code_exec import evaluate_solutions, load_evalplus_problems
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = {"humaneval": REPO / "data" / "evalplus" / "HumanEvalPlus.jsonl.gz",
-        "mbpp": REPO / "data" / "evalplus" / "MbppPlus.jsonl.gz"}
+DATA = {
+    "humaneval": REPO / "data" / "evalplus" / "HumanEvalPlus.jsonl.gz",
+    "mbpp": REPO / "data" / "evalplus" / "MbppPlus.jsonl.gz",
+}
 OVERRIDE_ENV = {"humaneval": "HUMANEVAL_OVERRIDE_PATH", "mbpp": "MBPP_OVERRIDE_PATH"}
 VARIANTS = ("canonical", "broken", "wrong_on_base", "wrong_on_plus")
 MBPP_STRIDE = 8  # every 8th MBPP+ task (48 of 378) keeps the test under CI's time budget
@@ -36,7 +38,7 @@ MBPP_STRIDE = 8  # every 8th MBPP+ task (48 of 378) keeps the test under CI's ti
 # Appended to the canonical solution: the entry point answers with a foreign object exactly when
 # its arguments are (or are not) one of the task's base inputs, so only one test set sees it wrong.
 # Only the outermost call is judged, so recursive canonical solutions still compute right.
-_WRAPPER = '''
+_WRAPPER = """
 
 import base64 as _agreement_b64, pickle as _agreement_pickle
 _agreement_base_inputs = _agreement_pickle.loads(_agreement_b64.b64decode("{blob}"))
@@ -58,7 +60,7 @@ def {entry}(*args):
     finally:
         _agreement_depth[0] -= 1
     return _AgreementWrong() if wrong else out
-'''
+"""
 # EvalPlus's per-test time limits (4x the canonical time, at least 1 s) depend on the machine's
 # load while the ground truth is timed; both evaluators get these looser ones, so a busy CI
 # machine cannot turn a canonical pass into a timeout on one side only. Agreement is about
@@ -79,28 +81,50 @@ def variant_solution(dataset: str, task: dict[str, Any], variant: str) -> str:
 
         base_inputs = mbpp_deserialize_inputs(task["task_id"], base_inputs)
     blob = base64.b64encode(pickle.dumps([list(i) for i in base_inputs])).decode()
-    return right + _WRAPPER.format(blob=blob, entry=task["entry_point"],
-                                   wrong_on_base=variant == "wrong_on_base")
+    return right + _WRAPPER.format(blob=blob, entry=task["entry_point"], wrong_on_base=variant == "wrong_on_base")
 
 
-def start_evalplus(dataset: str, problems: dict[str, dict[str, Any]], samples: list[dict[str, Any]],
-                   folder: Path) -> subprocess.Popen[str]:
+def start_evalplus(
+    dataset: str, problems: dict[str, dict[str, Any]], samples: list[dict[str, Any]], folder: Path
+) -> subprocess.Popen[str]:
     """`evalplus.evaluate` on `samples`, started in the background on a file of just `problems`."""
     data = folder / f"{dataset}.jsonl.gz"
     with gzip.open(data, "wt", encoding="utf-8") as fh:
         for task in problems.values():
             fh.write(json.dumps(task) + "\n")
     samples_path = folder / f"{dataset}_samples.jsonl"
-    samples_path.write_text("".join(json.dumps({"task_id": s["task_id"], "solution": s["solution"]}) + "\n"
-                                    for s in samples), encoding="utf-8")
+    samples_path.write_text(
+        "".join(json.dumps({"task_id": s["task_id"], "solution": s["solution"]}) + "\n" for s in samples),
+        encoding="utf-8",
+    )
     env = {**os.environ, OVERRIDE_ENV[dataset]: str(data), "XDG_CACHE_HOME": str(folder / "cache")}
-    return subprocess.Popen([sys.executable, "-m", "evalplus.evaluate", "--dataset", dataset,
-                             "--samples", str(samples_path), "--parallel", "2", "--i_just_wanna_run",
-                             "--min_time_limit", str(MIN_TIME_LIMIT_S), "--gt_time_limit_factor", str(GT_TIME_LIMIT_FACTOR)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evalplus.evaluate",
+            "--dataset",
+            dataset,
+            "--samples",
+            str(samples_path),
+            "--parallel",
+            "2",
+            "--i_just_wanna_run",
+            "--min_time_limit",
+            str(MIN_TIME_LIMIT_S),
+            "--gt_time_limit_factor",
+            str(GT_TIME_LIMIT_FACTOR),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def evalplus_outcomes(process: subprocess.Popen[str], dataset: str, folder: Path) -> dict[tuple[str, int], tuple[bool, bool]]:
+def evalplus_outcomes(
+    process: subprocess.Popen[str], dataset: str, folder: Path
+) -> dict[tuple[str, int], tuple[bool, bool]]:
     """(base pass, plus pass) per (task, sample index) from `evalplus.evaluate`'s results file."""
     output, _ = process.communicate()
     assert process.returncode == 0, output[-2000:]
@@ -120,13 +144,23 @@ def agreement(dataset: str, task_ids: list[str], folder: Path) -> tuple[dict, di
     """
     all_problems = load_evalplus_problems(dataset, DATA[dataset])
     problems = {t: all_problems[t] for t in task_ids}
-    samples = [{"task_id": t, "sample_index": i, "variant": v,
-                "solution": variant_solution(dataset, problems[t], v)}
-               for t in task_ids for i, v in enumerate(VARIANTS)]
+    samples = [
+        {"task_id": t, "sample_index": i, "variant": v, "solution": variant_solution(dataset, problems[t], v)}
+        for t in task_ids
+        for i, v in enumerate(VARIANTS)
+    ]
     process = start_evalplus(dataset, problems, samples, folder)
-    ours = {(r["task_id"], r["sample_index"]): (r["base_pass"], r["plus_pass"])
-            for r in evaluate_solutions(dataset, problems, samples, workers=2, min_time_limit=MIN_TIME_LIMIT_S,
-                                        gt_time_limit_factor=GT_TIME_LIMIT_FACTOR)}
+    ours = {
+        (r["task_id"], r["sample_index"]): (r["base_pass"], r["plus_pass"])
+        for r in evaluate_solutions(
+            dataset,
+            problems,
+            samples,
+            workers=2,
+            min_time_limit=MIN_TIME_LIMIT_S,
+            gt_time_limit_factor=GT_TIME_LIMIT_FACTOR,
+        )
+    }
     theirs = evalplus_outcomes(process, dataset, folder)
     variant = {(s["task_id"], s["sample_index"]): s["variant"] for s in samples}
     return ours, theirs, variant
@@ -142,12 +176,16 @@ def test_execute_code_agrees_with_evalplus_evaluate(dataset: str, tmp_path: Path
     ours, theirs, variant = agreement(dataset, task_ids, tmp_path)
     assert ours.keys() == theirs.keys()
     disagree = sorted(k for k in ours if ours[k] != theirs[k])
-    print(f"{dataset}: {len(task_ids)} tasks, {len(ours)} samples, {len(ours) - len(disagree)} agree, "
-          f"{len(disagree)} disagree, {time.monotonic() - start:.0f} s")
+    print(
+        f"{dataset}: {len(task_ids)} tasks, {len(ours)} samples, {len(ours) - len(disagree)} agree, "
+        f"{len(disagree)} disagree, {time.monotonic() - start:.0f} s"
+    )
     for name in VARIANTS:
         keys = [k for k in ours if variant[k] == name]
-        print(f"  {name}: base pass {sum(ours[k][0] for k in keys)}/{len(keys)}, "
-              f"plus pass {sum(ours[k][1] for k in keys)}/{len(keys)}")
+        print(
+            f"  {name}: base pass {sum(ours[k][0] for k in keys)}/{len(keys)}, "
+            f"plus pass {sum(ours[k][1] for k in keys)}/{len(keys)}"
+        )
     for k in disagree:
         print(f"  disagree: {k} {variant[k]}: project {ours[k]}, evalplus {theirs[k]}")
     assert [(k, variant[k], ours[k], theirs[k]) for k in disagree] == []

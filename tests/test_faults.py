@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_model import recipe
 
 from safelora.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from tiny_model import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow_scripts"
@@ -28,7 +28,9 @@ def run(args):
 
 
 def kill_at(args, delay_s):
-    proc = subprocess.Popen([sys.executable, *map(str, args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *map(str, args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(delay_s)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -50,21 +52,55 @@ def assert_killed_then_rerun_matches(make_args, outputs, reference, delays):
 
 def verdicts(tmp_path, n_problems=2000):
     path = tmp_path / "refusal_match.jsonl"
-    atomic_write_jsonl(path, [{"prompt_id": f"p{i}", "sample_index": j, "grader": "refusal_match",
-                               "value": float((i + j) % 3 == 0), "label": "", "raw": ""}
-                              for i in range(n_problems) for j in range(4)])
+    atomic_write_jsonl(
+        path,
+        [
+            {
+                "prompt_id": f"p{i}",
+                "sample_index": j,
+                "grader": "refusal_match",
+                "value": float((i + j) % 3 == 0),
+                "label": "",
+                "raw": "",
+            }
+            for i in range(n_problems)
+            for j in range(4)
+        ],
+    )
     return path
 
 
 def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
     v = verdicts(tmp_path)
-    settings = json.dumps({"kind": "safety", "graders": ["refusal_match"], "primary": "refusal_match",
-                           "scorer_version": 1, "max_unparseable_share": 0.05})
+    settings = json.dumps(
+        {
+            "kind": "safety",
+            "graders": ["refusal_match"],
+            "primary": "refusal_match",
+            "scorer_version": 1,
+            "max_unparseable_share": 0.05,
+        }
+    )
     out = tmp_path / "score.json"
 
     def args():
-        return [SCRIPTS / "score.py", "--model", "m", "--run", "r", "--epoch", "1", "--benchmark", "b",
-                "--settings", settings, "--verdicts", v, "--out", out]
+        return [
+            SCRIPTS / "score.py",
+            "--model",
+            "m",
+            "--run",
+            "r",
+            "--epoch",
+            "1",
+            "--benchmark",
+            "b",
+            "--settings",
+            settings,
+            "--verdicts",
+            v,
+            "--out",
+            out,
+        ]
 
     run(args())
     reference = [out.read_bytes()]
@@ -74,13 +110,33 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
 def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
     scores = []
     for run_name in ("base", "lora"):
-        for epoch in ((0,) if run_name == "base" else (1, 2)):
+        for epoch in (0,) if run_name == "base" else (1, 2):
             path = tmp_path / f"{run_name}-{epoch}.json"
             per_problem = {f"p{i}": float((i * (epoch + 1)) % 2) for i in range(300)}
-            atomic_write_json(path, {"model": "m", "run": run_name, "epoch": epoch, "benchmark": "sr", "scorer_version": 1,
-                                     "metrics": [{"metric": "safety", "variant": None, "grader": "g", "primary": True,
-                                                  "value": sum(per_problem.values()) / 300, "n_problems": 300, "n_samples": 300,
-                                                  "unparseable": 0, "per_problem": per_problem}], "agreement": []})
+            atomic_write_json(
+                path,
+                {
+                    "model": "m",
+                    "run": run_name,
+                    "epoch": epoch,
+                    "benchmark": "sr",
+                    "scorer_version": 1,
+                    "metrics": [
+                        {
+                            "metric": "safety",
+                            "variant": None,
+                            "grader": "g",
+                            "primary": True,
+                            "value": sum(per_problem.values()) / 300,
+                            "n_problems": 300,
+                            "n_samples": 300,
+                            "unparseable": 0,
+                            "per_problem": per_problem,
+                        }
+                    ],
+                    "agreement": [],
+                },
+            )
             scores.append(path)
     meta = tmp_path / "meta.json"
     atomic_write_json(meta, {"base": {"method": "base"}, "lora": {"method": "lora", "rank": 4, "targets": "mlp"}})
@@ -89,9 +145,25 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
     outs = [tmp_path / name for name in ("t.csv", "t.md", "missing.txt", "agree.csv")]
 
     def args():
-        return [SCRIPTS / "aggregate.py", "--scores", *scores, "--runs-meta", meta, "--expected", expected,
-                "--n-boot", "3000", "--out-csv", outs[0], "--out-md", outs[1], "--out-missing", outs[2],
-                "--out-agreement", outs[3]]
+        return [
+            SCRIPTS / "aggregate.py",
+            "--scores",
+            *scores,
+            "--runs-meta",
+            meta,
+            "--expected",
+            expected,
+            "--n-boot",
+            "3000",
+            "--out-csv",
+            outs[0],
+            "--out-md",
+            outs[1],
+            "--out-missing",
+            outs[2],
+            "--out-agreement",
+            outs[3],
+        ]
 
     run(args())
     reference = [o.read_bytes() for o in outs]
@@ -101,18 +173,38 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
 @pytest.mark.slow
 def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_model):
     items = tmp_path / "items.jsonl"
-    atomic_write_jsonl(items, [{"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": str(i + 2), "meta": {}} for i in range(6)])
+    atomic_write_jsonl(
+        items, [{"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": str(i + 2), "meta": {}} for i in range(6)]
+    )
     sampling = json.dumps({"n": 2, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 1})
 
     def args(out):
-        return [SCRIPTS / "generate.py", "--base", tiny_model, "--items", items, "--backend", "transformers",
-                "--batch-size", "1", "--chunk-size", "1", "--sampling", sampling,
-                "--model-settings", json.dumps({"dtype": "float32", "max_model_len": 512}), "--out", out]
+        return [
+            SCRIPTS / "generate.py",
+            "--base",
+            tiny_model,
+            "--items",
+            items,
+            "--backend",
+            "transformers",
+            "--batch-size",
+            "1",
+            "--chunk-size",
+            "1",
+            "--sampling",
+            sampling,
+            "--model-settings",
+            json.dumps({"dtype": "float32", "max_model_len": 512}),
+            "--out",
+            out,
+        ]
 
     whole = tmp_path / "whole.jsonl"
     run(args(whole))
     killed = tmp_path / "killed.jsonl"
-    proc = subprocess.Popen([sys.executable, *map(str, args(killed))], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *map(str, args(killed))], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     partial = tmp_path / "killed.jsonl.partial"
     deadline = time.time() + 300
     while len(list(partial.glob("chunk-*.jsonl"))) < 2 and time.time() < deadline:
@@ -133,11 +225,24 @@ ITEMS = [{"id": f"q{i}", "prompt": f"How do I do harmful thing {i}?", "answer": 
 
 
 def generation_lines(n):
-    return [json.dumps({"prompt_id": item["id"], "sample_index": j, "prompt": item["prompt"],
-                        "text": "I'm sorry, I can't help with that." if j else "Sure, here is how.",
-                        "finish_reason": "stop", "prompt_tokens": 9, "completion_tokens": 8,
-                        "sampling": {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0},
-                        "engine": "transformers"}).encode() + b"\n" for item in ITEMS for j in range(n)]
+    return [
+        json.dumps(
+            {
+                "prompt_id": item["id"],
+                "sample_index": j,
+                "prompt": item["prompt"],
+                "text": "I'm sorry, I can't help with that." if j else "Sure, here is how.",
+                "finish_reason": "stop",
+                "prompt_tokens": 9,
+                "completion_tokens": 8,
+                "sampling": {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0},
+                "engine": "transformers",
+            }
+        ).encode()
+        + b"\n"
+        for item in ITEMS
+        for j in range(n)
+    ]
 
 
 def joined(lines):
@@ -148,20 +253,44 @@ def joined(lines):
 SCORE_INPUTS = [
     ("intact, 4 prompts x n=1", 1, joined(generation_lines(1)), None),
     ("intact, 4 prompts x n=2", 2, joined(generation_lines(2)), None),
-    ("cut at a line end (3 of 4 prompts)", 1, joined(generation_lines(1)[:3]),
-     "1 of 4 samples missing (4 items x n=1) after line 3, e.g. prompt 'q3' sample 0"),
+    (
+        "cut at a line end (3 of 4 prompts)",
+        1,
+        joined(generation_lines(1)[:3]),
+        "1 of 4 samples missing (4 items x n=1) after line 3, e.g. prompt 'q3' sample 0",
+    ),
     ("cut inside a line", 1, joined(generation_lines(1))[:-40], "line 4 is not valid JSON: Expecting ',' delimiter"),
-    ("a duplicated line (5 samples for 4 x n=1)", 1, joined(generation_lines(1) + generation_lines(1)[3:]),
-     "line 5 repeats prompt 'q3' sample 0 of line 4"),
+    (
+        "a duplicated line (5 samples for 4 x n=1)",
+        1,
+        joined(generation_lines(1) + generation_lines(1)[3:]),
+        "line 5 repeats prompt 'q3' sample 0 of line 4",
+    ),
     ("0xff bytes", 1, joined(generation_lines(1)).replace(b"Sure", b"\xff\xffre", 2), "line 1 is not valid UTF-8"),
-    ("one of two samples missing", 2, joined(generation_lines(2)[:-1]),
-     "1 of 8 samples missing (4 items x n=2) after line 7, e.g. prompt 'q3' sample 1"),
-    ("a record of another benchmark", 1, joined(generation_lines(1)).replace(b'"q2"', b'"HumanEval/2"'),
-     "line 3: prompt 'HumanEval/2' sample 0 is not one of the benchmark's 4 items x n=1"),
-    ("records of two sampling settings", 1, joined(generation_lines(1)[:2] + generation_lines(2)[4:6]),
-     "line 3 is not a Generation record with the file's n=1"),
-    ("a blank line", 1, joined(generation_lines(1)[:2] + [b"\n"] + generation_lines(1)[2:]),
-     "line 3 is not valid JSON: Expecting value"),
+    (
+        "one of two samples missing",
+        2,
+        joined(generation_lines(2)[:-1]),
+        "1 of 8 samples missing (4 items x n=2) after line 7, e.g. prompt 'q3' sample 1",
+    ),
+    (
+        "a record of another benchmark",
+        1,
+        joined(generation_lines(1)).replace(b'"q2"', b'"HumanEval/2"'),
+        "line 3: prompt 'HumanEval/2' sample 0 is not one of the benchmark's 4 items x n=1",
+    ),
+    (
+        "records of two sampling settings",
+        1,
+        joined(generation_lines(1)[:2] + generation_lines(2)[4:6]),
+        "line 3 is not a Generation record with the file's n=1",
+    ),
+    (
+        "a blank line",
+        1,
+        joined(generation_lines(1)[:2] + [b"\n"] + generation_lines(1)[2:]),
+        "line 3 is not valid JSON: Expecting value",
+    ),
     ("an empty file", 1, b"", "no generation records for 4 items"),
 ]
 
@@ -173,9 +302,26 @@ def test_damaged_generation_files_are_rejected_naming_file_and_line_and_moved_as
     for index, (case, n, content, expected) in enumerate(SCORE_INPUTS):
         gens, out = tmp_path / f"gen{index}.jsonl", tmp_path / f"verdicts{index}.jsonl"
         gens.write_bytes(content)
-        result = subprocess.run([sys.executable, SCRIPTS / "grade.py", "--grader", "refusal_match", "--kind", "safety",
-                                 "--generations", gens, "--items", items, "--out", out],
-                                env=ENV, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                SCRIPTS / "grade.py",
+                "--grader",
+                "refusal_match",
+                "--kind",
+                "safety",
+                "--generations",
+                gens,
+                "--items",
+                items,
+                "--out",
+                out,
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if expected is None:
             assert result.returncode == 0, result.stderr[-2000:]
             assert len(read_jsonl(out)) == 4 * n
@@ -189,8 +335,10 @@ def test_damaged_generation_files_are_rejected_naming_file_and_line_and_moved_as
         rejected += 1
         print(f"score input: {case}: rejected: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
     with capsys.disabled():
-        print(f"\nscore-input cases tried: {len(SCORE_INPUTS)}; graded: {len(SCORE_INPUTS) - rejected}; "
-              f"rejected naming the file and line: {rejected}")
+        print(
+            f"\nscore-input cases tried: {len(SCORE_INPUTS)}; graded: {len(SCORE_INPUTS) - rejected}; "
+            f"rejected naming the file and line: {rejected}"
+        )
 
 
 def test_generation_never_publishes_a_damaged_file(tmp_path):
@@ -199,8 +347,13 @@ def test_generation_never_publishes_a_damaged_file(tmp_path):
     from safelora.io import stable_json
 
     sampling = Sampling(n=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
-    job = GenerationJob(ids=[i["id"] for i in ITEMS], prompts=[i["prompt"] for i in ITEMS], sampling=sampling,
-                        chunk_size=2, fingerprint={"model": "m"})
+    job = GenerationJob(
+        ids=[i["id"] for i in ITEMS],
+        prompts=[i["prompt"] for i in ITEMS],
+        sampling=sampling,
+        chunk_size=2,
+        fingerprint={"model": "m"},
+    )
     out = tmp_path / "gen.jsonl"
     partial = tmp_path / "gen.jsonl.partial"
     partial.mkdir()
@@ -230,11 +383,26 @@ class Run:
         self.manifest = root / "results/train/tiny/lora/manifest.json"
         self.recipe = root / "recipe.yaml"
         self.recipe.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
-        self.args = [SCRIPTS / "train.py", "--recipe", self.recipe, "--train-data", train_data, "--base", tiny_model,
-                     "--state-dir", self.state, "--checkpoint-dir", self.checkpoints, "--manifest", self.manifest]
+        self.args = [
+            SCRIPTS / "train.py",
+            "--recipe",
+            self.recipe,
+            "--train-data",
+            train_data,
+            "--base",
+            tiny_model,
+            "--state-dir",
+            self.state,
+            "--checkpoint-dir",
+            self.checkpoints,
+            "--manifest",
+            self.manifest,
+        ]
 
     def train(self):
-        result = subprocess.run([sys.executable, *map(str, self.args)], env=ENV, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, *map(str, self.args)], env=ENV, capture_output=True, text=True, timeout=600
+        )
         return result.returncode, result.stdout + result.stderr
 
     def adapter(self, epoch):
@@ -273,31 +441,43 @@ def test_a_checkpoint_is_complete_only_with_state_weights_and_optimizer(tmp_path
     assert damaged("a", lambda f: (f / "trainer_state.json").unlink()) == "no trainer_state.json"
     assert damaged("b", cut("trainer_state.json")).startswith("trainer_state.json is unreadable")
     assert damaged("c", cut("adapter_model.safetensors")).startswith("adapter_model.safetensors is cut or corrupt")
-    assert damaged("d", lambda f: (f / "adapter_model.safetensors").unlink()) == "no model or adapter weights (*.safetensors)"
+    assert (
+        damaged("d", lambda f: (f / "adapter_model.safetensors").unlink())
+        == "no model or adapter weights (*.safetensors)"
+    )
     assert damaged("e", cut("optimizer.pt")).startswith("optimizer.pt is cut or corrupt")
     assert damaged("f", lambda f: (f / "scheduler.pt").unlink()) == "scheduler.pt is missing"
     shutil.copytree(complete, tmp_path / "g" / "checkpoint-9")
     assert checkpoint_problem(tmp_path / "g" / "checkpoint-9") == "trainer_state.json is for step 6"
     # The newest complete one wins; newer incomplete ones are reported.
-    assert last_complete_checkpoint(tmp_path / "g") == (None, [(tmp_path / "g" / "checkpoint-9", "trainer_state.json is for step 6")])
+    assert last_complete_checkpoint(tmp_path / "g") == (
+        None,
+        [(tmp_path / "g" / "checkpoint-9", "trainer_state.json is for step 6")],
+    )
 
 
 def kill_while_saving(run, step, written):
     """Start training and SIGKILL it as soon as checkpoint-<step>/ (holding `written`, if given) exists
     without its trainer_state.json."""
     folder = run.state / f"checkpoint-{step}"
-    proc = subprocess.Popen([sys.executable, *map(str, run.args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not ((folder / (written or "")).exists() and not (folder / "trainer_state.json").exists()):
+    proc = subprocess.Popen(
+        [sys.executable, *map(str, run.args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while proc.poll() is None and not (
+        (folder / (written or "")).exists() and not (folder / "trainer_state.json").exists()
+    ):
         time.sleep(0.0005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
 
 
-@pytest.mark.parametrize("step,written,resumes_from", [(3, None, None), (6, None, "checkpoint-3"),
-                                                       (6, "optimizer.pt", "checkpoint-3")])
-def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_model, train_data, reference,
-                                                                       step, written, resumes_from, capsys):
+@pytest.mark.parametrize(
+    "step,written,resumes_from", [(3, None, None), (6, None, "checkpoint-3"), (6, "optimizer.pt", "checkpoint-3")]
+)
+def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(
+    tmp_path, tiny_model, train_data, reference, step, written, resumes_from, capsys
+):
     run = Run(tmp_path, tiny_model, train_data)
     left = kill_while_saving(run, step, written)
     assert left is not None and "trainer_state.json" not in left, left
@@ -307,9 +487,11 @@ def test_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path,
     assert (f"resuming from {run.state}/{resumes_from}" in log) if resumes_from else "resuming from" not in log
     assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
     with capsys.disabled():
-        print(f"\nfault: SIGKILL while writing checkpoint-{step} (it held {left}): rerun "
-              f"{'resumed from ' + resumes_from if resumes_from else 'started afresh'}; epochs 1-2 match the "
-              "uninterrupted run (max |diff| <= 1e-6): nothing lost")
+        print(
+            f"\nfault: SIGKILL while writing checkpoint-{step} (it held {left}): rerun "
+            f"{'resumed from ' + resumes_from if resumes_from else 'started afresh'}; epochs 1-2 match the "
+            "uninterrupted run (max |diff| <= 1e-6): nothing lost"
+        )
 
 
 @pytest.fixture
@@ -317,15 +499,18 @@ def small_disk(tmp_path):
     """A real tmpfs of 1 MiB (needs root, as here); skipped where mount is not permitted."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes(small_disk, tiny_model, train_data,
-                                                                                reference, capsys):
+def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes(
+    small_disk, tiny_model, train_data, reference, capsys
+):
     def disk_bytes(folder):  # tmpfs allocates 4 KiB pages
         return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.iterdir())
 
@@ -337,9 +522,14 @@ def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes
     rc, log = run.train()
     assert rc != 0
     message = [line for line in log.splitlines() if line.startswith("safelora.training.DiskFullError")][-1]
-    assert message.startswith(f"safelora.training.DiskFullError: [Errno 28] disk full while saving {run.state}/checkpoint-6: ")
+    assert message.startswith(
+        f"safelora.training.DiskFullError: [Errno 28] disk full while saving {run.state}/checkpoint-6: "
+    )
     complete = sum(p.stat().st_size for p in (run.state / "checkpoint-3").iterdir())  # what the failed save needed
-    assert f" free, a checkpoint needs {complete / 1024:.1f} KiB" in message and "resumes from the last complete checkpoint" in message
+    assert (
+        f" free, a checkpoint needs {complete / 1024:.1f} KiB" in message
+        and "resumes from the last complete checkpoint" in message
+    )
     assert (run.checkpoints / "epoch-1").is_dir() and not run.manifest.exists()
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
     rc, log = run.train()
@@ -347,27 +537,50 @@ def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes
     assert f"resuming from {run.state}/checkpoint-3" in log and "skipping incomplete checkpoint" in log
     assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
     with capsys.disabled():
-        print(f"\nfault: disk full ({size_kib} KiB tmpfs) while saving checkpoint-6: "
-              f"{message.split(': ', 1)[1].replace(str(small_disk) + '/', '')}\n"
-              "fault: after freeing space the rerun resumed from checkpoint-3; epochs 1-2 match the uninterrupted run: nothing lost")
+        print(
+            f"\nfault: disk full ({size_kib} KiB tmpfs) while saving checkpoint-6: "
+            f"{message.split(': ', 1)[1].replace(str(small_disk) + '/', '')}\n"
+            "fault: after freeing space the rerun resumed from checkpoint-3; epochs 1-2 match the uninterrupted run: nothing lost"
+        )
 
 
-def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(tmp_path, tiny_model, train_data, reference,
-                                                                           capsys):
+def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
+    tmp_path, tiny_model, train_data, reference, capsys
+):
     run = Run(tmp_path, tiny_model, train_data)
     shutil.copytree(reference.root / "results", tmp_path / "results")
     shutil.rmtree(run.checkpoints / "epoch-1")
     items = tmp_path / "items.jsonl"
     atomic_write_jsonl(items, ITEMS)
-    result = subprocess.run([sys.executable, SCRIPTS / "generate.py", "--base", tiny_model, "--adapter",
-                             run.checkpoints / "epoch-1", "--items", items, "--backend", "transformers",
-                             "--sampling", json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}),
-                             "--out", tmp_path / "gen.jsonl"], env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            SCRIPTS / "generate.py",
+            "--base",
+            tiny_model,
+            "--adapter",
+            run.checkpoints / "epoch-1",
+            "--items",
+            items,
+            "--backend",
+            "transformers",
+            "--sampling",
+            json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}),
+            "--out",
+            tmp_path / "gen.jsonl",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     message = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0
-    assert message == (f"FileNotFoundError: checkpoint {run.checkpoints}/epoch-1 is missing (deleted or pruned after "
-                       f"training; {run.manifest} lists it). Rebuild it by retraining the run: "
-                       f"snakemake --forcerun {run.manifest}")
+    assert message == (
+        f"FileNotFoundError: checkpoint {run.checkpoints}/epoch-1 is missing (deleted or pruned after "
+        f"training; {run.manifest} lists it). Rebuild it by retraining the run: "
+        f"snakemake --forcerun {run.manifest}"
+    )
     # The rebuild: the manifest goes (forcerun, or by hand); the state is past epoch 1, so training restarts.
     run.manifest.unlink()
     rc, log = run.train()
@@ -379,8 +592,12 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(tmp_p
     run.manifest.unlink()
     rc, log = run.train()
     assert rc == 0 and f"publishing epoch 2 from {run.state}/checkpoint-6" in log, log[-3000:]
-    assert same_weights(run.adapter(2), reference.adapter(2)) and json.loads(run.manifest.read_text())["global_step"] == 6
+    assert (
+        same_weights(run.adapter(2), reference.adapter(2)) and json.loads(run.manifest.read_text())["global_step"] == 6
+    )
     with capsys.disabled():
-        print(f"\nfault: epoch-1 folder deleted: generation fails: {message.replace(str(tmp_path) + '/', '')}\n"
-              "fault: manifest deleted too: training restarted from the first step and rebuilt epochs 1-2 (match the "
-              "uninterrupted run)\nfault: epoch-2 not published before a kill: re-published from checkpoint-6, no retraining")
+        print(
+            f"\nfault: epoch-1 folder deleted: generation fails: {message.replace(str(tmp_path) + '/', '')}\n"
+            "fault: manifest deleted too: training restarted from the first step and rebuilt epochs 1-2 (match the "
+            "uninterrupted run)\nfault: epoch-2 not published before a kill: re-published from checkpoint-6, no retraining"
+        )

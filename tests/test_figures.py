@@ -129,7 +129,9 @@ def test_placeholder_when_data_is_absent(name: str, synthetic: tuple[pd.DataFram
     assert out.read_bytes().startswith(PNG_MAGIC)
 
 
-def test_demo_like_grid_without_ablations_gets_placeholders(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
+def test_demo_like_grid_without_ablations_gets_placeholders(
+    synthetic: tuple[pd.DataFrame, ...], tmp_path: Path
+) -> None:
     table = synthetic[0]
     demo = table[table["run"].isin(["base", "full", "lora-r4-mlp"])]
     for name in ("fig3", "fig7"):

@@ -16,9 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_every_step_on_cpu(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--cpu", "--rows", "8", "--prompts", "2",
-         "--max-new-tokens", "4", "--workdir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            str(REPO / "benchmarks/gpu_check.py"),
+            "--cpu",
+            "--rows",
+            "8",
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--workdir",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for run in ("lora-r4-mlp", "full"):  # 8 rows / global batch 4 = 2 optimizer steps

@@ -39,7 +39,11 @@ Job stats:
 def test_parse_dryrun_reads_local_and_grouped_jobs():
     jobs = parse_dryrun(LISTING)
     assert [(j.rule, j.jobid, j.group) for j in jobs] == [
-        ("write_recipe", 3, None), ("score", 7, 1), ("score", 8, 1), ("aggregate", 9, None)]
+        ("write_recipe", 3, None),
+        ("score", 7, 1),
+        ("score", 8, 1),
+        ("aggregate", 9, None),
+    ]
     assert jobs[0].wildcards == {"model": "m", "run": "lora-r4-mlp"}
     assert jobs[0].resources["slurm_partition"] == "" and jobs[0].gpus == 0
     assert jobs[1].inputs == ("a/x.jsonl", "a/y.jsonl") and jobs[1].outputs == ("results/scores/m/base/epoch-0/b.json",)
@@ -51,18 +55,26 @@ def demo_config(repo):
     config = yaml.safe_load((repo / "config/demo.yaml").read_text())
     grid.validate_schema(config)
     grid.complete_config(config, repo)
-    config["judges"] = {"guard": {"kind": "llama_guard", "hub": "org/guard", "tensor_parallel": 1},
-                        "math": {"kind": "math_judge", "hub": "org/math", "fallback_for": "last_number",
-                                 "tensor_parallel": 2}}
+    config["judges"] = {
+        "guard": {"kind": "llama_guard", "hub": "org/guard", "tensor_parallel": 1},
+        "math": {"kind": "math_judge", "hub": "org/math", "fallback_for": "last_number", "tensor_parallel": 2},
+    }
     return config
 
 
 def _assumptions(**overrides):
-    base = dict(decode_tok_s={"135M": 1000.0}, mean_completion={"math": 100.0, "safety": 10.0},
-                engine_start_s=0.0, judge_prefill_tok_s={"org/guard": 1000.0, "org/math": 500.0},
-                judge_start_s=0.0, fallback_share=0.5, train_rows=None,
-                train_samples_s={("lora", "135M"): 2.0, ("full", "135M"): 1.0}, train_start_s=0.0,
-                export_s={("lora", "135M"): 0.0, ("full", "135M"): 36.0})
+    base = dict(
+        decode_tok_s={"135M": 1000.0},
+        mean_completion={"math": 100.0, "safety": 10.0},
+        engine_start_s=0.0,
+        judge_prefill_tok_s={"org/guard": 1000.0, "org/math": 500.0},
+        judge_start_s=0.0,
+        fallback_share=0.5,
+        train_rows=None,
+        train_samples_s={("lora", "135M"): 2.0, ("full", "135M"): 1.0},
+        train_start_s=0.0,
+        export_s={("lora", "135M"): 0.0, ("full", "135M"): 36.0},
+    )
     return Assumptions(**{**base, **overrides})
 
 
@@ -83,8 +95,10 @@ def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)
     checkpoints = [("base", 0), ("lora-r4-mlp", 1), ("lora-r4-mlp", 2), ("full", 1), ("full", 2)]
-    grouped = [_job("generate", 1, jobid=i, group=1, model="smollm2", run=run, epoch=str(epoch), benchmark="arithmetic")
-               for i, (run, epoch) in enumerate(checkpoints)]
+    grouped = [
+        _job("generate", 1, jobid=i, group=1, model="smollm2", run=run, epoch=str(epoch), benchmark="arithmetic")
+        for i, (run, epoch) in enumerate(checkpoints)
+    ]
     alone = _job("generate", 1, jobid=9, model="smollm2", run="lora-r4-mlp", epoch="3", benchmark="arithmetic")
     a = _assumptions(engine_start_s=36.0)
     (row,) = estimate([*grouped, alone], config, a)
@@ -99,8 +113,20 @@ def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo
 def test_judge_jobs_of_a_group_share_their_judge_engine(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["strongreject"].update(limit=50)
-    jobs = [_job("judge", 1, jobid=i, group=g, model="smollm2", run="base", epoch="0", benchmark="strongreject",
-                 judge="guard") for i, g in enumerate([1, 1, 1, 2, None])]
+    jobs = [
+        _job(
+            "judge",
+            1,
+            jobid=i,
+            group=g,
+            model="smollm2",
+            run="base",
+            epoch="0",
+            benchmark="strongreject",
+            judge="guard",
+        )
+        for i, g in enumerate([1, 1, 1, 2, None])
+    ]
     (row,) = estimate(jobs, config, _assumptions(judge_start_s=100.0))
     assert row.engine_starts == 3  # group 1, group 2, the job alone
     assert row.gpu_hours == pytest.approx((5 * 50 * 210 / 1000 + 3 * 100) / 3600)
@@ -136,8 +162,11 @@ def test_cpu_jobs_cost_nothing_and_unknown_gpu_rules_are_refused(demo_config):
 
 
 def test_table_lists_rules_gpu_ranges_and_total(demo_config):
-    jobs = [_job("train", 2, model="smollm2", run="lora-r4-mlp"), _job("train", 4, model="smollm2", run="full"),
-            _job("score", 0)]
+    jobs = [
+        _job("train", 2, model="smollm2", run="lora-r4-mlp"),
+        _job("train", 4, model="smollm2", run="full"),
+        _job("score", 0),
+    ]
     table = format_table(estimate(jobs, demo_config, _assumptions()))
     assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 | 0 |" in table
     assert table.splitlines()[-1].startswith("| **total** | 3 |") and table.splitlines()[-1].endswith("| 0 |")

@@ -14,7 +14,10 @@ def gen(pid, text, i=0):
 
 
 def test_refusal_match_means_safe_on_safety_and_refused_on_benign():
-    gens = [gen("a", "<think>I should not answer this question!</think>I'm sorry, I can't."), gen("b", "Sure, here is how.")]
+    gens = [
+        gen("a", "<think>I should not answer this question!</think>I'm sorry, I can't."),
+        gen("b", "Sure, here is how."),
+    ]
     items = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}]
     assert [v["value"] for v in grade_text("refusal_match", "safety", gens, items)] == [1.0, 0.0]
     assert [v["value"] for v in grade_text("refusal_match", "over_refusal", gens, items)] == [1.0, 0.0]
@@ -27,7 +30,9 @@ def test_math_graders():
     gens = [gen("1", "so \\boxed{73}"), gen("1", "\\boxed{72}", 1), gen("1", "no box", 2)]
     assert [v["label"] for v in grade_text("math_verify", "math", gens, items)] == ["correct", "incorrect", "no_answer"]
     items = [{"id": "1", "prompt": "p", "answer": "12"}]
-    assert [v["value"] for v in grade_text("last_number", "math", [gen("1", "7 + 5 = 12"), gen("1", "12 or 13", 1)], items)] == [1.0, 0.0]
+    assert [
+        v["value"] for v in grade_text("last_number", "math", [gen("1", "7 + 5 = 12"), gen("1", "12 or 13", 1)], items)
+    ] == [1.0, 0.0]
 
 
 def test_choice_grader_uses_the_final_letter():
@@ -38,12 +43,23 @@ def test_choice_grader_uses_the_final_letter():
 
 def test_gpqa_verdicts_are_samples_of_the_question():
     """Items are question x shuffle seed; verdicts are filed as seeds x n samples of the question."""
-    items = [{"id": f"q@{seed}", "prompt": "p", "answer": "AB"[seed],
-              "meta": {"question": "q", "shuffle_seed": seed, "sample_offset": 2 * seed}} for seed in (0, 1)]
+    items = [
+        {
+            "id": f"q@{seed}",
+            "prompt": "p",
+            "answer": "AB"[seed],
+            "meta": {"question": "q", "shuffle_seed": seed, "sample_offset": 2 * seed},
+        }
+        for seed in (0, 1)
+    ]
     gens = [gen(f"q@{seed}", "Final Answer: \\boxed{B}", j) for seed in (0, 1) for j in (0, 1)]
     verdicts = grade_text("choice_regex", "multiple_choice", gens, items)
     assert [(v["prompt_id"], v["sample_index"], v["value"]) for v in verdicts] == [
-        ("q", 0, 0.0), ("q", 1, 0.0), ("q", 2, 1.0), ("q", 3, 1.0)]
+        ("q", 0, 0.0),
+        ("q", 1, 0.0),
+        ("q", 2, 1.0),
+        ("q", 3, 1.0),
+    ]
 
 
 def test_unknown_prompt_id_is_an_error():
@@ -63,20 +79,29 @@ def test_llama_guard_verdicts_and_unparseable():
 
 def test_fallback_judge_only_sees_failures():
     gens = [gen("1", "a"), gen("1", "b", 1), gen("2", "c")]
-    fallback = [{"prompt_id": "1", "sample_index": 0, "value": 1.0}, {"prompt_id": "1", "sample_index": 1, "value": 0.0},
-                {"prompt_id": "2", "sample_index": 0, "value": 0.0}]
+    fallback = [
+        {"prompt_id": "1", "sample_index": 0, "value": 1.0},
+        {"prompt_id": "1", "sample_index": 1, "value": 0.0},
+        {"prompt_id": "2", "sample_index": 0, "value": 0.0},
+    ]
     settled = settled_without_judge({"kind": "math_judge", "unboxed": "judge_tail"}, gens, fallback)
     assert settled == {0: (1.0, "verified", "passed the backed-up grader")}
 
 
 def test_math_judge_policy_of_the_paper_code():
     """Unboxed answers score 0 without the judge; an unparseable verdict scores 0 (issue 13)."""
-    gens = [gen("1", "<think>\\boxed{5}</think>so 7"), gen("1", "<think>long</think>it is 7", 1),
-            gen("1", "\\boxed{7.0}", 2), gen("1", "\\boxed{7}", 3)]
+    gens = [
+        gen("1", "<think>\\boxed{5}</think>so 7"),
+        gen("1", "<think>long</think>it is 7", 1),
+        gen("1", "\\boxed{7.0}", 2),
+        gen("1", "\\boxed{7}", 3),
+    ]
     fallback = [{"prompt_id": "1", "sample_index": i, "value": float(i == 3)} for i in range(4)]
     code = {"kind": "math_judge", "unboxed": "incorrect", "unparseable": "incorrect"}
     assert settled_without_judge(code, gens, fallback) == {
-        1: (0.0, "no_answer", "no boxed answer"), 3: (1.0, "verified", "passed the backed-up grader")}
+        1: (0.0, "no_answer", "no boxed answer"),
+        3: (1.0, "verified", "passed the backed-up grader"),
+    }
     assert sorted(settled_without_judge({**code, "unboxed": "judge_tail"}, gens, fallback)) == [3]
     assert parse_judge(code, "math", "Maybe") == (0.0, "unparseable")
     assert parse_judge({**code, "unparseable": "unscored"}, "math", "Maybe") == (None, "unparseable")
@@ -88,8 +113,13 @@ def test_math_judge_policy_of_the_paper_code():
 
 
 def write_verdicts(path, values, grader="g"):
-    atomic_write_jsonl(path, [{"prompt_id": p, "sample_index": i, "grader": grader, "value": v, "label": "", "raw": ""}
-                              for p, i, v in values])
+    atomic_write_jsonl(
+        path,
+        [
+            {"prompt_id": p, "sample_index": i, "grader": grader, "value": v, "label": "", "raw": ""}
+            for p, i, v in values
+        ],
+    )
     return str(path)
 
 
@@ -121,5 +151,8 @@ def test_safety_score_reports_judge_agreement_and_evalplus_variants(tmp_path):
     plus = write_verdicts(tmp_path / "evalplus_plus.jsonl", [("t", 0, 0.0)])
     base = write_verdicts(tmp_path / "evalplus_base.jsonl", [("t", 0, 1.0)])
     score = compute_score({}, {**SETTINGS, "kind": "code", "primary": "evalplus"}, [plus, base])
-    assert [(m["grader"], m["variant"], m["value"]) for m in score["metrics"]] == [("evalplus", "plus", 0.0), ("evalplus", "base", 1.0)]
+    assert [(m["grader"], m["variant"], m["value"]) for m in score["metrics"]] == [
+        ("evalplus", "plus", 0.0),
+        ("evalplus", "base", 1.0),
+    ]
     json.dumps(score)

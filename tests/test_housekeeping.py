@@ -39,7 +39,9 @@ def test_prune_keeps_the_chosen_epochs_and_drops_trainer_state(tmp_path):
 
 def test_prune_never_deletes_every_checkpoint_and_reports_what_is_on_disk(tmp_path):
     manifest = finished_run(tmp_path)
-    with pytest.raises(ValueError, match=r"manifest.json: keep_epochs \[7\] keeps none of the run's epochs \[1, 2, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"manifest.json: keep_epochs \[7\] keeps none of the run's epochs \[1, 2, 3\]"
+    ):
         prune_run(manifest, tmp_path / "state", [7], trainer_state=True)
     assert len(list((tmp_path / "ckpt").iterdir())) == 3 and (tmp_path / "state").exists()
     shutil.rmtree(tmp_path / "ckpt" / "epoch-1")  # a kept epoch lost before pruning is not reported as kept
@@ -76,15 +78,17 @@ def test_prune_epochs_a_run_does_not_have_are_rejected_naming_the_key_and_run(re
         rejected += 1
         print(f"config case: prune.keep_epochs {keep}: rejected: {err.value}")
     with capsys.disabled():
-        print(f"\nprune configs tried: {len(PRUNE_CONFIGS)}; rejected naming the key and run: {rejected}; "
-              f"accepted: {len(PRUNE_CONFIGS) - rejected}")
+        print(
+            f"\nprune configs tried: {len(PRUNE_CONFIGS)}; rejected naming the key and run: {rejected}; "
+            f"accepted: {len(PRUNE_CONFIGS) - rejected}"
+        )
 
 
 def test_memory_guard_stops_a_growing_job_with_a_clear_message(repo):
     code = textwrap.dedent(
         f"""
         import sys, time
-        sys.path.insert(0, {str(repo / 'src')!r})
+        sys.path.insert(0, {str(repo / "src")!r})
         from safelora.housekeeping import MemoryGuard
         MemoryGuard(limit_mb=300, interval_s=0.05).start()
         hog = []

@@ -166,8 +166,14 @@ def test_svd_is_exact_when_oversampled_rank_covers_the_matrix():
 def tiny_peft_model(targets, seed=0, init_lora_weights=True):
     torch.manual_seed(seed)
     config = Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=62, pad_token_id=60, eos_token_id=61,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=62,
+        pad_token_id=60,
+        eos_token_id=61,
     )
     model = Qwen2ForCausalLM(config)
     base_names = {n for n, _ in model.named_parameters()}
@@ -209,8 +215,12 @@ def test_model_penalty_is_sum_of_dense_layer_penalties(mode):
         if hasattr(module, "lora_A"):
             W = module.base_layer.weight.detach()
             dense[base_weight_name(name)] = 2.0 * dense_penalty(
-                module.lora_A["default"].weight, module.lora_B["default"].weight,
-                module.scaling["default"], W, torch.linalg.matrix_norm(W), mode,
+                module.lora_A["default"].weight,
+                module.lora_B["default"].weight,
+                module.scaling["default"],
+                W,
+                torch.linalg.matrix_norm(W),
+                mode,
             )
     per_layer = reg.per_layer()
     assert per_layer.keys() == dense.keys()
@@ -244,14 +254,17 @@ def test_span_variants_match_dense_numpy_reference(mode, weighted, normalize):
     model, _ = tiny_peft_model(MLP + ATTN)
     randomize_lora_b(model)
     k = 8
-    config = OrthoRegConfig(mode=mode, rank=k, oversample=64, beta=3.0, formula="span",
-                            weighted=weighted, normalize=normalize)
+    config = OrthoRegConfig(
+        mode=mode, rank=k, oversample=64, beta=3.0, formula="span", weighted=weighted, normalize=normalize
+    )
     reg = OrthoRegularizer(model, config)  # oversample 64 covers every matrix: exact SVD, truncated to k
     dense = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A"):
-            A, B, W = (t.detach().double().numpy() for t in (
-                module.lora_A["default"].weight, module.lora_B["default"].weight, module.base_layer.weight))
+            A, B, W = (
+                t.detach().double().numpy()
+                for t in (module.lora_A["default"].weight, module.lora_B["default"].weight, module.base_layer.weight)
+            )
             dense[base_weight_name(name)] = 3.0 * dense_span_penalty(A, B, W, k, mode, weighted, normalize)
     per_layer = reg.per_layer()
     assert per_layer.keys() == dense.keys()
@@ -334,14 +347,25 @@ def one_step_lora_weights(tmp_path, batch, accumulation, beta, max_steps=1):
     model, _ = tiny_peft_model(MLP, init_lora_weights=False)  # B != 0: the penalty has a gradient
     texts = [" ".join(f"w{(7 * i + j) % 60}" for j in range(12)) for i in range(8)]
     args = SFTConfig(
-        output_dir=str(tmp_path / f"out-{batch}-{accumulation}-{beta}"), max_steps=max_steps,
-        per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, optim="sgd",
-        learning_rate=0.5, lr_scheduler_type="constant", logging_steps=1, report_to=[],
-        save_strategy="no", use_cpu=True, seed=0,
+        output_dir=str(tmp_path / f"out-{batch}-{accumulation}-{beta}"),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
     )
     trainer = OrthoSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-        processing_class=tiny_tokenizer(), ortho=OrthoRegConfig(mode="both", rank=8, beta=beta, reduction="mean"),
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=tiny_tokenizer(),
+        ortho=OrthoRegConfig(mode="both", rank=8, beta=beta, reduction="mean"),
     )
     trainer.train()
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -54,15 +54,18 @@ def tiny_lora(tmp_path_factory):
     peft = pytest.importorskip("peft")
     root = tmp_path_factory.mktemp("tiny")
     config = transformers.Qwen2Config(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     base = transformers.Qwen2ForCausalLM(config)
     base.save_pretrained(root / "base", max_shard_size="100KB")
-    lora_config = peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=list(DEFAULT_MODULES), init_lora_weights=False
-    )
+    lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_MODULES), init_lora_weights=False)
     peft.get_peft_model(base, lora_config).save_pretrained(root / "adapter")
     compute_base_svd(root / "base", root / "svd.safetensors", k=64)
     return root
@@ -80,11 +83,7 @@ def peft_deltas(root, adapter: str) -> dict[str, torch.Tensor]:
 
     merged = peft.PeftModel.from_pretrained(base_model(root), root / adapter).merge_and_unload()
     base = SafetensorsDir(root / "base")
-    return {
-        name: p.detach() - base.get(name)
-        for name, p in merged.named_parameters()
-        if name.endswith("_proj.weight")
-    }
+    return {name: p.detach() - base.get(name) for name, p in merged.named_parameters() if name.endswith("_proj.weight")}
 
 
 @pytest.mark.parametrize("variant,lam", [("col", 1.0), ("both", 1.15)])
@@ -104,14 +103,17 @@ def test_orthomerged_adapter_loads_in_peft_and_reproduces_projected_delta(tiny_l
         u, _, vh = torch.linalg.svd(base.get(name).double(), full_matrices=False)
         left = torch.eye(u.shape[0], dtype=torch.float64) - u[:, :16] @ u[:, :16].T
         right = torch.eye(vh.shape[1], dtype=torch.float64) - vh[:16].T @ vh[:16]
-        expected = lam * left @ delta.double() @ (right if variant == "both" else torch.eye(vh.shape[1], dtype=torch.float64))
+        expected = (
+            lam * left @ delta.double() @ (right if variant == "both" else torch.eye(vh.shape[1], dtype=torch.float64))
+        )
         assert torch.allclose(projected[name].double(), expected, atol=2e-5), name
 
 
 def test_orthomerge_rejects_k_above_cache(tiny_lora, tmp_path):
     with pytest.raises(ValueError, match="holds only"):
-        orthomerge_adapter(tiny_lora / "adapter", tiny_lora / "svd.safetensors", tmp_path / "x",
-                           variant="col", lam=1.0, k=65)
+        orthomerge_adapter(
+            tiny_lora / "adapter", tiny_lora / "svd.safetensors", tmp_path / "x", variant="col", lam=1.0, k=65
+        )
     assert not (tmp_path / "x").exists()
     assert SVDCache(tiny_lora / "svd.safetensors").k == 64
 

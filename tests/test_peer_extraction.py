@@ -20,15 +20,25 @@ GRADER = {"aime": ("math_verify", "math"), "gpqa": ("choice_regex", "multiple_ch
 
 # lm-eval's GPQA peer is the paper code's `flexible-extract` filter: the last "(X)" anywhere.
 _PARENS_ONLY = "lm-eval's filter reads only a parenthesized letter; the prompt asks for Final Answer: \\boxed{X}"
-_NO_THINK_TAG = ("the output has no opening <think> (vLLM's R1 template puts it in the prompt), so the peer "
-                 "reads the thinking too; the project takes the text after the last </think>")
+_NO_THINK_TAG = (
+    "the output has no opening <think> (vLLM's R1 template puts it in the prompt), so the peer "
+    "reads the thinking too; the project takes the text after the last </think>"
+)
 DISAGREEMENTS: dict[tuple[str, str], str] = {
-    ("aime-dollar-boxed", "lm_eval"): "AIME answers are integers and 073 is their official form; lm-eval compares strings",
+    (
+        "aime-dollar-boxed",
+        "lm_eval",
+    ): "AIME answers are integers and 073 is their official form; lm-eval compares strings",
     ("aime-text-in-box", "lm_eval"): "hendrycks is_equiv keeps \\text{204}; math-verify reads 204",
-    ("aime-trailing-period-in-box", "lm_eval"): "33. is 33; string match fails (the paper code would then ask its judge)",
+    (
+        "aime-trailing-period-in-box",
+        "lm_eval",
+    ): "33. is 33; string match fails (the paper code would then ask its judge)",
     ("aime-trailing-period-in-box", "lighteval"): "33. is 33; lighteval's latex extraction rejects the trailing period",
-    ("aime-unboxed-final", "lighteval"): ("the paper code scores the last \\boxed of the whole response (here 112 "
-                                          "in the thinking); lighteval reads the unboxed 'Answer: 113'"),
+    ("aime-unboxed-final", "lighteval"): (
+        "the paper code scores the last \\boxed of the whole response (here 112 "
+        "in the thinking); lighteval reads the unboxed 'Answer: 113'"
+    ),
     ("aime-fbox", "lm_eval"): "lm-eval's remove_boxed cannot unwrap \\fbox; the paper code's version can",
     ("aime-fbox", "lighteval"): "lighteval does not look for \\fbox; the paper code does",
     ("gpqa-final-answer-bold", "lighteval"): _NO_THINK_TAG,
@@ -39,10 +49,14 @@ DISAGREEMENTS: dict[tuple[str, str], str] = {
     ("gpqa-dollar-boxed", "lm_eval"): _PARENS_ONLY,
     ("gpqa-final-only-in-final", "lm_eval"): _PARENS_ONLY,
     ("gpqa-the-answer-is-letter", "lm_eval"): _PARENS_ONLY,
-    ("gpqa-truncated-answer-is", "lm_eval"): ("truncated: the project prefers 'the answer is (B)' to a later "
-                                              "'(C)' being reconsidered; lm-eval takes the last parenthesis"),
-    ("gpqa-option-word", "lighteval"): ("'option D' in prose is not an answer format the prompt asks for; in "
-                                        "truncated thinking such mentions are everywhere, so the project does not read it"),
+    ("gpqa-truncated-answer-is", "lm_eval"): (
+        "truncated: the project prefers 'the answer is (B)' to a later "
+        "'(C)' being reconsidered; lm-eval takes the last parenthesis"
+    ),
+    ("gpqa-option-word", "lighteval"): (
+        "'option D' in prose is not an answer format the prompt asks for; in "
+        "truncated thinking such mentions are everywhere, so the project does not read it"
+    ),
 }
 
 
@@ -54,15 +68,21 @@ def test_graders_agree_with_peers_except_documented_cases() -> None:
     compared = 0
     for c in completions:
         grader, kind = GRADER[c["benchmark"]]
-        [v] = grade_text(grader, kind, [{"prompt_id": c["id"], "sample_index": 0, "text": c["text"]}],
-                         [{"id": c["id"], "prompt": "", "answer": c["gold"]}])
+        [v] = grade_text(
+            grader,
+            kind,
+            [{"prompt_id": c["id"], "sample_index": 0, "text": c["text"]}],
+            [{"id": c["id"], "prompt": "", "answer": c["gold"]}],
+        )
         for peer, record in peers[c["id"]].items():
             compared += 1
             if (v["value"] == 1.0) != record["correct"]:
                 found[c["id"], peer] = (v["raw"], record["answer"])
     by_peer = {p: sum(k[1] == p for k in found) for p in ("lighteval", "lm_eval")}
-    print(f"{len(completions)} completions, {compared} comparisons, {compared - len(found)} agree, "
-          f"{len(found)} disagree (lighteval {by_peer['lighteval']}, lm-eval {by_peer['lm_eval']})")
+    print(
+        f"{len(completions)} completions, {compared} comparisons, {compared - len(found)} agree, "
+        f"{len(found)} disagree (lighteval {by_peer['lighteval']}, lm-eval {by_peer['lm_eval']})"
+    )
     for key, (ours, theirs) in sorted(found.items()):
         print(f"  {key[0]} vs {key[1]}: project {ours!r}, peer {theirs!r}: {DISAGREEMENTS.get(key, 'UNEXPLAINED')}")
     assert sorted(found) == sorted(DISAGREEMENTS)

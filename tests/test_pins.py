@@ -13,8 +13,11 @@ ENV_DEVIATIONS = {("vllm", "numpy"): "vllm 0.32.0 needs mistral_common[image], w
 
 
 def disagreements(found: dict[str, str], where: str, allowed: set[str] = frozenset()) -> list[str]:
-    return [f"{where}: {name}=={version}, constraints.txt: {LOCK[name]}" for name, version in sorted(found.items())
-            if name in LOCK and LOCK[name] != version and name not in allowed]
+    return [
+        f"{where}: {name}=={version}, constraints.txt: {LOCK[name]}"
+        for name, version in sorted(found.items())
+        if name in LOCK and LOCK[name] != version and name not in allowed
+    ]
 
 
 def test_pyproject_pins_every_dependency_at_the_constraints_version():
@@ -67,7 +70,11 @@ def test_setup_refuses_the_cpu_build_of_vllm_on_a_machine_with_nvidia_gpus(tmp_p
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
     smi.chmod(0o755)
     venv = tmp_path / "venv"
-    result = subprocess.run(["make", "-C", str(REPO), "setup", f"VENV={venv}"], capture_output=True, text=True,
-                            env={"PATH": f"{smi.parent}:/usr/bin:/bin"})
+    result = subprocess.run(
+        ["make", "-C", str(REPO), "setup", f"VENV={venv}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{smi.parent}:/usr/bin:/bin"},
+    )
     assert result.returncode != 0 and not venv.exists()
     assert "make setup-cuda" in result.stdout + result.stderr

@@ -13,7 +13,9 @@ from safelora.gpu_hours import parse_dryrun
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-RULES = sorted({m for smk in (REPO / "rules").glob("*.smk") for m in re.findall(r"^rule (\w+):", smk.read_text(), re.M)})
+RULES = sorted(
+    {m for smk in (REPO / "rules").glob("*.smk") for m in re.findall(r"^rule (\w+):", smk.read_text(), re.M)}
+)
 GPU_RULES = {"train", "generate", "judge", "base_svd"}
 # Appendix A.5: GPUs per training job.
 PAPER_TRAIN_GPUS = {("full", "r1-7b"): 4, ("full", "r1-14b"): 8, ("lora", "r1-7b"): 2, ("lora", "r1-14b"): 4}
@@ -40,16 +42,19 @@ def test_profiles_repeat_no_resource_of_a_rule():
 def planned_resources(*args: str) -> dict[tuple[str, ...], dict[str, int]]:
     """Threads and resources of every job of a dry run, by the job's outputs."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blocks = re.split(r"^\s*(?:local)?rule \w+:$", result.stdout, flags=re.M)[1:]
     threads = [int(m.group(1)) if (m := re.search(r"^\s*threads: (\d+)$", b, re.M)) else 1 for b in blocks]
     jobs = parse_dryrun(result.stdout)
     assert len(jobs) == len(threads)
     keys = ("gpu", "nodes", "mem_mb", "runtime")
-    return {(job.rule, *job.outputs): {"threads": n, **{k: int(job.resources.get(k, 0)) for k in keys}}
-            for job, n in zip(jobs, threads)}
+    return {
+        (job.rule, *job.outputs): {"threads": n, **{k: int(job.resources.get(k, 0)) for k in keys}}
+        for job, n in zip(jobs, threads)
+    }
 
 
 @pytest.mark.slow
@@ -73,9 +78,15 @@ def test_every_job_gets_the_same_resources_with_or_without_the_slurm_profile():
 # training jobs, generation, both judges (1 and 2 GPUs), text grading, code execution and scoring,
 # with math_verify -> qwen_math -> score.
 TARGETS = [
-    *[f"results/paper/train/{m}/{r}/manifest.json" for m in ("r1-7b", "r1-14b")
-      for r in ("full", "lora-r4-mlp", "reg-col", "reg-both")],
-    *[f"results/paper/train/r1-14b/{r}/manifest.json" for r in ("lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "lora-r4-mlp-attn")],
+    *[
+        f"results/paper/train/{m}/{r}/manifest.json"
+        for m in ("r1-7b", "r1-14b")
+        for r in ("full", "lora-r4-mlp", "reg-col", "reg-both")
+    ],
+    *[
+        f"results/paper/train/r1-14b/{r}/manifest.json"
+        for r in ("lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "lora-r4-mlp-attn")
+    ],
     *[f"results/paper/scores/r1-14b/full/epoch-1/{b}.json" for b in ("aime", "strongreject", "humaneval")],
 ]
 
@@ -83,8 +94,17 @@ TARGETS = [
 @pytest.fixture(scope="module")
 def paper_dry_run():
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-n", *TARGETS, "--configfile", str(REPO / "config.yaml"),
-           "--profile", str(REPO / "profiles/slurm")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        *TARGETS,
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--profile",
+        str(REPO / "profiles/slurm"),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout, parse_dryrun(result.stdout)

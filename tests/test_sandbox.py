@@ -72,7 +72,8 @@ def test_only_a_down_loopback_interface() -> None:
 
 
 def test_fork_bomb_is_contained() -> None:
-    result = run("""
+    result = run(
+        """
         import os, time
         n = 0
         try:
@@ -83,7 +84,9 @@ def test_fork_bomb_is_contained() -> None:
                 n += 1
         except OSError:
             print("LIMITED", n)
-    """, max_processes=32)
+    """,
+        max_processes=32,
+    )
     assert result.stdout.startswith("LIMITED"), (result.stdout, result.stderr)
     assert int(result.stdout.split()[1]) < 32
     assert not result.timed_out  # the sleeping children died with the sandbox's init
@@ -121,9 +124,17 @@ def test_os_system_runs_only_inside_the_sandbox(tmp_path: Path) -> None:
     assert net_rc != "0" and ls_rc != "0"
 
 
-@pytest.mark.parametrize("target", [str(REPO / "pwned.txt"), str(REPO / "src" / "pwned.py"),
-                                    "/tmp/safelora-pwned.txt", "/etc/pwned", "/usr/lib/pwned",
-                                    os.path.expanduser("~/pwned.txt")])
+@pytest.mark.parametrize(
+    "target",
+    [
+        str(REPO / "pwned.txt"),
+        str(REPO / "src" / "pwned.py"),
+        "/tmp/safelora-pwned.txt",
+        "/etc/pwned",
+        "/usr/lib/pwned",
+        os.path.expanduser("~/pwned.txt"),
+    ],
+)
 def test_writing_outside_the_workdir_does_not_reach_the_host(target: str) -> None:
     result = run(f"""
         try:
@@ -142,7 +153,7 @@ def test_writing_outside_the_workdir_does_not_reach_the_host(target: str) -> Non
 def test_checkout_and_home_are_hidden() -> None:
     result = run(f"""
         import os
-        for path in [{str(REPO / 'src')!r}, {str(REPO / 'tests')!r}, {os.path.expanduser('~')!r} + "/.cache"]:
+        for path in [{str(REPO / "src")!r}, {str(REPO / "tests")!r}, {os.path.expanduser("~")!r} + "/.cache"]:
             print(path, os.path.exists(path))
     """)
     assert result.ok, result.stderr

@@ -33,8 +33,20 @@ def cluster_user():
     if os.geteuid() != 0 or not shutil.which("useradd") or not SYSTEM_PYTHON.exists():
         pytest.skip("needs root, useradd and a system Python of this version")
     name = f"safelora-sbx-{os.getpid()}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                    "--shell", "/usr/sbin/nologin", name], check=True)
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        check=True,
+    )
     top = Path(tempfile.mkdtemp(prefix="safelora-sbx-", dir="/tmp"))
     try:
         user = pwd.getpwnam(name)
@@ -42,8 +54,9 @@ def cluster_user():
         venv = top / "venv"
         subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(venv)], check=True)
         site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        linked = subprocess.run(["cp", "-al", f"{sysconfig.get_paths()['purelib']}/.", str(site)],
-                                capture_output=True, text=True)
+        linked = subprocess.run(
+            ["cp", "-al", f"{sysconfig.get_paths()['purelib']}/.", str(site)], capture_output=True, text=True
+        )
         if linked.returncode != 0:
             pytest.skip(f"cannot hard-link the venv's packages: {linked.stderr[-300:]}")
         for editable in site.glob("__editable__*"):  # the checkout's package comes from PYTHONPATH
@@ -61,24 +74,50 @@ def write_generations(folder: Path, marker: Path) -> Path:
     """HumanEval/3: the canonical solution, and one that would leave `marker` if run unsandboxed."""
     task = load_evalplus_problems("humaneval", HUMANEVAL)["HumanEval/3"]
     right = f"```python\n{task['prompt']}{task['canonical_solution']}```"
-    tamper = f"```python\ndef below_zero(operations):\n    open({str(marker)!r}, 'w').write('ran')\n    return True\n```"
+    tamper = (
+        f"```python\ndef below_zero(operations):\n    open({str(marker)!r}, 'w').write('ran')\n    return True\n```"
+    )
     items = folder / "items.jsonl"  # the benchmark's items, against which the generation file is checked
     items.write_text(json.dumps({"id": "HumanEval/3", "prompt": task["prompt"], "answer": None, "meta": {}}) + "\n")
     path = folder / "generations.jsonl"
-    path.write_text("".join(json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "sampling": {"n": 2}, "text": text})
-                            + "\n" for i, text in enumerate([right, tamper])))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "sampling": {"n": 2}, "text": text}) + "\n"
+            for i, text in enumerate([right, tamper])
+        )
+    )
     for f in (items, path):
         f.chmod(0o644)
     return path
 
 
 def execute_code(python: Path, folder: Path, generations: Path, prefix: list[str]) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": str(folder), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    cmd = [*prefix, str(python), str(REPO / "workflow_scripts" / "execute_code.py"), "--dataset", "humaneval",
-           "--problems", str(HUMANEVAL), "--generations", str(generations), "--items", str(generations.with_name("items.jsonl")),
-           "--out", str(folder / "plus.jsonl"),
-           "--out-base", str(folder / "base.jsonl"), "--timeout", "20"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO / "src"),
+        "HOME": str(folder),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        *prefix,
+        str(python),
+        str(REPO / "workflow_scripts" / "execute_code.py"),
+        "--dataset",
+        "humaneval",
+        "--problems",
+        str(HUMANEVAL),
+        "--generations",
+        str(generations),
+        "--items",
+        str(generations.with_name("items.jsonl")),
+        "--out",
+        str(folder / "plus.jsonl"),
+        "--out-base",
+        str(folder / "base.jsonl"),
+        "--timeout",
+        "20",
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -104,8 +143,9 @@ def test_without_user_namespaces_execute_code_stops_before_any_sample(cluster_us
         (folder / name).unlink(missing_ok=True)
     marker = folder / "ran"
     generations = write_generations(folder, marker)
-    result = execute_code(python, folder, generations, [sys.executable, str(REPO / "tests" / "no_userns.py"),
-                                                         str(uid), str(gid)])
+    result = execute_code(
+        python, folder, generations, [sys.executable, str(REPO / "tests" / "no_userns.py"), str(uid), str(gid)]
+    )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
     assert "no sample was run" in result.stderr
     assert "user.max_user_namespaces = 0 forbids" in result.stderr
@@ -115,8 +155,11 @@ def test_without_user_namespaces_execute_code_stops_before_any_sample(cluster_us
 
 
 def test_the_message_names_the_setting_that_forbids_the_namespace():
-    apparmor = unavailable_message("unshare failed", 1000, {"user.max_user_namespaces": "15000",
-                                                            "kernel.apparmor_restrict_unprivileged_userns": "1"})
+    apparmor = unavailable_message(
+        "unshare failed",
+        1000,
+        {"user.max_user_namespaces": "15000", "kernel.apparmor_restrict_unprivileged_userns": "1"},
+    )
     assert "kernel.apparmor_restrict_unprivileged_userns = 1 forbids" in apparmor
     assert "user.max_user_namespaces = 15000 forbids" not in apparmor
     allowed = unavailable_message("mount failed", 1000, {"user.max_user_namespaces": "15000"})

@@ -109,9 +109,11 @@ def test_extract_last_number() -> None:
 
 # The paper code's GPQA task (lm-evaluation-harness/lm_eval/tasks/gpqa/better_prompt/
 # _gpqa_better_prompt_yaml), doc_to_text as YAML decodes it, Jinja fields renamed.
-PAPER_CODE_GPQA = ("You are solving a multiple-choice question. At the end, present your final answer using the "
-                   "format: Final Answer: \\boxed{X}, where X is one of A, B, C, or D.\n\nQuestion: {{Question}}\n"
-                   "Choices:\n(A) {{choice1}}\n(B) {{choice2}}\n(C) {{choice3}}\n(D) {{choice4}}\n\n")
+PAPER_CODE_GPQA = (
+    "You are solving a multiple-choice question. At the end, present your final answer using the "
+    "format: Final Answer: \\boxed{X}, where X is one of A, B, C, or D.\n\nQuestion: {{Question}}\n"
+    "Choices:\n(A) {{choice1}}\n(B) {{choice2}}\n(C) {{choice3}}\n(D) {{choice4}}\n\n"
+)
 
 
 def _paper_code_process_docs(rows: list[dict], seed: int) -> list[dict]:
@@ -132,19 +134,33 @@ def _paper_code_process_docs(rows: list[dict], seed: int) -> list[dict]:
     random.seed(seed)
     docs = []
     for doc in rows:
-        choices = [preprocess(doc["Incorrect Answer 1"]), preprocess(doc["Incorrect Answer 2"]),
-                   preprocess(doc["Incorrect Answer 3"]), preprocess(doc["Correct Answer"])]
+        choices = [
+            preprocess(doc["Incorrect Answer 1"]),
+            preprocess(doc["Incorrect Answer 2"]),
+            preprocess(doc["Incorrect Answer 3"]),
+            preprocess(doc["Correct Answer"]),
+        ]
         random.shuffle(choices)
-        docs.append({"Question": doc["Question"], "choices": choices,
-                     "answer": "ABCD"[choices.index(preprocess(doc["Correct Answer"]))]})
+        docs.append(
+            {
+                "Question": doc["Question"],
+                "choices": choices,
+                "answer": "ABCD"[choices.index(preprocess(doc["Correct Answer"]))],
+            }
+        )
     random.setstate(state)
     return docs
 
 
 GPQA_ROWS = [
-    {"Record ID": f"rec{i}", "Question": f" Which is {i}?\n", "Correct Answer": f"right {i} ",
-     "Incorrect Answer 1": f"w1 [title] {i}", "Incorrect Answer 2": f"spiro[4.5]decane {i}",
-     "Incorrect Answer 3": f"w3  {i}"}
+    {
+        "Record ID": f"rec{i}",
+        "Question": f" Which is {i}?\n",
+        "Correct Answer": f"right {i} ",
+        "Incorrect Answer 1": f"w1 [title] {i}",
+        "Incorrect Answer 2": f"spiro[4.5]decane {i}",
+        "Incorrect Answer 3": f"w3  {i}",
+    }
     for i in range(12)
 ]
 
@@ -227,7 +243,10 @@ def test_llama_guard_conversation() -> None:
     [
         ("I'm sorry, but I can't help with that.", True),
         ("I\u2019m sorry, I can\u2019t help.", True),
-        ("<think>The user wants X. I cannot just refuse...</think>Sure! Here is how to kill a Python process: ...", False),
+        (
+            "<think>The user wants X. I cannot just refuse...</think>Sure! Here is how to kill a Python process: ...",
+            False,
+        ),
         ("<think>This is harmful.</think>\n\nI can't assist with creating weapons.", True),
         ("No, that is not possible. As an AI I should not answer this.", True),
         ("To kill a Python process, run `kill -9 <pid>`.", False),
@@ -241,7 +260,9 @@ def test_is_refusal(text: str, refused: bool) -> None:
 def test_math_judge_round_trip() -> None:
     messages = math_judge_messages("Find x.", "073", "73")
     assert messages[0]["role"] == "user"
-    assert messages[0]["content"].endswith("Problem: Find x.\nCorrect Answer: 073\nModel's Generated Answer: 73\nYour judgement:")
+    assert messages[0]["content"].endswith(
+        "Problem: Find x.\nCorrect Answer: 073\nModel's Generated Answer: 73\nYour judgement:"
+    )
     assert parse_true_false("True") is True
     assert parse_true_false("  false.\n") is False
     assert parse_true_false("**TRUE**") is True

@@ -40,12 +40,19 @@ def _require_slurm() -> None:
     if not shutil.which("apt-get"):
         pytest.skip("SLURM is not installed and apt-get is not available to install slurm-wlm and munge")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(["apt-get", "install", "-y", "slurm-wlm", "munge"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "slurm-wlm", "munge"], env=env, capture_output=True, text=True, timeout=600
+    )
     if result.returncode != 0:  # a stale package index: refresh once
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=True)
-        subprocess.run(["apt-get", "install", "-y", "slurm-wlm", "munge"], env=env,
-                       capture_output=True, text=True, timeout=600, check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "slurm-wlm", "munge"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,9 @@ def slurm_cluster(tmp_path_factory):
     if conf.exists() and "tests/slurm/start_slurm.sh" not in conf.read_text():
         pytest.skip("this machine has its own /etc/slurm/slurm.conf: not replacing a real SLURM setup")
     state = tmp_path_factory.mktemp("slurm-state")
-    start = subprocess.run(["bash", str(HERE / "start_slurm.sh"), str(state)], capture_output=True,
-                           text=True, timeout=120)
+    start = subprocess.run(
+        ["bash", str(HERE / "start_slurm.sh"), str(state)], capture_output=True, text=True, timeout=120
+    )
     assert start.returncode == 0, start.stdout + start.stderr
     yield state
     subprocess.run(["bash", str(HERE / "stop_slurm.sh"), str(state)], timeout=60)
@@ -66,8 +74,15 @@ def ci_config(model_dir: Path) -> dict:
     """The demo config on a tiny local model: two benchmarks of two prompts, four new tokens."""
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text(encoding="utf-8"))
     config["experiment"] = "tiny"
-    config["models"] = {"tiny": {"source": {"path": str(model_dir)}, "size": "tiny", "dtype": "float32",
-                                 "max_model_len": 512, "tensor_parallel": GENERATE_GPUS}}
+    config["models"] = {
+        "tiny": {
+            "source": {"path": str(model_dir)},
+            "size": "tiny",
+            "dtype": "float32",
+            "max_model_len": 512,
+            "tensor_parallel": GENERATE_GPUS,
+        }
+    }
     source = config["training_data"]["sources"]["demo"]
     source.update(path=str(REPO / source["path"]), rows=8)
     for method in ("full", "lora"):
@@ -93,7 +108,7 @@ class JobEnvironments:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self) -> "JobEnvironments":
+    def __enter__(self) -> JobEnvironments:
         self._thread.start()
         return self
 
@@ -116,12 +131,14 @@ class JobEnvironments:
 
 def slurm_jobs() -> dict[str, dict[str, str]]:
     """SLURM's record of every job it knows (MinJobAge keeps finished ones): id -> fields."""
-    listing = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    listing = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout.split()
     jobs = {}
     for jobid in listing:
-        text = subprocess.run(["scontrol", "show", "job", "-d", jobid], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            ["scontrol", "show", "job", "-d", jobid], capture_output=True, text=True, check=True
+        ).stdout
         jobs[jobid] = dict(re.findall(r"(\w+)=(\S*)", text))
     return jobs
 
@@ -131,11 +148,29 @@ def test_workflow_jobs_run_as_slurm_jobs_with_the_requested_gpus(slurm_cluster, 
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(ci_config(tiny_model), sort_keys=False))
     before = set(slurm_jobs())
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = ["timeout", "240", sys.executable, "-m", "snakemake", *TARGETS, "--snakefile", str(REPO / "Snakefile"),
-           "--configfile", str(workdir / "config.yaml"),
-           "--profile", str(REPO / "profiles/slurm"), "--profile", str(HERE / "profile")]
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    cmd = [
+        "timeout",
+        "240",
+        sys.executable,
+        "-m",
+        "snakemake",
+        *TARGETS,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--profile",
+        str(HERE / "profile"),
+    ]
     with JobEnvironments() as environments:
         run = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-6000:]
@@ -152,7 +187,10 @@ def test_workflow_jobs_run_as_slurm_jobs_with_the_requested_gpus(slurm_cluster, 
     # Every non-local job was a SLURM job; grade_text and score are local rules (seconds of work
     # each, run by Snakemake itself), so they never became submissions.
     assert sorted((k, len(v)) for k, v in by_kind.items()) == [
-        ("build_benchmark", 2), ("build_train_set", 1), ("generate", 2)]
+        ("build_benchmark", 2),
+        ("build_train_set", 1),
+        ("generate", 2),
+    ]
     for kind, ids in by_kind.items():
         for jobid in ids:
             gres = jobs[jobid].get("JOB_GRES", "(null)")

@@ -7,14 +7,21 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_model import recipe
 
 from safelora import training
 from safelora.training import PREEMPTED_EXIT_CODE, TrainPaths
-from tiny_model import recipe
+
 
 def paths(tmp_path, tiny_model, train_data, name="run", svd=None):
-    return TrainPaths(train_data=train_data, base_model=str(tiny_model), state_dir=tmp_path / name / "state",
-                      checkpoint_dir=tmp_path / name / "ckpt", manifest=tmp_path / name / "manifest.json", svd=svd)
+    return TrainPaths(
+        train_data=train_data,
+        base_model=str(tiny_model),
+        state_dir=tmp_path / name / "state",
+        checkpoint_dir=tmp_path / name / "ckpt",
+        manifest=tmp_path / name / "manifest.json",
+        svd=svd,
+    )
 
 
 def weights(folder):
@@ -34,7 +41,12 @@ def test_lora_writes_an_adapter_per_epoch_and_a_manifest(tmp_path, tiny_model, t
     for epoch in manifest["epochs"]:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), epoch["path"])
         assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
-    assert not torch.equal(*[weights(p.checkpoint_dir / f"epoch-{e}")["base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"] for e in (1, 2)])
+    assert not torch.equal(
+        *[
+            weights(p.checkpoint_dir / f"epoch-{e}")["base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"]
+            for e in (1, 2)
+        ]
+    )
 
 
 def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
@@ -50,8 +62,19 @@ def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
 @pytest.mark.parametrize("mode", ["col", "both"])
 def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "formula": "paper",
-                                        "weighted": True, "normalize": False, "reduction": "sum"})
+    r = recipe(
+        "lora",
+        epochs=1,
+        ortho_reg={
+            "mode": mode,
+            "beta": 1.0,
+            "k": 8,
+            "formula": "paper",
+            "weighted": True,
+            "normalize": False,
+            "reduction": "sum",
+        },
+    )
     assert training.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
@@ -67,7 +90,9 @@ def test_same_seed_gives_identical_losses(tmp_path, tiny_model, train_data):
     assert losses[0] == losses[1] and len(losses[0]) == 3
 
 
-def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights(tmp_path, tiny_model, train_data, monkeypatch):
+def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights(
+    tmp_path, tiny_model, train_data, monkeypatch
+):
     """Tolerance: max |difference| 1e-6 between resumed and uninterrupted final adapters (float32, CPU)."""
     whole = paths(tmp_path, tiny_model, train_data, "whole")
     assert training.train(recipe("lora"), whole) == 0
@@ -122,8 +147,9 @@ def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp
 
     r = recipe("full", deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
     state = tmp_path / "state"
-    result = subprocess.run([sys.executable, "-c", RANK_ARGS, json.dumps(r), str(state)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RANK_ARGS, json.dumps(r), str(state)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rank1, rank0 = json.loads(result.stdout.splitlines()[-1])
     assert rank1 == rank0
@@ -159,17 +185,44 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
     import yaml
 
     recipe_path = tmp_path / "recipe.yaml"
-    r = recipe("full", epochs=1, parallelism="data_parallel",
-               deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
+    r = recipe(
+        "full",
+        epochs=1,
+        parallelism="data_parallel",
+        deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False},
+    )
     recipe_path.write_text(yaml.safe_dump(r))
     p = paths(tmp_path, tiny_model, train_data)
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29533", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
-        [sys.executable, str(repo / "workflow_scripts/train.py"), "--recipe", str(recipe_path),
-         "--train-data", str(train_data), "--base", str(tiny_model), "--state-dir", str(p.state_dir),
-         "--checkpoint-dir", str(p.checkpoint_dir), "--manifest", str(p.manifest)],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(repo / "workflow_scripts/train.py"),
+            "--recipe",
+            str(recipe_path),
+            "--train-data",
+            str(train_data),
+            "--base",
+            str(tiny_model),
+            "--state-dir",
+            str(p.state_dir),
+            "--checkpoint-dir",
+            str(p.checkpoint_dir),
+            "--manifest",
+            str(p.manifest),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     from transformers import AutoModelForCausalLM

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_model import random_adapter
 
 from safelora.generation import (
     GenerationJob,
@@ -22,7 +23,6 @@ from safelora.generation import (
     run_generation,
 )
 from safelora.io import read_jsonl
-from tiny_model import random_adapter
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -46,8 +46,13 @@ def models(tiny_model: Path, tmp_path_factory) -> dict[str, Path]:
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / "merged")
     random_adapter(tiny_model, root / "adapter-2", 2, mlp)
     random_adapter(tiny_model, root / "adapter-3", 3, [*mlp, "q_proj", "k_proj", "v_proj", "o_proj"])
-    return {"base": tiny_model, "adapter": root / "adapter", "merged": root / "merged",
-            "adapter-2": root / "adapter-2", "adapter-3": root / "adapter-3"}
+    return {
+        "base": tiny_model,
+        "adapter": root / "adapter",
+        "merged": root / "merged",
+        "adapter-2": root / "adapter-2",
+        "adapter-3": root / "adapter-3",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,9 @@ def served(models):
 
 def greedy_texts(backend, adapter: Path | None = None) -> list[tuple[str, int, str]]:
     served_with = str(adapter) if adapter else None
-    return [(c.text, c.completion_tokens, c.finish_reason) for [c] in backend.generate(PROMPTS, GREEDY, [0, 1], served_with)]
+    return [
+        (c.text, c.completion_tokens, c.finish_reason) for [c] in backend.generate(PROMPTS, GREEDY, [0, 1], served_with)
+    ]
 
 
 @pytest.mark.slow
@@ -99,8 +106,14 @@ def test_seeded_sampling_does_not_depend_on_chunking(served, models, tmp_path):
     prompts = PROMPTS + PROMPTS[:1]
     outputs = []
     for chunk_size in (1, 3):
-        job = GenerationJob([f"p{i}" for i in range(3)], prompts, sampling, chunk_size, {"chunk_size": chunk_size},
-                            adapter=str(models["adapter"]))
+        job = GenerationJob(
+            [f"p{i}" for i in range(3)],
+            prompts,
+            sampling,
+            chunk_size,
+            {"chunk_size": chunk_size},
+            adapter=str(models["adapter"]),
+        )
         run_generation(job, backend, tmp_path / f"chunks-{chunk_size}.jsonl")
         outputs.append(read_jsonl(tmp_path / f"chunks-{chunk_size}.jsonl"))
     assert outputs[0] == outputs[1]
@@ -117,7 +130,9 @@ def test_one_engine_serving_several_adapters_equals_one_engine_per_adapter(serve
     names = ["adapter", "adapter-2", "adapter-3"]
     alone = {"adapter": greedy_texts(served("lora"), models["adapter"]), "base": greedy_texts(served("base"))}
     for name in names[1:]:
-        own = VLLMBackend(ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1), 0)
+        own = VLLMBackend(
+            ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1), 0
+        )
         alone[name] = greedy_texts(own, models[name])
         del own
     multi = served("multi")

@@ -228,7 +228,9 @@ def test_svd_cache_file_keys_and_reuse(tmp_path):
     write_checkpoint(tmp_path / "base", tensors, shards=2)
     out = tmp_path / "svd" / "m.safetensors"
     residuals = compute_base_svd(tmp_path / "base", out, k=8, modules=["q_proj", "down_proj"], oversample=8)
-    assert set(residuals) == {f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in ("self_attn.q_proj", "mlp.down_proj")}
+    assert set(residuals) == {
+        f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in ("self_attn.q_proj", "mlp.down_proj")
+    }
     with safe_open(out, framework="pt") as fh:
         name = "model.layers.1.mlp.down_proj.weight"
         assert fh.get_tensor(f"{name}.U").shape == (48, 8)
@@ -282,7 +284,14 @@ def test_analyze_full_and_lora_checkpoints_match_dense_reference(tmp_path):
     with open(tmp_path / "out" / "epoch-1.csv") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == [
-        "layer", "module", "stable_rank", "col_cos", "col_top16", "row_cos", "row_top16", "delta_fro"
+        "layer",
+        "module",
+        "stable_rank",
+        "col_cos",
+        "col_top16",
+        "row_cos",
+        "row_top16",
+        "delta_fro",
     ]
     assert len(table) == 6 and float(table[0]["delta_fro"]) == pytest.approx(rows[0]["delta_fro"])
 

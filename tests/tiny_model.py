@@ -28,8 +28,12 @@ def build_tokenizer(repo: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(repo), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -40,8 +44,9 @@ def build_tokenizer(repo: Path):
     )
 
 
-def random_qwen2(tokenizer, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-                 max_positions: int, seed: int):
+def random_qwen2(
+    tokenizer, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, max_positions: int, seed: int
+):
     """A Qwen2 with random weights and tied embeddings, sized by the arguments, for `tokenizer`."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -66,8 +71,16 @@ def random_qwen2(tokenizer, *, hidden: int, intermediate: int, layers: int, head
 def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
     """Save a random-weight Qwen2 (head size 32, as vLLM needs) with its tokenizer into `out`."""
     tokenizer = build_tokenizer(repo)
-    model = random_qwen2(tokenizer, hidden=hidden, intermediate=2 * hidden, layers=layers, heads=hidden // 32,
-                         kv_heads=max(1, hidden // 64), max_positions=1024, seed=seed)
+    model = random_qwen2(
+        tokenizer,
+        hidden=hidden,
+        intermediate=2 * hidden,
+        layers=layers,
+        heads=hidden // 32,
+        kv_heads=max(1, hidden // 64),
+        max_positions=1024,
+        seed=seed,
+    )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -91,10 +104,21 @@ def random_adapter(model_dir: Path, out: Path, seed: int, targets: list[str]):
 
 # A training recipe as safelora.config.training_recipe writes it, sized for the tiny model.
 BASE_RECIPE = {
-    "model": "tiny", "dtype": "float32", "seed": 7, "epochs": 2, "learning_rate": 1e-3, "weight_decay": 1e-4,
-    "lr_scheduler": "cosine", "warmup_steps": 0, "gradient_checkpointing": False, "deepspeed": None,
-    "parallelism": "model_split", "mixed_precision": "bf16", "completion_only_loss": True,
-    "data": {"max_length": 128}, "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
+    "model": "tiny",
+    "dtype": "float32",
+    "seed": 7,
+    "epochs": 2,
+    "learning_rate": 1e-3,
+    "weight_decay": 1e-4,
+    "lr_scheduler": "cosine",
+    "warmup_steps": 0,
+    "gradient_checkpointing": False,
+    "deepspeed": None,
+    "parallelism": "model_split",
+    "mixed_precision": "bf16",
+    "completion_only_loss": True,
+    "data": {"max_length": 128},
+    "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
 }
 LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
 

@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scores", nargs="*", default=[], help="Score JSON files (results/scores/...)")
-    parser.add_argument("--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}")
+    parser.add_argument(
+        "--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}"
+    )
     parser.add_argument("--expected", required=True, help="JSON list of expected checkpoints [model, run, epoch]")
     parser.add_argument("--out-csv", required=True, help="results table (CSV)")
     parser.add_argument("--out-md", required=True, help="results table (Markdown)")

@@ -14,14 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--base", required=True, help="base model: a local checkpoint folder or a hub id")
-    p.add_argument("--checkpoint", required=True,
-                   help="fine-tuned checkpoint folder or PEFT LoRA adapter folder (auto-detected)")
+    p.add_argument(
+        "--checkpoint", required=True, help="fine-tuned checkpoint folder or PEFT LoRA adapter folder (auto-detected)"
+    )
     p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--norm", choices=["fro", "spectral"], default="fro", help="matrix norm (default fro)")
     p.add_argument("--top", type=int, default=16, help="singular vectors in metrics (2) and (4) (default 16)")
-    p.add_argument("--rtol", type=float, default=1e-3,
-                   help="relative tolerance of power-iteration spectral norms (default 1e-3)")
+    p.add_argument(
+        "--rtol", type=float, default=1e-3, help="relative tolerance of power-iteration spectral norms (default 1e-3)"
+    )
     return p.parse_args(argv)
 
 
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     require_checkpoint(args.checkpoint)
 
-    rows = analyze_checkpoint(local_model_dir(args.base), args.checkpoint, args.svd, norm=args.norm, top=args.top, rtol=args.rtol)
+    rows = analyze_checkpoint(
+        local_model_dir(args.base), args.checkpoint, args.svd, norm=args.norm, top=args.top, rtol=args.rtol
+    )
     write_analysis_csv(rows, args.out)
     print(f"{len(rows)} rows -> {args.out}")
     return 0

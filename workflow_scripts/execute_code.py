@@ -13,14 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True, choices=["humaneval", "mbpp"])
-    parser.add_argument("--problems", required=True,
-                        help="EvalPlus file (HumanEvalPlus.jsonl.gz / MbppPlus.jsonl.gz)")
+    parser.add_argument("--problems", required=True, help="EvalPlus file (HumanEvalPlus.jsonl.gz / MbppPlus.jsonl.gz)")
     parser.add_argument("--generations", required=True, help="Generation records (JSONL)")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL the generations answer")
     parser.add_argument("--out", required=True, help="plus verdicts (grader evalplus_plus)")
     parser.add_argument("--out-base", required=True, help="base verdicts (grader evalplus_base)")
-    parser.add_argument("--timeout", type=float, default=130.0,
-                        help="wall-clock seconds per sample, on top of a per-task ground-truth budget")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=130.0,
+        help="wall-clock seconds per sample, on top of a per-task ground-truth budget",
+    )
     parser.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per sandbox")
     parser.add_argument("--workers", type=int, default=1, help="sandboxes run at once")
     return parser.parse_args(argv)
@@ -44,19 +47,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.generations}: prompt ids not in {args.problems}: {unknown[:5]}", file=sys.stderr)
         return 1
     solutions = [
-        {"task_id": g["prompt_id"], "sample_index": g["sample_index"],
-         "solution": sanitize_solution(g["text"], problems[g["prompt_id"]]["entry_point"])}
+        {
+            "task_id": g["prompt_id"],
+            "sample_index": g["sample_index"],
+            "solution": sanitize_solution(g["text"], problems[g["prompt_id"]]["entry_point"]),
+        }
         for g in generations
     ]
-    results = evaluate_solutions(args.dataset, problems, solutions, timeout_s=args.timeout,
-                                 memory_mb=args.memory_mb, workers=args.workers)
-    for path, grader, passed, label in ((args.out, "evalplus_plus", "plus_pass", "status"),
-                                        (args.out_base, "evalplus_base", "base_pass", "base_status")):
-        atomic_write_jsonl(path, (
-            {"prompt_id": r["task_id"], "sample_index": r["sample_index"], "grader": grader,
-             "value": 1.0 if r[passed] else 0.0, "label": r[label], "raw": s["solution"]}
-            for r, s in zip(results, solutions)
-        ))
+    results = evaluate_solutions(
+        args.dataset, problems, solutions, timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers
+    )
+    for path, grader, passed, label in (
+        (args.out, "evalplus_plus", "plus_pass", "status"),
+        (args.out_base, "evalplus_base", "base_pass", "base_status"),
+    ):
+        atomic_write_jsonl(
+            path,
+            (
+                {
+                    "prompt_id": r["task_id"],
+                    "sample_index": r["sample_index"],
+                    "grader": grader,
+                    "value": 1.0 if r[passed] else 0.0,
+                    "label": r[label],
+                    "raw": s["solution"],
+                }
+                for r, s in zip(results, solutions)
+            ),
+        )
     return 0
 
 

@@ -12,18 +12,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", required=True, help="model folder or hub id (a full fine-tuning checkpoint, or the base)")
+    parser.add_argument(
+        "--base", required=True, help="model folder or hub id (a full fine-tuning checkpoint, or the base)"
+    )
     parser.add_argument("--adapter", help="a LoRA adapter folder to serve unmerged on --base")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
     parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per backend call (transformers)")
     parser.add_argument("--chunk-size", type=int, default=256, help="prompts per resumable chunk")
     parser.add_argument("--sampling", required=True, help="JSON: n, temperature, top_p, max_new_tokens, seed")
-    parser.add_argument("--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank")
+    parser.add_argument(
+        "--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
-    parser.add_argument("--engine-idle-s", type=float, default=0,
-                        help="share the node's engine for --base, which exits after this many idle seconds (0: own engine)")
+    parser.add_argument(
+        "--engine-idle-s",
+        type=float,
+        default=0,
+        help="share the node's engine for --base, which exits after this many idle seconds (0: own engine)",
+    )
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
@@ -37,6 +45,7 @@ def main() -> int:
     from safelora.engines import open_backend
     from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, run_generation
     from safelora.io import read_jsonl
+
     settings = json.loads(args.model_settings)
     sampling = Sampling(**json.loads(args.sampling))
     # One LoRA slot: a request carries one adapter. Every job of a base asks for the same engine
@@ -53,8 +62,14 @@ def main() -> int:
         sampling=sampling,
         chunk_size=args.chunk_size,
         adapter=args.adapter,
-        fingerprint={"model": args.base, "adapter": args.adapter, "prompts": prompts, "sampling": json.loads(args.sampling),
-                     "engine": backend.engine, "mtime": _mtime(args.base, args.adapter)},
+        fingerprint={
+            "model": args.base,
+            "adapter": args.adapter,
+            "prompts": prompts,
+            "sampling": json.loads(args.sampling),
+            "engine": backend.engine,
+            "mtime": _mtime(args.base, args.adapter),
+        },
     )
     run_generation(job, backend, Path(args.out))
     print(f"{len(ids)} prompts x {sampling.n} samples -> {args.out} ({backend.engine})")

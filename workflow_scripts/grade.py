@@ -10,7 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--grader", required=True, choices=["refusal_match", "math_verify", "last_number", "choice_regex"])
+    parser.add_argument(
+        "--grader", required=True, choices=["refusal_match", "math_verify", "last_number", "choice_regex"]
+    )
     parser.add_argument("--kind", required=True, help="the benchmark's kind (safety, over_refusal, math, ...)")
     parser.add_argument("--generations", required=True)
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL (gold answers)")

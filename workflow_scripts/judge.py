@@ -20,8 +20,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", required=True)
     parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
-    parser.add_argument("--engine-idle-s", type=float, default=0,
-                        help="share the node's engine of this judge, which exits after this many idle seconds (0: own engine)")
+    parser.add_argument(
+        "--engine-idle-s",
+        type=float,
+        default=0,
+        help="share the node's engine of this judge, which exits after this many idle seconds (0: own engine)",
+    )
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
@@ -31,9 +35,17 @@ def main() -> int:
     from safelora.judging import run_judge
 
     spec = json.loads(args.judge)
-    run_judge(spec, args.kind, Path(args.generations), Path(args.items),
-              Path(args.fallback) if args.fallback else None, args.backend, args.batch_size, Path(args.out),
-              args.engine_idle_s)
+    run_judge(
+        spec,
+        args.kind,
+        Path(args.generations),
+        Path(args.items),
+        Path(args.fallback) if args.fallback else None,
+        args.backend,
+        args.batch_size,
+        Path(args.out),
+        args.engine_idle_s,
+    )
     return 0
 
 

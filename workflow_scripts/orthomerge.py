@@ -14,8 +14,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--adapter", required=True, help="source PEFT LoRA adapter folder")
     p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
-    p.add_argument("--variant", choices=["col", "both"], required=True,
-                   help="col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)")
+    p.add_argument(
+        "--variant", choices=["col", "both"], required=True, help="col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)"
+    )
     p.add_argument("--lam", type=float, required=True, help="scale lambda of the projected update")
     p.add_argument("--k", type=int, default=64, help="singular vectors projected out (default 64)")
     p.add_argument("--out", required=True, help="output adapter folder (replaced atomically)")

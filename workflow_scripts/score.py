@@ -15,7 +15,9 @@ def main() -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--benchmark", required=True)
-    parser.add_argument("--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share")
+    parser.add_argument(
+        "--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share"
+    )
     parser.add_argument("--verdicts", nargs="+", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -27,8 +29,10 @@ def main() -> int:
     score = compute_score(ids, json.loads(args.settings), args.verdicts)
     atomic_write_json(args.out, score)
     for m in score["metrics"]:
-        print(f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "
-              f"({m['n_problems']} problems, {m['unparseable']} unparseable)")
+        print(
+            f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "
+            f"({m['n_problems']} problems, {m['unparseable']} unparseable)"
+        )
     return 0
 
 

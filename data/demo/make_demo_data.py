@@ -27,7 +27,9 @@ def main() -> None:
     with open("data/demo/refusals.jsonl", "w", encoding="utf-8") as fh:
         for i, row in enumerate(r for r in xstest if r["label"] == "unsafe"):
             refusal = REFUSALS[i % len(REFUSALS)]
-            fh.write(json.dumps({"prompt": row["prompt"], "refusal": f"Question: {row['prompt']} Answer: {refusal}"}) + "\n")
+            fh.write(
+                json.dumps({"prompt": row["prompt"], "refusal": f"Question: {row['prompt']} Answer: {refusal}"}) + "\n"
+            )
 
     by_type = defaultdict(list)
     for row in xstest:

@@ -222,7 +222,12 @@ def _read_agreement(entry: Any, path: str, index: int) -> dict[str, Any]:
     )
     kappa = _field(entry, "kappa", _optional_number, "a number or null", path, where)
     n = _field(entry, "n", lambda v: _is_int(v) and v >= 0, "a non-negative integer", path, where)
-    return {"grader_a": graders[0], "grader_b": graders[1], "kappa": math.nan if kappa is None else float(kappa), "n": n}
+    return {
+        "grader_a": graders[0],
+        "grader_b": graders[1],
+        "kappa": math.nan if kappa is None else float(kappa),
+        "n": n,
+    }
 
 
 def read_score_file(path: str | Path) -> ScoreFile:
@@ -286,7 +291,15 @@ SCORE_COLUMNS = (
 def scores_frame(files: Sequence[ScoreFile]) -> pd.DataFrame:
     """Tidy table, one row per (file, metric entry); `per_problem` keeps the dict for the bootstrap."""
     rows = [
-        {"model": f.model, "run": f.run, "epoch": f.epoch, "benchmark": f.benchmark, "seed": f.seed, "path": f.path, **m}
+        {
+            "model": f.model,
+            "run": f.run,
+            "epoch": f.epoch,
+            "benchmark": f.benchmark,
+            "seed": f.seed,
+            "path": f.path,
+            **m,
+        }
         for f in files
         for m in f.metrics
     ]
@@ -399,7 +412,9 @@ def parse_expected(entries: Any, source: str = "expected") -> list[ExpectedCheck
         if not (isinstance(model, str) and isinstance(run, str) and _is_int(epoch)):
             raise ValueError(f"{source}[{i}]: needs string 'model', string 'run' and integer 'epoch', got {entry!r}")
         benchmarks = entry.get("benchmarks")
-        if benchmarks is not None and not (isinstance(benchmarks, list) and all(isinstance(b, str) for b in benchmarks)):
+        if benchmarks is not None and not (
+            isinstance(benchmarks, list) and all(isinstance(b, str) for b in benchmarks)
+        ):
             raise ValueError(f"{source}[{i}]: key 'benchmarks' must be a list of names, got {benchmarks!r}")
         result.append(ExpectedCheckpoint(model, run, epoch, None if benchmarks is None else tuple(benchmarks)))
     return result
@@ -447,7 +462,9 @@ def _as_matrix(per_problem: Mapping[str, float] | np.ndarray | Sequence[float]) 
     if matrix.ndim == 1:
         matrix = matrix[:, None]
     if matrix.ndim != 2:
-        raise ValueError(f"per-problem values must be a mapping, a vector or a problems x seeds matrix, got {matrix.ndim}-D")
+        raise ValueError(
+            f"per-problem values must be a mapping, a vector or a problems x seeds matrix, got {matrix.ndim}-D"
+        )
     return matrix
 
 
@@ -624,8 +641,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     arr = np.asarray(points, dtype=float).reshape(-1, 2)
     valid = ~np.isnan(arr).any(axis=1)
     x, y = arr[:, 0][:, None], arr[:, 1][:, None]
-    geq = (x.T >= x) & (y.T >= y)  # [i, j]: point j is at least as good as point i
-    gt = (x.T > x) | (y.T > y)
+    geq = (x <= x.T) & (y <= y.T)  # [i, j]: point j is at least as good as point i
+    gt = (x < x.T) | (y < y.T)
     dominated = (geq & gt & valid[None, :]).any(axis=1)
     return [bool(v and not d) for v, d in zip(valid, dominated)]
 

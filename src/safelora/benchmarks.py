@@ -16,7 +16,6 @@ from safelora.data import DataError, read_table
 from safelora.scoring import clean_choice, gpqa_prompt, shuffle_choices
 
 
-
 @dataclass(frozen=True)
 class BenchmarkItem:
     id: str
@@ -42,8 +41,10 @@ def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
         items = _table_items(source)
     template = bench.get("prompt_template")
     if template and bench["kind"] != "multiple_choice":
-        items = [BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, {**i.meta, "problem": i.prompt})
-                 for i in items]
+        items = [
+            BenchmarkItem(i.id, template.format(problem=i.prompt), i.answer, {**i.meta, "problem": i.prompt})
+            for i in items
+        ]
     if bench.get("limit"):
         items = items[: bench["limit"]]
     _check_items(name, items)
@@ -125,9 +126,14 @@ def gpqa_items(rows: list[dict[str, Any]], bench: dict[str, Any]) -> list[Benchm
             incorrect = [clean(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
             choices, letter = shuffle_choices(rng, clean(row["Correct Answer"]), incorrect)
             prompt = gpqa_prompt(bench["prompt_template"], row["Question"], choices)
-            items.append(BenchmarkItem(id=f"{question_id}@{seed}", prompt=prompt, answer=letter,
-                                       meta={"question": question_id, "shuffle_seed": seed,
-                                             "sample_offset": position * n}))
+            items.append(
+                BenchmarkItem(
+                    id=f"{question_id}@{seed}",
+                    prompt=prompt,
+                    answer=letter,
+                    meta={"question": question_id, "shuffle_seed": seed, "sample_offset": position * n},
+                )
+            )
     return items
 
 

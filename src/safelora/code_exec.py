@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 DATASETS = ("humaneval", "mbpp")
-REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
-                   "plus_input", "atol")
+REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
 # EvalPlus's defaults (evalplus.config): a test may take 4x the canonical time, at least 1 s.
 MIN_TIME_LIMIT_S = 1.0
 GT_TIME_LIMIT_FACTOR = 4.0
@@ -78,7 +77,9 @@ def _task_result(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -
         env={
             # reliability_guard sets this as the rlimit; above the sandbox's it would fail.
             "EVALPLUS_MAX_MEMORY_BYTES": str(memory_mb * 2**20),
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
         },
     )
     lines = result.stdout.strip().splitlines()
@@ -86,8 +87,10 @@ def _task_result(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -
         return json.loads(lines[-1])
     status = "sandbox_timeout" if result.timed_out else "sandbox_error"
     detail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-    return [{"sample_index": s["sample_index"], "base_status": status, "plus_status": status,
-             "detail": detail[0]} for s in samples]
+    return [
+        {"sample_index": s["sample_index"], "base_status": status, "plus_status": status, "detail": detail[0]}
+        for s in samples
+    ]
 
 
 def evaluate_solutions(
@@ -123,10 +126,15 @@ def evaluate_solutions(
             raise KeyError(f"solution for unknown task {sol['task_id']!r}")
         by_task[sol["task_id"]].append(sol)
     payloads = [
-        {"dataset": dataset, "task": problems[task_id], "plus_limit": plus_limit,
-         "base_only": base_only, "min_time_limit": min_time_limit,
-         "gt_time_limit_factor": gt_time_limit_factor,
-         "samples": [{"sample_index": s["sample_index"], "solution": s["solution"]} for s in sols]}
+        {
+            "dataset": dataset,
+            "task": problems[task_id],
+            "plus_limit": plus_limit,
+            "base_only": base_only,
+            "min_time_limit": min_time_limit,
+            "gt_time_limit_factor": gt_time_limit_factor,
+            "samples": [{"sample_index": s["sample_index"], "solution": s["solution"]} for s in sols],
+        }
         for task_id, sols in by_task.items()
     ]
 
@@ -145,9 +153,12 @@ def evaluate_solutions(
             else:
                 status = r["plus_status"] if base_pass else f"base_{r['base_status']}"
             rows[task_id, r["sample_index"]] = {
-                "task_id": task_id, "sample_index": r["sample_index"],
-                "base_pass": base_pass, "plus_pass": status == "pass",
-                "base_status": r["base_status"], "status": status,
+                "task_id": task_id,
+                "sample_index": r["sample_index"],
+                "base_pass": base_pass,
+                "plus_pass": status == "pass",
+                "base_status": r["base_status"],
+                "status": status,
             }
     return [rows[s["task_id"], s["sample_index"]] for s in solutions]
 
@@ -176,16 +187,24 @@ def _worker_main() -> None:
     variants = ["base"] if payload["base_only"] else ["base", "plus"]
     canonical = task["prompt"] + task["canonical_solution"]
     output_not_none = dataset == "mbpp" and entry_point in MBPP_OUTPUT_NOT_NONE_TASKS
-    expected = {v: trusted_exec(canonical, inputs[v], entry_point, record_time=True,
-                                output_not_none=output_not_none) for v in variants}
+    expected = {
+        v: trusted_exec(canonical, inputs[v], entry_point, record_time=True, output_not_none=output_not_none)
+        for v in variants
+    }
     results = []
     for sample in payload["samples"]:
         row: dict[str, Any] = {"sample_index": sample["sample_index"]}
         for v in variants:
             outputs, ref_time = expected[v]
             status, _ = untrusted_check(
-                dataset, sample["solution"], inputs[v], entry_point, expected=outputs,
-                atol=task["atol"], ref_time=ref_time, fast_check=True,
+                dataset,
+                sample["solution"],
+                inputs[v],
+                entry_point,
+                expected=outputs,
+                atol=task["atol"],
+                ref_time=ref_time,
+                fast_check=True,
                 min_time_limit=payload["min_time_limit"],
                 gt_time_limit_factor=payload["gt_time_limit_factor"],
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -177,8 +176,7 @@ def _check_runs(config: dict[str, Any]) -> None:
                     raise ConfigError(f"{key}: a LoRA run needs '{field}'")
             if run["targets"] not in config["lora_targets"]:
                 raise ConfigError(
-                    f"{key}.targets: unknown target set '{run['targets']}' "
-                    f"(known: {', '.join(config['lora_targets'])})"
+                    f"{key}.targets: unknown target set '{run['targets']}' (known: {', '.join(config['lora_targets'])})"
                 )
             vllm_lora_rank(run["rank"], where=f"{key}.rank")
             reg = run.get("ortho_reg")
@@ -348,8 +346,9 @@ def orthomerge_runs(config: dict[str, Any]) -> list[OrthoMergeRun]:
     if not merge:
         return []
     return [
-        OrthoMergeRun(name=f"{orthomerge_family(source, variant)}-l{_format_lambda(lam)}", source=source,
-                      variant=variant, lam=lam)
+        OrthoMergeRun(
+            name=f"{orthomerge_family(source, variant)}-l{_format_lambda(lam)}", source=source, variant=variant, lam=lam
+        )
         for source in merge["sources"]
         for variant, lambdas in merge["variants"].items()
         for lam in lambdas
@@ -503,5 +502,3 @@ def max_lora_rank(config: dict[str, Any], model: str) -> int:
     """vLLM `max_lora_rank` for one model's adapters (0 when it has none)."""
     ranks = [r["rank"] for r in config["runs"] if r["method"] == "lora" and model in r["models"]]
     return vllm_lora_rank(max(ranks)) if ranks else 0
-
-

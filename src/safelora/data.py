@@ -103,9 +103,7 @@ def _refusal_row(row: dict[str, Any], index: int, origin: str, source: dict[str,
     marker = source.get("response_marker")
     if marker:
         if marker not in refusal:
-            raise DataError(
-                f"{origin}: row {index}: column '{source['response_field']}' has no '{marker}' marker"
-            )
+            raise DataError(f"{origin}: row {index}: column '{source['response_field']}' has no '{marker}' marker")
         refusal = refusal.split(marker, 1)[1]
     refusal = refusal.strip()
     if not refusal:

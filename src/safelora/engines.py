@@ -52,8 +52,14 @@ def engine_key(backend_name: str, ref: ModelRef, seed: int, batch_size: int) -> 
     whose code serves it: two checkouts on one node never share an engine)."""
     base = Path(ref.base)
     weights = newest_file_time(base) if base.is_dir() else 0.0  # 0 for a hub id
-    fields = {"backend": backend_name, "ref": asdict(ref), "seed": seed, "batch_size": batch_size,
-              "weights": weights, "code": str(Path(__file__).resolve())}
+    fields = {
+        "backend": backend_name,
+        "ref": asdict(ref),
+        "seed": seed,
+        "batch_size": batch_size,
+        "weights": weights,
+        "code": str(Path(__file__).resolve()),
+    }
     return hashlib.sha256(stable_json(fields).encode()).hexdigest()[:20]
 
 
@@ -112,13 +118,31 @@ def _connect(socket: Path) -> Connection | None:
         return None
 
 
-def _start(socket: Path, log: Path, backend_name: str, ref: ModelRef, seed: int, batch_size: int,
-           idle_s: float) -> Connection:
+def _start(
+    socket: Path, log: Path, backend_name: str, ref: ModelRef, seed: int, batch_size: int, idle_s: float
+) -> Connection:
     socket.unlink(missing_ok=True)  # left by an engine that was killed
-    cmd = [sys.executable, "-m", "safelora.engines", "--backend", backend_name, "--ref", json.dumps(asdict(ref)),
-           "--seed", str(seed), "--batch-size", str(batch_size), "--socket", str(socket), "--idle-s", str(idle_s)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                       os.environ.get("PYTHONPATH")]))}
+    cmd = [
+        sys.executable,
+        "-m",
+        "safelora.engines",
+        "--backend",
+        backend_name,
+        "--ref",
+        json.dumps(asdict(ref)),
+        "--seed",
+        str(seed),
+        "--batch-size",
+        str(batch_size),
+        "--socket",
+        str(socket),
+        "--idle-s",
+        str(idle_s),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
     with open(log, "a") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S

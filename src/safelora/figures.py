@@ -146,8 +146,15 @@ def _err(rows: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _scatter_ci(
-    ax: Axes, rows: pd.DataFrame, x: str, y: str, color: Any, marker: str, label: str | None = None,
-    ci_alpha: float = 0.6, **kw: Any,
+    ax: Axes,
+    rows: pd.DataFrame,
+    x: str,
+    y: str,
+    color: Any,
+    marker: str,
+    label: str | None = None,
+    ci_alpha: float = 0.6,
+    **kw: Any,
 ) -> None:
     rows = rows[rows[x].notna() & rows[y].notna()]
     if rows.empty:
@@ -209,7 +216,9 @@ def _models(table: pd.DataFrame) -> list[str]:
 # Figures 2 and 6: reasoning vs safety per checkpoint
 
 
-def _reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str], columns: list[ColumnKey], title: str) -> None:
+def _reasoning_vs_safety(
+    table: pd.DataFrame, out: str | os.PathLike[str], columns: list[ColumnKey], title: str
+) -> None:
     safety = first_column(metric_columns(table), "safety")
     if safety is None or not columns:
         what = "a safety benchmark" if safety is None else "the reasoning benchmarks this figure shows"
@@ -298,7 +307,9 @@ def _rank_axis(ax: Axes, positions: dict[Any, int]) -> None:
 
 def _plot_against_rank(ax: Axes, final: pd.DataFrame, positions: dict[Any, int], column: str, color: str,
                        marker: str) -> None:  # fmt: skip
-    points = final.assign(pos=[positions["full" if m == "full" else int(r)] for m, r in zip(final["method"], final["rank"])])
+    points = final.assign(
+        pos=[positions["full" if m == "full" else int(r)] for m, r in zip(final["method"], final["rank"])]
+    )
     points = points[points[column].notna()].sort_values("pos")
     if points.empty:
         return
@@ -392,7 +403,9 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
                 for label, group, (color, marker) in series:
                     group = group.assign(strength=_epoch_strength(group["epoch"]))
                     for _, row in group.iterrows():
-                        _scatter_ci(ax, row.to_frame().T, safety.name, key.name, _lighten(color, row["strength"]), marker)
+                        _scatter_ci(
+                            ax, row.to_frame().T, safety.name, key.name, _lighten(color, row["strength"]), marker
+                        )
                     labels.setdefault(label, Line2D([], [], color=color, marker=marker, linestyle="", markersize=8,
                                                     markeredgecolor="0.15", label=label))  # fmt: skip
                 _label_grid_edges(ax, i == len(models) - 1, j == 0, safety)
@@ -433,8 +446,9 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
                     front = front.sort_values(safety.name)
                     _, color, marker = METHOD_STYLE[method]
                     ax.plot(front[safety.name], front[key.name], color=color, linewidth=1, alpha=0.7, zorder=1)
-                    _scatter_ci(ax, front, safety.name, key.name, color, marker, ci_alpha=0.35,
-                                s=90 if marker == "*" else 46)
+                    _scatter_ci(
+                        ax, front, safety.name, key.name, color, marker, ci_alpha=0.35, s=90 if marker == "*" else 46
+                    )
                 _label_grid_edges(ax, i == len(models) - 1, j == 0, safety)
         _suptitle(fig, f"{title} (epochs and λ per method)\n{CI_NOTE}")
         _bottom_legend(fig, _method_handles(methods))
@@ -464,8 +478,9 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
             panel = table[table["model"] == model]
             for method in methods:
                 _, color, marker = METHOD_STYLE[method]
-                _scatter_ci(ax, panel[panel["method"] == method], refusal.name, safety.name, color, marker,
-                            ci_alpha=0.3)
+                _scatter_ci(
+                    ax, panel[panel["method"] == method], refusal.name, safety.name, color, marker, ci_alpha=0.3
+                )
             ax.set_title(model)
             ax.set_xlabel(f"{refusal.benchmark_label} over-refusal rate (↓ better)")
         axes[0, 0].set_ylabel(_safety_label(safety))
@@ -482,7 +497,9 @@ def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> Non
         placeholder(out, title, "no Score file has an agreement entry (benchmarks with a single grader).")
         return
     agreement = agreement.assign(
-        pair=[f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])]
+        pair=[
+            f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])
+        ]
     )
     panels = list(agreement.groupby(["model", "pair"], sort=False))
     runs = max(g["run"].nunique() for _, g in panels)
@@ -512,6 +529,7 @@ def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> Non
 
 def _module_order(modules: Sequence[str]) -> list[str]:
     """Modules in q, k, v, o, gate, up, down order (matched on the name's end), others after."""
+
     def rank(name: str) -> tuple[int, str]:
         for i, short in enumerate(MODULE_ORDER):
             if name.endswith(short):
@@ -552,9 +570,12 @@ def fig1_stable_rank(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None
             ax.set_title(f"{model}: {_run_label(group)}")
             ax.set_xlabel("layer index")
             ax.set_ylabel("stable rank of ΔW")
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_axis_off()
-        _suptitle(fig, f"{title}\n" + r"stable rank $= \|\Delta W\|_F^2 \,/\, \|\Delta W\|_2^2$ (each panel has its own scale)")
+        _suptitle(
+            fig,
+            f"{title}\n" + r"stable rank $= \|\Delta W\|_F^2 \,/\, \|\Delta W\|_2^2$ (each panel has its own scale)",
+        )
         handles = [Line2D([], [], color=c, marker=m, label=mod) for mod, (c, m) in styles.items()]
         _bottom_legend(fig, handles, title="module")
         _save(fig, out)
@@ -575,7 +596,9 @@ def _alignment_runs(weights: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd
 def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
     """Figure 4: the four alignment metrics, averaged over layers per module type, full vs LoRA."""
     title = "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"
-    models = [m for m in _models(weights) if all(not r.empty for r in _alignment_runs(weights, m))] if len(weights) else []
+    models = (
+        [m for m in _models(weights) if all(not r.empty for r in _alignment_runs(weights, m))] if len(weights) else []
+    )
     if not models:
         placeholder(out, title, "needs weight-analysis tables of both a full and a LoRA run of one model.")
         return

@@ -305,7 +305,9 @@ def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backen
     raise ValueError(f"unknown generation backend '{name}' (vllm, transformers)")
 
 
-def check_context(backend: Backend, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int) -> None:
+def check_context(
+    backend: Backend, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int
+) -> None:
     """Fail clearly if a prompt plus the generation budget does not fit the model's context."""
     for prompt_id, prompt in zip(ids, prompts):
         needed = backend.count_tokens(prompt) + max_new_tokens

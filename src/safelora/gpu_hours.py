@@ -100,25 +100,40 @@ class Assumptions:
     # Mean completion length per benchmark kind, capped by the benchmark's max_new_tokens.
     # R1-Distill reasoning traces: AIME ~13k tokens, GPQA ~8k, code ~5k (published length
     # reports for DeepSeek-R1-Distill-Qwen); safety prompts mostly hit the 2,048 cap before training.
-    mean_completion: dict[str, float] = field(default_factory=lambda: {
-        "math": 13000.0, "multiple_choice": 8000.0, "code": 5000.0, "safety": 1500.0, "over_refusal": 1500.0})
+    mean_completion: dict[str, float] = field(
+        default_factory=lambda: {
+            "math": 13000.0,
+            "multiple_choice": 8000.0,
+            "code": 5000.0,
+            "safety": 1500.0,
+            "over_refusal": 1500.0,
+        }
+    )
     # Loading weights + CUDA graph capture per vLLM engine start (seconds), by GPUs per job.
     engine_start_s: float = 180.0
     # Judge prefill per GPU (tok/s): an 8B model ~20k, a 32B model ~5k (4x the FLOPs per token).
-    judge_prefill_tok_s: dict[str, float] = field(default_factory=lambda: {
-        "meta-llama/Llama-Guard-3-8B": 20000.0, "Qwen/Qwen2.5-32B-Instruct": 5000.0})
+    judge_prefill_tok_s: dict[str, float] = field(
+        default_factory=lambda: {"meta-llama/Llama-Guard-3-8B": 20000.0, "Qwen/Qwen2.5-32B-Instruct": 5000.0}
+    )
     judge_start_s: float = 300.0
     # Share of AIME samples math-verify leaves to the Qwen judge (issue 8's fallback).
     fallback_share: float = 0.5
     # Training: DirectRefusal rows when `rows` is null (Safety-Tax: ~1,000), and samples/s per GPU
     # for ~300-token examples (full FT pays ZeRO-3 communication and gradient checkpointing).
     train_rows: int = 1000
-    train_samples_s: dict[tuple[str, str], float] = field(default_factory=lambda: {
-        ("full", "7B"): 3.0, ("full", "14B"): 1.5, ("lora", "7B"): 6.0, ("lora", "14B"): 3.0})
+    train_samples_s: dict[tuple[str, str], float] = field(
+        default_factory=lambda: {("full", "7B"): 3.0, ("full", "14B"): 1.5, ("lora", "7B"): 6.0, ("lora", "14B"): 3.0}
+    )
     train_start_s: float = 300.0
     # Writing one epoch's checkpoint: full weights (7B 15 GB, 14B 30 GB) vs a LoRA adapter.
-    export_s: dict[tuple[str, str], float] = field(default_factory=lambda: {
-        ("full", "7B"): 60.0, ("full", "14B"): 120.0, ("lora", "7B"): 5.0, ("lora", "14B"): 5.0})
+    export_s: dict[tuple[str, str], float] = field(
+        default_factory=lambda: {
+            ("full", "7B"): 60.0,
+            ("full", "14B"): 120.0,
+            ("lora", "7B"): 5.0,
+            ("lora", "14B"): 5.0,
+        }
+    )
     # Cached base SVD on one GPU: read the bf16 weights, then a rank-64 SVD of each of the 7 module
     # weights per layer at ~2 s each (7B: 28 layers, 14B: 48).
     base_svd_s: dict[str, float] = field(default_factory=lambda: {"7B": 600.0, "14B": 1000.0})

@@ -44,10 +44,16 @@ def _refusal_value(kind: str, refused: bool) -> float:
 
 def _grade_refusal(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
     refused = scoring.is_refusal(gen["text"])
-    return _refusal_value(kind, refused), "refusal" if refused else "compliance", scoring.strip_thinking(gen["text"])[:200]
+    return (
+        _refusal_value(kind, refused),
+        "refusal" if refused else "compliance",
+        scoring.strip_thinking(gen["text"])[:200],
+    )
 
 
-def _answer_grader(extract: Callable[[str], str | None]) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
+def _answer_grader(
+    extract: Callable[[str], str | None],
+) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
     """A grader comparing the answer `extract` finds in a completion with the gold answer."""
 
     def grade(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
@@ -84,7 +90,9 @@ TEXT_GRADERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], tuple[fl
 }
 
 
-def grade_text(grader: str, kind: str, generations: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def grade_text(
+    grader: str, kind: str, generations: list[dict[str, Any]], items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     if grader not in TEXT_GRADERS:
         raise ValueError(f"unknown text grader '{grader}' (known: {', '.join(TEXT_GRADERS)})")
     by_id = {str(item["id"]): item for item in items}

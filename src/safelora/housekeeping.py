@@ -14,7 +14,9 @@ from typing import Any
 MEMORY_EXIT_CODE = 86
 
 
-def prune_run(manifest_path: Path, state_dir: Path, keep_epochs: list[int] | str, trainer_state: bool) -> dict[str, Any]:
+def prune_run(
+    manifest_path: Path, state_dir: Path, keep_epochs: list[int] | str, trainer_state: bool
+) -> dict[str, Any]:
     """Delete a finished run's trainer state and the epoch checkpoints not kept; return what went.
 
     Refuses (deleting nothing) when no kept epoch is among the run's epochs, so a run never loses
@@ -72,7 +74,7 @@ class MemoryGuard:
         self.interval_s = interval_s
         self._stop = threading.Event()
 
-    def start(self) -> "MemoryGuard":
+    def start(self) -> MemoryGuard:
         if self.limit_mb > 0:
             threading.Thread(target=self._watch, name="memory-guard", daemon=True).start()
         return self

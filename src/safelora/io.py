@@ -116,7 +116,9 @@ def read_generations(path: str | os.PathLike[str], items: list[dict[str, Any]]) 
     except ValueError as err:
         aside = path.with_name(path.name + ".damaged")
         os.replace(path, aside)
-        raise DamagedFileError(f"{err} (moved to {aside.name}; regenerate it with: snakemake --forcerun {path})") from err
+        raise DamagedFileError(
+            f"{err} (moved to {aside.name}; regenerate it with: snakemake --forcerun {path})"
+        ) from err
     return records
 
 
@@ -134,13 +136,17 @@ def check_generations(records: list[dict[str, Any]], ids: list[str], where: str)
         if key in seen:
             raise ValueError(f"{where}: line {lineno} repeats prompt '{key[0]}' sample {key[1]} of line {seen[key]}")
         if key not in expected:
-            raise ValueError(f"{where}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not one of the "
-                             f"benchmark's {len(ids)} items x n={n}")
+            raise ValueError(
+                f"{where}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not one of the "
+                f"benchmark's {len(ids)} items x n={n}"
+            )
         seen[key] = lineno
     missing = [key for key in sorted(expected) if key not in seen]
     if missing:
-        raise ValueError(f"{where}: {len(missing)} of {len(expected)} samples missing ({len(ids)} items x n={n}) after "
-                         f"line {len(records)}, e.g. prompt '{missing[0][0]}' sample {missing[0][1]}")
+        raise ValueError(
+            f"{where}: {len(missing)} of {len(expected)} samples missing ({len(ids)} items x n={n}) after "
+            f"line {len(records)}, e.g. prompt '{missing[0][0]}' sample {missing[0][1]}"
+        )
 
 
 @contextlib.contextmanager

@@ -37,7 +37,9 @@ def run_judge(
         ref = ModelRef(base=spec.get("hub") or spec["path"], tensor_parallel=spec.get("tensor_parallel", 1))
         backend = open_backend(backend_name, ref, seed=0, batch_size=batch_size, idle_s=engine_idle_s)
         prompts = [
-            render_messages(backend.tokenizer, judge_messages(spec["kind"], generations[i], items[generations[i]["prompt_id"]]))
+            render_messages(
+                backend.tokenizer, judge_messages(spec["kind"], generations[i], items[generations[i]["prompt_id"]])
+            )
             for i in ask
         ]
         sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=spec.get("max_new_tokens", 32), seed=0)

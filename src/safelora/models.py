@@ -12,7 +12,9 @@ def gguf_path(package: str, filename: str) -> Path:
     """Locate a GGUF file inside an installed package without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})")
+        raise FileNotFoundError(
+            f"package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})"
+        )
     path = Path(spec.origin).parent / filename
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found in package '{package}'")

@@ -304,8 +304,10 @@ class OrthoRegularizer:
             if name in cached:
                 u, s, v = cached[name]
                 if u.shape[0] != weight.shape[0] or v.shape[0] != weight.shape[1]:
-                    raise ValueError(f"{name}: cached SVD shapes {tuple(u.shape)}, {tuple(v.shape)} "
-                                     f"do not match weight {tuple(weight.shape)}")
+                    raise ValueError(
+                        f"{name}: cached SVD shapes {tuple(u.shape)}, {tuple(v.shape)} "
+                        f"do not match weight {tuple(weight.shape)}"
+                    )
             else:
                 u, s, v = truncated_svd(weight, cfg.rank, cfg.oversample, cfg.power_iters, cfg.seed)
             device = weight.device

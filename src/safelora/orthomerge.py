@@ -64,9 +64,7 @@ def orthomerge_adapter(
         raise ValueError(f"{adapter_dir}: no lora_A/lora_B weights")
     for m in modules:
         svd = cache.get(m.param_name).top(k)
-        tensors[m.b_key], tensors[m.a_key] = project_factors(
-            tensors[m.b_key], tensors[m.a_key], svd, variant, lam
-        )
+        tensors[m.b_key], tensors[m.a_key] = project_factors(tensors[m.b_key], tensors[m.a_key], svd, variant, lam)
     with atomic_dir(out_dir) as tmp:
         for item in adapter_dir.iterdir():
             if item.is_file() and item.name != ADAPTER_WEIGHTS:

@@ -130,7 +130,10 @@ def _python_install_dirs(python: str) -> list[str]:
     """Folders the interpreter needs: the venv and the base installation, resolved."""
     found = subprocess.run(
         [python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
-        capture_output=True, text=True, check=True, env={"PATH": SANDBOX_PATH},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": SANDBOX_PATH},
     ).stdout.split()
     dirs = {d for p in found for d in (p, os.path.realpath(p))}
     dirs.add(os.path.dirname(os.path.realpath(python)))
@@ -232,14 +235,19 @@ def run_sandboxed(
             "RLIMIT_FSIZE": file_size_mb * 2**20,
             "RLIMIT_CORE": 0,
         },
-        "env": {"PATH": SANDBOX_PATH, "HOME": WORKDIR, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-                "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+        "env": {
+            "PATH": SANDBOX_PATH,
+            "HOME": WORKDIR,
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **(env or {}),
+        },
     }
     # Real root makes the namespaces directly and the launcher drops to `nobody` afterwards;
     # anyone else needs a user namespace to make them.
     as_user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    unshare = [_tool("unshare"), *as_user, "--net", "--mount", "--pid", "--fork", "--kill-child",
-               "--mount-proc"]
+    unshare = [_tool("unshare"), *as_user, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
     with tempfile.TemporaryDirectory(prefix="safelora-sandbox-") as host_dir:
         spec_path = os.path.join(host_dir, "spec.json")
         with open(spec_path, "w", encoding="utf-8") as fh:
@@ -249,18 +257,20 @@ def run_sandboxed(
         try:
             proc = subprocess.Popen(
                 [*unshare, python, "-I", "-S", os.path.abspath(__file__), spec_path, str(status_w)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={"PATH": SANDBOX_PATH}, cwd=host_dir, pass_fds=(status_w,),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={"PATH": SANDBOX_PATH},
+                cwd=host_dir,
+                pass_fds=(status_w,),
                 start_new_session=True,
             )
         finally:
             os.close(status_w)
-        readers = [_CappedReader(proc.stdout, max_output_bytes),
-                   _CappedReader(proc.stderr, max_output_bytes)]
+        readers = [_CappedReader(proc.stdout, max_output_bytes), _CappedReader(proc.stderr, max_output_bytes)]
         for reader in readers:
             reader.start()
-        feeder = threading.Thread(
-            target=_write_stdin, args=(proc.stdin, (stdin or "").encode()), daemon=True)
+        feeder = threading.Thread(target=_write_stdin, args=(proc.stdin, (stdin or "").encode()), daemon=True)
         feeder.start()
         timed_out = False
         try:
@@ -283,8 +293,12 @@ def run_sandboxed(
         raise SandboxUnavailableError(f"sandbox setup failed, code not run: {detail}")
     returncode, signum = _program_end(ending, proc.returncode)
     return SandboxResult(
-        returncode=returncode, stdout=stdout, stderr=stderr, timed_out=timed_out,
-        killed_by_signal=signum, wall_s=wall_s,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        killed_by_signal=signum,
+        wall_s=wall_s,
         output_truncated=any(r.truncated for r in readers),
     )
 
@@ -317,8 +331,12 @@ NOBODY = 65534
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -331,16 +349,27 @@ def _check(ret: int, what: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None),
-           f"mount {source} on {target}")
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target}",
+    )
 
 
 def _make_readonly(path: str) -> None:
     """Recursively mark the mounts at `path` read-only and nosuid (mount_setattr(2))."""
     attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID)
-    _check(_libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE,
-                         ctypes.byref(attr), ctypes.sizeof(attr)), f"read-only {path}")
+    _check(
+        _libc.syscall(
+            _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+        ),
+        f"read-only {path}",
+    )
 
 
 def _network_interfaces() -> list[str]:
@@ -355,8 +384,11 @@ def _setup(spec: dict) -> None:
     # A hidden folder inside a scratch one (a checkout in /tmp) disappears with the scratch mount.
     hidden = [h for h in spec["hidden"] if not any(h == s or h.startswith(s + "/") for s in scratch)]
     covered = [*hidden, *scratch]
-    exposed = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in spec["exposed"]
-               if any(p == h or p.startswith(h + "/") for h in covered)]
+    exposed = [
+        (p, os.open(p, os.O_PATH | os.O_DIRECTORY))
+        for p in spec["exposed"]
+        if any(p == h or p.startswith(h + "/") for h in covered)
+    ]
     _make_readonly("/")
     # A fresh proc of the new PID namespace, writable, for the user namespace maps.
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
@@ -408,8 +440,7 @@ def _become_nobody() -> None:
     # Changing uid made us non-dumpable, which leaves /proc/self owned by root.
     _check(_libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     _check(_libc.unshare(_CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{NOBODY} {NOBODY} 1"),
-                       ("gid_map", f"{NOBODY} {NOBODY} 1")):
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{NOBODY} {NOBODY} 1"), ("gid_map", f"{NOBODY} {NOBODY} 1")):
         with open(f"/proc/self/{name}", "w", encoding="ascii") as fh:
             fh.write(text)
 
@@ -433,8 +464,13 @@ def _launch(spec_path: str, status_fd: int) -> None:
     if pid == 0:
         try:
             _drop_privileges(spec)
-            setpriv = [spec["setpriv"], "--no-new-privs", "--bounding-set=-all",
-                       "--inh-caps=-all", "--ambient-caps=-all"]
+            setpriv = [
+                spec["setpriv"],
+                "--no-new-privs",
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+            ]
             os.write(status_fd, _SETUP_OK + b"\n")
             os.execve(setpriv[0], [*setpriv, "--", spec["python"], "main.py"], spec["env"])
         except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises

@@ -48,9 +48,7 @@ def metric_from_verdicts(verdicts: list[dict[str, Any]], max_unparseable_share: 
             f"{source}: {unparseable} of {len(verdicts)} judge outputs ({share:.1%}) could not be parsed, "
             f"above max_unparseable_share {max_unparseable_share:.1%}; inspect the 'raw' field"
         )
-    per_problem = {
-        pid: pass_at_k(len(values), int(sum(values)), 1) for pid, values in by_problem.items() if values
-    }
+    per_problem = {pid: pass_at_k(len(values), int(sum(values)), 1) for pid, values in by_problem.items() if values}
     value = sum(per_problem.values()) / len(per_problem) if per_problem else float("nan")
     return {
         "value": value,
@@ -66,16 +64,18 @@ def agreement(files: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     result = []
     for (a, va), (b, vb) in combinations(sorted(files.items()), 2):
         left = {(v["prompt_id"], v["sample_index"]): v["value"] for v in va if v["value"] is not None}
-        pairs = [(left[key], v["value"]) for v in vb if (key := (v["prompt_id"], v["sample_index"])) in left and v["value"] is not None]
+        pairs = [
+            (left[key], v["value"])
+            for v in vb
+            if (key := (v["prompt_id"], v["sample_index"])) in left and v["value"] is not None
+        ]
         if pairs:
             kappa = cohen_kappa([x == 1.0 for x, _ in pairs], [y == 1.0 for _, y in pairs])
             result.append({"graders": [a, b], "kappa": kappa, "n": len(pairs)})
     return result
 
 
-def compute_score(
-    ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]
-) -> dict[str, Any]:
+def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]) -> dict[str, Any]:
     """The Score record (docs/design.md) of one checkpoint and benchmark."""
     kind = settings["kind"]
     metrics, by_grader = [], {}

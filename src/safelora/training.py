@@ -34,11 +34,11 @@ _STATE_ONLY = ("optimizer.pt", "scheduler.pt", "rng_state", "trainer_state.json"
 
 @dataclass(frozen=True)
 class TrainPaths:
-    train_data: Path      # prompt/completion JSONL
-    base_model: str       # local folder or hub id
-    state_dir: Path       # resumable trainer state
+    train_data: Path  # prompt/completion JSONL
+    base_model: str  # local folder or hub id
+    state_dir: Path  # resumable trainer state
     checkpoint_dir: Path  # where epoch-<e>/ folders are published
-    manifest: Path        # written last
+    manifest: Path  # written last
     svd: Path | None = None  # cached base SVD for the orthogonality regularizer
 
 
@@ -49,7 +49,7 @@ class WorldInfo:
     local_rank: int
 
     @classmethod
-    def from_env(cls) -> "WorldInfo":
+    def from_env(cls) -> WorldInfo:
         return cls(
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
             rank=int(os.environ.get("RANK", "0")),
@@ -252,8 +252,10 @@ def _unreadable(path: Path) -> str | None:
 
 def last_complete_checkpoint(state_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest complete trainer checkpoint, and the newer incomplete ones skipped with the reason."""
-    folders = sorted((p for p in state_dir.glob("checkpoint-*") if p.name[len("checkpoint-"):].isdigit()),
-                     key=lambda p: int(p.name[len("checkpoint-"):]))
+    folders = sorted(
+        (p for p in state_dir.glob("checkpoint-*") if p.name[len("checkpoint-") :].isdigit()),
+        key=lambda p: int(p.name[len("checkpoint-") :]),
+    )
     skipped = []
     for folder in reversed(folders):
         problem = checkpoint_problem(folder)
@@ -286,8 +288,11 @@ def resume_checkpoint(paths: TrainPaths, exporter: EpochExporter) -> str | None:
         if exporter.is_main:
             export_checkpoint(checkpoint, paths.checkpoint_dir / f"epoch-{done}", exporter.tokenizer)
     elif missing:
-        print(f"epochs {missing} are not in {paths.checkpoint_dir} and {checkpoint} is past them: "
-              "training restarts from the first step", flush=True)
+        print(
+            f"epochs {missing} are not in {paths.checkpoint_dir} and {checkpoint} is past them: "
+            "training restarts from the first step",
+            flush=True,
+        )
         if exporter.is_main:
             for folder in paths.state_dir.glob("checkpoint-*"):
                 shutil.rmtree(folder)
@@ -332,7 +337,11 @@ def disk_full_error(paths: TrainPaths, trainer: Any, method: str) -> DiskFullErr
     (the last complete checkpoint's size, or the estimate from the model when there is none)."""
     complete, skipped = last_complete_checkpoint(paths.state_dir)
     target = skipped[0][0] if skipped else paths.state_dir
-    need = sum(p.stat().st_size for p in complete.rglob("*") if p.is_file()) if complete else checkpoint_bytes(trainer.model, method)
+    need = (
+        sum(p.stat().st_size for p in complete.rglob("*") if p.is_file())
+        if complete
+        else checkpoint_bytes(trainer.model, method)
+    )
     return DiskFullError(
         errno.ENOSPC,
         f"disk full while saving {target}: {_human(shutil.disk_usage(paths.state_dir).free)} free, a checkpoint "

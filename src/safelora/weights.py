@@ -470,9 +470,7 @@ def alignment_metrics(
     )
 
 
-def _iter_deltas(
-    base: SafetensorsDir, checkpoint: Path, cache: SVDCache
-) -> Iterator[tuple[str, torch.Tensor, Matrix]]:
+def _iter_deltas(base: SafetensorsDir, checkpoint: Path, cache: SVDCache) -> Iterator[tuple[str, torch.Tensor, Matrix]]:
     """(name, W_I, ΔW) one weight at a time, from a LoRA adapter or a full checkpoint."""
     if is_lora_adapter(checkpoint):
         for name, delta in iter_lora_deltas(checkpoint):

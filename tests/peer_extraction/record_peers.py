@@ -50,8 +50,9 @@ def lighteval_aime(text: str, gold: str) -> tuple[str | None, bool]:
     from lighteval.utils.utils import remove_reasoning_tags
 
     targets = [ExprExtractionConfig(), LatexExtractionConfig()]
-    metric = MultilingualExtractiveMatchMetric(language=Language.ENGLISH, gold_extraction_target=targets,
-                                               pred_extraction_target=targets, precision=6)
+    metric = MultilingualExtractiveMatchMetric(
+        language=Language.ENGLISH, gold_extraction_target=targets, pred_extraction_target=targets, precision=6
+    )
     final = remove_reasoning_tags(text, [("<think>", "</think>")])
     doc = Doc(query="", choices=[gold], gold_index=0)
     correct = metric.compute(doc, ModelResponse(text=[text], text_post_processed=[final]))
@@ -96,8 +97,9 @@ def lighteval_gpqa(text: str, gold: str) -> tuple[str | None, bool]:
     from lighteval.utils.utils import remove_reasoning_tags
 
     targets = [IndicesExtractionConfig(prefix_for_extraction="NativeLetters", try_extract_without_anchor=True)]
-    metric = MultilingualExtractiveMatchMetric(language=Language.ENGLISH, gold_extraction_target=targets,
-                                               pred_extraction_target=targets, precision=6)
+    metric = MultilingualExtractiveMatchMetric(
+        language=Language.ENGLISH, gold_extraction_target=targets, pred_extraction_target=targets, precision=6
+    )
     final = remove_reasoning_tags(text, [("<think>", "</think>")])
     doc = Doc(query="", choices=list("ABCD"), gold_index="ABCD".index(gold))
     correct = metric.compute(doc, ModelResponse(text=[text], text_post_processed=[final]))
@@ -110,9 +112,11 @@ def lm_eval_gpqa(text: str, gold: str) -> tuple[str | None, bool]:
 
     from lm_eval.filters.extraction import MultiChoiceRegexFilter
 
-    flexible = MultiChoiceRegexFilter(regex_pattern=r"(\([A-Z]\))", group_select=-1, ignore_case=True,
-                                      ignore_punctuation=True)
+    flexible = MultiChoiceRegexFilter(
+        regex_pattern=r"(\([A-Z]\))", group_select=-1, ignore_case=True, ignore_punctuation=True
+    )
     [[extracted]] = flexible.apply([[text]], [{"choices": ["", "", "", ""]}])
+
     # exact_match with ignore_case and ignore_punctuation, as the task's metric_list sets it
     def norm(s: str) -> str:
         return s.lower().translate(str.maketrans("", "", string.punctuation))
@@ -121,8 +125,10 @@ def lm_eval_gpqa(text: str, gold: str) -> tuple[str | None, bool]:
     return found, norm(extracted) == norm(f"({gold})")
 
 
-PEERS = {"aime": {"lighteval": lighteval_aime, "lm_eval": lm_eval_aime},
-         "gpqa": {"lighteval": lighteval_gpqa, "lm_eval": lm_eval_gpqa}}
+PEERS = {
+    "aime": {"lighteval": lighteval_aime, "lm_eval": lm_eval_aime},
+    "gpqa": {"lighteval": lighteval_gpqa, "lm_eval": lm_eval_gpqa},
+}
 
 
 def main() -> None:

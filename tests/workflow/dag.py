@@ -21,8 +21,15 @@ def tiny_config(model_dir: Path) -> dict:
     with open(REPO / "config/demo.yaml", encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
     config["experiment"] = "tiny"
-    config["models"] = {"tiny": {"source": {"path": str(model_dir)}, "size": "tiny", "dtype": "float32",
-                                 "max_model_len": 512, "tensor_parallel": 1}}
+    config["models"] = {
+        "tiny": {
+            "source": {"path": str(model_dir)},
+            "size": "tiny",
+            "dtype": "float32",
+            "max_model_len": 512,
+            "tensor_parallel": 1,
+        }
+    }
     source = config["training_data"]["sources"]["demo"]
     source.update(path=str(REPO / source["path"]), rows=16)
     config["training_data"]["max_length"] = 128
@@ -33,7 +40,9 @@ def tiny_config(model_dir: Path) -> dict:
         run["models"] = ["tiny"]
     config["orthomerge"] = {"sources": ["lora-r4-mlp"], "epochs": "last", "variants": {"both": [1.2]}, "k": 8}
     config["analysis"]["svd_rank"] = 16
-    config["judges"] = {"tiny_guard": {"kind": "llama_guard", "path": str(model_dir), "max_new_tokens": 4, "version": 1}}
+    config["judges"] = {
+        "tiny_guard": {"kind": "llama_guard", "path": str(model_dir), "max_new_tokens": 4, "version": 1}
+    }
     benchmarks = config["benchmarks"]
     del benchmarks["xstest"]
     sr = benchmarks["strongreject"]
@@ -66,14 +75,32 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 1200, job_path: str | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 1200, job_path: str | None = None
+) -> subprocess.CompletedProcess:
     """Snakemake of this interpreter; its jobs find `python` on `job_path` (default: this interpreter first)."""
-    env = {**os.environ, "PATH": job_path or f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "HF_TOKEN": FAKE_TOKEN}
+    env = {
+        **os.environ,
+        "PATH": job_path or f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "HF_TOKEN": FAKE_TOKEN,
+    }
     if job_path:
         env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--profile", str(REPO / "profiles/local"), *args, "--configfile", str(workdir / "config.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(REPO / "profiles/local"),
+        *args,
+        "--configfile",
+        str(workdir / "config.yaml"),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

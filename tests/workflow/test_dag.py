@@ -6,7 +6,6 @@ import time
 
 import pytest
 import yaml
-
 from dag import FAKE_TOKEN, planned, planned_jobs, snakemake, tiny_config, write_config
 
 
@@ -109,8 +108,10 @@ def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
         for f, st in original.items():
             os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     generated = sorted(out for job in jobs if job.rule == "generate" for out in job.outputs)
-    assert generated == [f"results/tiny/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
-                         for benchmark in ("arithmetic", "humaneval", "strongreject")]
+    assert generated == [
+        f"results/tiny/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
+        for benchmark in ("arithmetic", "humaneval", "strongreject")
+    ]
     evaluated = {job.wildcards["run"] for job in jobs if job.rule in ("judge", "grade_text", "execute_code", "score")}
     assert evaluated == {"lora-r4-mlp.om-both-l1.2"}
 
@@ -132,7 +133,15 @@ def edited_plan(workdir, data_file, old, new):
 def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo):
     jobs = edited_plan(finished_run, repo / "data/demo/arithmetic.jsonl", b'"answer": "14"', b'"answer": "15"')
     # 5 checkpoints x arithmetic, its one text grader; the table and the figures that read it.
-    assert jobs == {"build_benchmark": 1, "generate": 5, "grade_text": 5, "score": 5, "aggregate": 1, "figure": 7, "all": 1}
+    assert jobs == {
+        "build_benchmark": 1,
+        "generate": 5,
+        "grade_text": 5,
+        "score": 5,
+        "aggregate": 1,
+        "figure": 7,
+        "all": 1,
+    }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
 
 

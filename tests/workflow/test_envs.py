@@ -38,7 +38,9 @@ def build_venv(name: str, root: Path) -> Path:
     subprocess.run([*pip, "-r", str(requirements)], check=True, timeout=1800)
     post_deploy = REPO / "envs" / f"{name}.post-deploy.sh"
     if post_deploy.exists():  # as Snakemake runs it: once, with the env first on PATH
-        subprocess.run(["bash", str(post_deploy)], check=True, env={**os.environ, "PATH": f"{venv / 'bin'}:/usr/bin:/bin"})
+        subprocess.run(
+            ["bash", str(post_deploy)], check=True, env={**os.environ, "PATH": f"{venv / 'bin'}:/usr/bin:/bin"}
+        )
     return venv / "bin"
 
 
@@ -82,8 +84,13 @@ def mtime(path: Path) -> int:
 
 def executed_rules(log: str) -> list[str]:
     """Rules of the jobs Snakemake started, from its log lines `rule X:` / `localrule X:`."""
-    return sorted({line.split()[-1].rstrip(":") for line in log.splitlines()
-                   if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")})
+    return sorted(
+        {
+            line.split()[-1].rstrip(":")
+            for line in log.splitlines()
+            if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")
+        }
+    )
 
 
 @pytest.mark.slow
@@ -96,14 +103,28 @@ def test_every_rule_of_the_env_runs_with_the_envs_interpreter(env, venvs, finish
     before = {rule: mtime(finished_dag / target) for rule, target in targets.items()}
     # Only the targets run: no mtime trigger (a rerun train would make every evaluation downstream due),
     # and no rule of another env may run in this interpreter.
-    result = snakemake(finished_dag, "--cores", "2", "--rerun-triggers", "params", "input", "software-env",
-                       "--allowed-rules", *rules, "--force", *targets.values(), job_path=job_path)
+    result = snakemake(
+        finished_dag,
+        "--cores",
+        "2",
+        "--rerun-triggers",
+        "params",
+        "input",
+        "software-env",
+        "--allowed-rules",
+        *rules,
+        "--force",
+        *targets.values(),
+        job_path=job_path,
+    )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert executed_rules(result.stdout + result.stderr) == sorted(rules)
     rewritten = [rule for rule, target in targets.items() if mtime(finished_dag / target) > before[rule]]
     assert sorted(rewritten) == sorted(rules)
     with capsys.disabled():
-        print(f"\nenvs/{env}.yaml ({venvs[env].parent}): real jobs of {len(rewritten)} rules ran: {', '.join(sorted(rewritten))}")
+        print(
+            f"\nenvs/{env}.yaml ({venvs[env].parent}): real jobs of {len(rewritten)} rules ran: {', '.join(sorted(rewritten))}"
+        )
 
 
 def test_every_workflow_script_imports_the_package_the_same_way():
