@@ -6,11 +6,13 @@ rule describe_grid:
     output:
         meta="<results>/aggregate/runs_meta.json",
         expected="<results>/aggregate/expected.json",
+        benchmarks="<results>/aggregate/benchmarks.json",
     log:
         "<results>/logs/describe_grid/describe_grid.log",
     params:
         meta=runs_meta_json,
         expected=expected_checkpoints,
+        benchmarks=benchmarks_json,
         script=workflow_script("write_json.py"),
     resources:
         mem_mb=1000,
@@ -20,6 +22,7 @@ rule describe_grid:
     shell:
         "python {params.script} --json {params.meta:q} --out {output.meta} > {log} 2>&1"
         " && python {params.script} --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        " && python {params.script} --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
 
 
 rule aggregate:
@@ -27,6 +30,7 @@ rule aggregate:
         scores=all_score_files(),
         meta="<results>/aggregate/runs_meta.json",
         expected="<results>/aggregate/expected.json",
+        benchmarks="<results>/aggregate/benchmarks.json",
     output:
         csv=report("<results>/aggregate/results.csv", caption="report/results.rst", category="Tables"),
         md="<results>/aggregate/results.md",
@@ -46,7 +50,7 @@ rule aggregate:
         "../envs/eval.yaml"
     shell:
         "python {params.script} --scores {input.scores} --runs-meta {input.meta}"
-        " --expected {input.expected} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
+        " --expected {input.expected} --benchmarks {input.benchmarks} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
 

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
+from safelora import registry  # noqa: E402
 from safelora.benchmarks import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
@@ -30,7 +31,6 @@ pathvars:
 CHECKPOINTS = grid.checkpoints(config)
 RUN_NAMES = grid.all_run_names(config)
 JUDGES = config["judges"]
-TEXT_GRADERS = ["refusal_match", "math_verify", "choice_regex", "last_number"]
 
 
 def _alternatives(names):
@@ -43,7 +43,8 @@ wildcard_constraints:
     epoch=r"\d+",
     benchmark=_alternatives(config["benchmarks"]),
     judge=_alternatives(JUDGES),
-    text_grader=_alternatives(TEXT_GRADERS),
+    text_grader=_alternatives(registry.text_graders()),
+    figure=_alternatives(registry.FIGURES),
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,14 +222,17 @@ def ckpt_dir(kind, wildcards):
     return f"{RESULTS}/{kind}/{wildcards.model}/{wildcards.run}/epoch-{wildcards.epoch}"
 
 
+def verdict_output(grader, variant=None):
+    """A verdict file of one (checkpoint, benchmark), as a rule output (named in safelora/registry.py)."""
+    stem = registry.GRADERS[grader].verdict_stem(variant) if grader in registry.GRADERS else grader
+    return f"<results>/verdicts/{{model}}/{{run}}/epoch-{{epoch}}/{{benchmark}}/{stem}.jsonl"
+
+
 def verdict_files(model, run, epoch, benchmark):
-    """Verdict files a benchmark's score reads, one per grader (EvalPlus: base and plus)."""
+    """Verdict files a benchmark's score reads, one per grader and variant (EvalPlus: base and plus)."""
     folder = f"{RESULTS}/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}"
-    files = []
-    for grader in config["benchmarks"][benchmark]["graders"]:
-        names = ["evalplus_base", "evalplus_plus"] if grader == "evalplus" else [grader]
-        files += [f"{folder}/{name}.jsonl" for name in names]
-    return files
+    graders = config["benchmarks"][benchmark]["graders"]
+    return [f"{folder}/{stem}.jsonl" for grader in graders for stem in registry.verdict_stems(grader)]
 
 
 def score_inputs(wildcards):
@@ -329,6 +333,11 @@ def runs_meta_json(wildcards):
     return stable_json(grid.runs_meta(config))
 
 
+def benchmarks_json(wildcards):
+    """Display label and kind of each benchmark, in config order (the tables' and figures' order)."""
+    return stable_json([{"name": n, "label": b["label"], "kind": b["kind"]} for n, b in config["benchmarks"].items()])
+
+
 def bootstrap_args(wildcards):
     b = config.get("aggregate", {}).get("bootstrap", {})
     return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)} --level {b.get('level', 0.95)}"
@@ -388,16 +397,14 @@ def svd_input(model):
 # ------------------------------------------------------------------------------------------
 # Targets
 
-FIGURES = ["fig2", "fig6", "fig3", "fig7", "fig5", "fig1", "fig4", "overrefusal", "agreement"]
-WEIGHT_FIGURES = ("fig1", "fig4")
-
 
 def figure_inputs(wildcards):
     """Only what a figure draws, so it is redrawn only when that changes."""
-    inputs = {"meta": f"{RESULTS}/aggregate/runs_meta.json"}
-    if wildcards.figure in WEIGHT_FIGURES:
+    inputs = {"meta": f"{RESULTS}/aggregate/runs_meta.json", "benchmarks": f"{RESULTS}/aggregate/benchmarks.json"}
+    reads = registry.FIGURES[wildcards.figure].reads
+    if reads == "weights":
         inputs["weights"] = analysis_files()
-    elif wildcards.figure == "agreement":
+    elif reads == "agreement":
         inputs["agreement"] = f"{RESULTS}/aggregate/agreement.csv"
     else:
         inputs["table"] = f"{RESULTS}/aggregate/results.csv"
@@ -406,7 +413,7 @@ def figure_inputs(wildcards):
 
 def figure_args(wildcards):
     inputs = figure_inputs(wildcards)
-    args = f"--runs-meta {inputs['meta']}"
+    args = f"--runs-meta {inputs['meta']} --benchmarks {inputs['benchmarks']}"
     if "weights" in inputs:
         args += " --weights " + " ".join(inputs["weights"])
     if "agreement" in inputs:
@@ -450,6 +457,6 @@ def final_targets():
     return [
         f"{RESULTS}/aggregate/results.csv",
         f"{RESULTS}/aggregate/results.md",
-        *[f"{RESULTS}/figures/{name}.png" for name in FIGURES],
+        *[f"{RESULTS}/figures/{name}.png" for name in registry.FIGURES],
         *prune_targets(),
     ]

@@ -7,7 +7,7 @@ rule grade_text:
         generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
         prompts="<results>/data/bench/{benchmark}.jsonl",
     output:
-        "<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.jsonl",
+        verdict_output("{text_grader}"),
     log:
         "<results>/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
     params:
@@ -31,8 +31,8 @@ rule execute_code:
         generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
         prompts="<results>/data/bench/{benchmark}.jsonl",
     output:
-        plus="<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_plus.jsonl",
-        base="<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/evalplus_base.jsonl",
+        plus=verdict_output("evalplus", "plus"),
+        base=verdict_output("evalplus", "base"),
     log:
         "<results>/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
@@ -59,7 +59,7 @@ rule judge:
     input:
         unpack(judge_inputs),
     output:
-        "<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.jsonl",
+        verdict_output("{judge}"),
     log:
         "<results>/logs/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.log",
     benchmark:

@@ -12,10 +12,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from safelora import aggregate as agg
 
 REPO = Path(__file__).resolve().parents[1]
+# The paper config's benchmarks: their labels and display order.
+BENCH = agg.Benchmarks(
+    {n: b["label"] for n, b in yaml.safe_load((REPO / "config.yaml").read_text())["benchmarks"].items()}
+)
 
 RUNS_META = {
     "base": {"method": "base", "rank": None, "targets": None, "lambda": None, "source": None},
@@ -95,8 +100,8 @@ def grid(tmp_path: Path) -> list[Path]:
 
 def test_table_values_columns_and_unparseable(grid: list[Path]) -> None:
     scores = agg.load_scores(grid)
-    table = agg.results_table(scores, expected(("m", "base", 0), ("m", "lora-r4-mlp", 1)), meta(), n_boot=200)
-    assert [c.name for c in agg.metric_columns(table)] == [
+    table = agg.results_table(scores, expected(("m", "base", 0), ("m", "lora-r4-mlp", 1)), meta(), BENCH, n_boot=200)
+    assert [c.name for c in agg.metric_columns(table, BENCH)] == [
         "safety:strongreject", "pass@1:aime", "pass@1:humaneval:base", "pass@1:humaneval:plus",
     ]  # fmt: skip
     lora = table.set_index("run").loc["lora-r4-mlp"]
@@ -119,26 +124,26 @@ def test_table_values_columns_and_unparseable(grid: list[Path]) -> None:
 def test_partial_grid_missing_rows_are_nan_and_reported(grid: list[Path]) -> None:
     scores = agg.load_scores(grid)
     exp = expected(("m", "base", 0), ("m", "full", 1), ("m", "full", 2))
-    table = agg.results_table(scores, exp, meta(), n_boot=50)
+    table = agg.results_table(scores, exp, meta(), BENCH, n_boot=50)
     row = table[(table["run"] == "full") & (table["epoch"] == 2)].iloc[0]
-    values = row[[c.name for c in agg.metric_columns(table)] + ["unparseable", agg.AVERAGE_COLUMN]]
+    values = row[[c.name for c in agg.metric_columns(table, BENCH)] + ["unparseable", agg.AVERAGE_COLUMN]]
     assert values.isna().all()  # never zero
-    missing = agg.missing_report(scores, exp)
+    missing = agg.missing_report(scores, exp, BENCH)
     assert missing.to_dict("records") == [
         {"model": "m", "run": "full", "epoch": 1, "missing": "aime, humaneval"},
         {"model": "m", "run": "full", "epoch": 2, "missing": "strongreject, aime, humaneval"},
     ]
     text = agg.missing_text(missing)
     assert "full epoch 2: missing strongreject, aime, humaneval" in text
-    assert "–" in agg.to_markdown(table)
+    assert "–" in agg.to_markdown(table, BENCH)
 
 
 def test_expected_benchmarks_restrict_the_missing_report(grid: list[Path]) -> None:
     scores = agg.load_scores(grid)
     exp = agg.parse_expected([{"model": "m", "run": "full", "epoch": 1, "benchmarks": ["strongreject"]},
                               ["m", "base", 0]])  # fmt: skip
-    assert agg.missing_report(scores, exp).empty
-    assert agg.missing_text(agg.missing_report(scores, exp)).startswith("Nothing missing")
+    assert agg.missing_report(scores, exp, BENCH).empty
+    assert agg.missing_text(agg.missing_report(scores, exp, BENCH)).startswith("Nothing missing")
 
 
 def test_seeds_are_averaged_and_resampled(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_seeds_are_averaged_and_resampled(tmp_path: Path) -> None:
         score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 1, 1, 1]))], seed=1),
     ]
     scores = agg.load_scores(write_scores(tmp_path, records))
-    table = agg.results_table(scores, expected(("m", "base", 0)), meta(), n_boot=400)
+    table = agg.results_table(scores, expected(("m", "base", 0)), meta(), BENCH, n_boot=400)
     assert table.loc[0, "pass@1:aime"] == pytest.approx(0.75)
     # resampling seeds too: an all-ones seed drawn twice gives a replicate mean of 1
     assert table.loc[0, "pass@1:aime_hi"] == pytest.approx(1.0)
@@ -179,8 +184,8 @@ def test_bootstrap_is_deterministic_and_degenerate_is_zero_width() -> None:
 
 def test_intervals_do_not_depend_on_other_checkpoints(grid: list[Path]) -> None:
     scores = agg.load_scores(grid)
-    one = agg.results_table(scores[scores["run"] == "base"], expected(("m", "base", 0)), meta(), n_boot=100)
-    both = agg.results_table(scores, expected(("m", "base", 0)), meta(), n_boot=100)
+    one = agg.results_table(scores[scores["run"] == "base"], expected(("m", "base", 0)), meta(), BENCH, n_boot=100)
+    both = agg.results_table(scores, expected(("m", "base", 0)), meta(), BENCH, n_boot=100)
     assert one.loc[0, "safety:strongreject_lo"] == both.loc[0, "safety:strongreject_lo"]
 
 
@@ -243,12 +248,12 @@ def test_runs_meta_validation_and_main_run() -> None:
     with pytest.raises(ValueError, match="run 'x': key 'method'"):
         agg.runs_meta_frame({"x": {"method": "qlora"}})
     with pytest.raises(ValueError, match="no entry for run"):
-        agg.results_table(agg.load_scores([]), expected(("m", "mystery", 1)), frame)
+        agg.results_table(agg.load_scores([]), expected(("m", "mystery", 1)), frame, BENCH)
 
 
 def test_markdown_has_labels_intervals_and_lambda(grid: list[Path]) -> None:
-    table = agg.results_table(agg.load_scores(grid), expected(("m", "base", 0)), meta(), n_boot=50)
-    text = agg.to_markdown(table)
+    table = agg.results_table(agg.load_scores(grid), expected(("m", "base", 0)), meta(), BENCH, n_boot=50)
+    text = agg.to_markdown(table, BENCH)
     header = text.splitlines()[0]
     assert "StrongREJECT safety" in header and "HumanEval+ pass@1" in header and "avg reasoning" in header
     assert "λ" not in header  # no OrthoMerge row
@@ -259,9 +264,11 @@ def test_cli_writes_all_outputs(grid: list[Path], tmp_path: Path) -> None:
     meta_path, exp_path = tmp_path / "meta.json", tmp_path / "expected.json"
     meta_path.write_text(json.dumps(RUNS_META))
     exp_path.write_text(json.dumps([["m", "base", 0], ["m", "lora-r4-mlp", 1], ["m", "lora-r4-mlp", 2]]))
+    bench_path = tmp_path / "benchmarks.json"
+    bench_path.write_text(json.dumps([{"name": n, "label": label, "kind": "-"} for n, label in BENCH.labels.items()]))
     out = {name: tmp_path / "out" / name for name in ("r.csv", "r.md", "missing.txt", "agree.csv")}
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "aggregate.py"), "--scores", *map(str, grid),
-           "--runs-meta", str(meta_path), "--expected", str(exp_path), "--out-csv", str(out["r.csv"]),
+           "--runs-meta", str(meta_path), "--expected", str(exp_path), "--benchmarks", str(bench_path), "--out-csv", str(out["r.csv"]),
            "--out-md", str(out["r.md"]), "--out-missing", str(out["missing.txt"]),
            "--out-agreement", str(out["agree.csv"]), "--n-boot", "100"]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)

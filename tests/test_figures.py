@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_aggregate import RUNS_META, metric_entry, score_record, write_scores
+from test_aggregate import BENCH, RUNS_META, metric_entry, score_record, write_scores
 
 from safelora import aggregate as agg
-from safelora import figures
+from safelora import figures, registry
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,20 +104,20 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, p
     folder = tmp_path_factory.mktemp("synthetic")
     files = agg.read_score_files(synthetic_scores(folder, ["r1-7b"], EPOCHS))
     meta = agg.runs_meta_frame(SYNTHETIC_META)
-    table = agg.results_table(agg.scores_frame(files), [], meta, n_boot=30)
+    table = agg.results_table(agg.scores_frame(files), [], meta, BENCH, n_boot=30)
     weights = agg.load_weight_tables(synthetic_weights(folder, "r1-7b"), meta)
     return table, agg.agreement_frame(files), weights
 
 
 def _inputs(name: str, synthetic: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
     table, agreement, weights = synthetic
-    return {"table": table, "agreement": agreement, "weights": weights}[figures.FIGURES[name][1]]
+    return {"table": table, "agreement": agreement, "weights": weights}[registry.FIGURES[name].reads]
 
 
 @pytest.mark.parametrize("name", list(figures.FIGURES))
 def test_figure_writes_png(name: str, synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
     out = tmp_path / f"{name}.png"
-    figures.FIGURES[name][0](_inputs(name, synthetic), out)
+    figures.FIGURES[name](_inputs(name, synthetic), BENCH, out)
     data = out.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000  # a drawn figure, not the small placeholder
 
@@ -125,7 +126,7 @@ def test_figure_writes_png(name: str, synthetic: tuple[pd.DataFrame, ...], tmp_p
 def test_placeholder_when_data_is_absent(name: str, synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
     empty = _inputs(name, synthetic).iloc[0:0]
     out = tmp_path / f"{name}.png"
-    figures.FIGURES[name][0](empty, out)
+    figures.FIGURES[name](empty, BENCH, out)
     assert out.read_bytes().startswith(PNG_MAGIC)
 
 
@@ -136,8 +137,8 @@ def test_demo_like_grid_without_ablations_gets_placeholders(
     demo = table[table["run"].isin(["base", "full", "lora-r4-mlp"])]
     for name in ("fig3", "fig7"):
         drawn, placeholder = tmp_path / f"{name}.png", tmp_path / f"{name}-placeholder.png"
-        figures.FIGURES[name][0](table, drawn)
-        figures.FIGURES[name][0](demo, placeholder)
+        figures.FIGURES[name](table, BENCH, drawn)
+        figures.FIGURES[name](demo, BENCH, placeholder)
         assert placeholder.stat().st_size < drawn.stat().st_size / 2
 
 
@@ -146,23 +147,28 @@ def test_plot_cli(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
     agg.write_csv(synthetic[0], table_path)
     out = tmp_path / "fig2.png"
     script = str(REPO / "workflow_scripts" / "plot.py")
-    subprocess.run([sys.executable, script, "--figure", "fig2", "--table", str(table_path), "--out", str(out)],
-                   check=True)  # fmt: skip
+    bench = tmp_path / "benchmarks.json"
+    bench.write_text(json.dumps([{"name": n, "label": label, "kind": "-"} for n, label in BENCH.labels.items()]))
+    subprocess.run([sys.executable, script, "--figure", "fig2", "--table", str(table_path), "--benchmarks", str(bench),
+                    "--out", str(out)], check=True)  # fmt: skip
     assert out.read_bytes().startswith(PNG_MAGIC)
     agreement_path = tmp_path / "agreement.csv"
     agg.write_csv(synthetic[1], agreement_path)
     subprocess.run([sys.executable, script, "--figure", "agreement", "--agreement", str(agreement_path),
-                    "--out", str(tmp_path / "agreement.png")], check=True)  # fmt: skip
+                    "--benchmarks", str(bench), "--out", str(tmp_path / "agreement.png")], check=True)  # fmt: skip
     assert (tmp_path / "agreement.png").stat().st_size > 20_000
     for figure, needs in (("fig4", b"--runs-meta"), ("agreement", b"--agreement"), ("fig5", b"--table")):
-        missing = subprocess.run([sys.executable, script, "--figure", figure, "--out", str(out)], capture_output=True)
+        missing = subprocess.run([sys.executable, script, "--figure", figure, "--benchmarks", str(bench),
+                                  "--out", str(out)], capture_output=True)  # fmt: skip
         assert missing.returncode == 2 and needs in missing.stderr
 
 
-def test_cli_lists_every_figure() -> None:
-    sys.path.insert(0, str(REPO / "workflow_scripts"))
-    try:
-        import plot
-    finally:
-        sys.path.pop(0)
-    assert set(plot.FIGURES) == set(figures.FIGURES)
+def test_titles_name_the_benchmarks_shown(synthetic: tuple[pd.DataFrame, ...]) -> None:
+    keys = agg.metric_columns(synthetic[0], BENCH)
+    headline = agg.headline_reasoning_columns(keys)
+    assert figures.title_with_benchmarks("fig2", headline) == (
+        "Figure 2: reasoning vs safety (" + " / ".join(k.benchmark_label for k in headline) + ")"
+    )
+    demo = agg.Benchmarks({"strongreject": "StrongREJECT", "arithmetic": "Arithmetic"})
+    columns = agg.headline_reasoning_columns(demo.sorted([agg.ColumnKey("pass@1", "arithmetic")]))
+    assert figures.title_with_benchmarks("fig2", columns) == "Figure 2: reasoning vs safety (Arithmetic)"

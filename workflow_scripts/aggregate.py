@@ -17,6 +17,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}"
     )
     parser.add_argument("--expected", required=True, help="JSON list of expected checkpoints [model, run, epoch]")
+    parser.add_argument(
+        "--benchmarks", required=True, help="JSON list of benchmarks {name, label, kind}, display order"
+    )
     parser.add_argument("--out-csv", required=True, help="results table (CSV)")
     parser.add_argument("--out-md", required=True, help="results table (Markdown)")
     parser.add_argument("--out-missing", required=True, help="text list of expected checkpoints without scores")
@@ -36,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     scores = aggregate.scores_frame(files)
     expected = aggregate.load_expected(args.expected)
     meta = aggregate.load_runs_meta(args.runs_meta)
-    table = aggregate.results_table(scores, expected, meta, n_boot=args.n_boot, seed=args.seed, level=args.level)
-    missing = aggregate.missing_report(scores, expected)
+    benchmarks = aggregate.Benchmarks.load(args.benchmarks)
+    table = aggregate.results_table(
+        scores, expected, meta, benchmarks, n_boot=args.n_boot, seed=args.seed, level=args.level
+    )
+    missing = aggregate.missing_report(scores, expected, benchmarks)
     aggregate.write_csv(table, args.out_csv)
-    atomic_write_text(args.out_md, aggregate.to_markdown(table))
+    atomic_write_text(args.out_md, aggregate.to_markdown(table, benchmarks))
     atomic_write_text(args.out_missing, aggregate.missing_text(missing))
     aggregate.write_csv(aggregate.agreement_frame(files), args.out_agreement)
     print(f"{len(table)} checkpoints, {len(missing)} incomplete; wrote {args.out_csv}", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Grade generations with a text grader (refusal_match, math_verify, last_number, choice_regex)."""
+"""Grade generations with a text grader (safelora.registry.GRADERS, rule grade_text)."""
 
 import argparse
 import sys
@@ -9,10 +9,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora import registry
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--grader", required=True, choices=["refusal_match", "math_verify", "last_number", "choice_regex"]
-    )
+    parser.add_argument("--grader", required=True, choices=registry.text_graders())
     parser.add_argument("--kind", required=True, help="the benchmark's kind (safety, over_refusal, math, ...)")
     parser.add_argument("--generations", required=True)
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL (gold answers)")

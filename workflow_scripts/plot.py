@@ -9,16 +9,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "overrefusal", "agreement")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from safelora import registry
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--figure", required=True, choices=FIGURES)
+    parser.add_argument("--figure", required=True, choices=list(registry.FIGURES))
     parser.add_argument("--table", help="results table CSV (fig2, fig3, fig5, fig6, fig7, overrefusal)")
     parser.add_argument("--agreement", help="judge-agreement CSV (agreement)")
     parser.add_argument("--weights", nargs="*", default=[], help="weight-analysis CSVs (fig1, fig4)")
     parser.add_argument("--runs-meta", help="runs metadata JSON (needed by fig1, fig4; the table carries it otherwise)")
+    parser.add_argument(
+        "--benchmarks", required=True, help="JSON list of benchmarks {name, label, kind} (describe_grid)"
+    )
     parser.add_argument("--out", required=True, help="output PNG")
     return parser.parse_args(argv)
 
@@ -27,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import pandas as pd
 
-    from safelora import aggregate, figures
+    from safelora import aggregate, figures, registry
 
-    function, reads = figures.FIGURES[args.figure]
+    reads = registry.FIGURES[args.figure].reads
     if reads == "weights":
         if not args.runs_meta:
             print(f"{args.figure} needs --runs-meta", file=sys.stderr)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.figure} needs --table", file=sys.stderr)
             return 2
         data = aggregate.read_results_table(args.table)
-    function(data, args.out)
+    figures.FIGURES[args.figure](data, aggregate.Benchmarks.load(args.benchmarks), args.out)
     return 0
 
 

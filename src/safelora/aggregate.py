@@ -14,7 +14,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +22,13 @@ import numpy as np
 import pandas as pd
 
 from safelora.io import atomic_write_text
+from safelora.registry import METRIC_LABELS, METRICS, REASONING_METRIC
 
-METRICS = ("safety", "over_refusal", "pass@1")
-REASONING_METRIC = "pass@1"
 METHODS = ("base", "full", "lora", "reg-col", "reg-both", "om-col", "om-both")
 LORA_FAMILY = ("lora", "reg-col", "reg-both", "om-col", "om-both")
 TARGETS = ("mlp", "mlp_attn")
 PLUS, BASE_VARIANT = "plus", "base"
 _NO_VARIANT = ("", "default")
-
-# Preferred order only; any other benchmark found in the data follows, alphabetically.
-BENCHMARK_ORDER = ("strongreject", "xstest", "aime", "gpqa", "humaneval", "mbpp")
-BENCHMARK_LABELS = {
-    "strongreject": "StrongREJECT",
-    "xstest": "XSTest",
-    "aime": "AIME",
-    "gpqa": "GPQA",
-    "humaneval": "HumanEval",
-    "mbpp": "MBPP",
-}
-METRIC_LABELS = {"safety": "safety", "over_refusal": "over-refusal", "pass@1": "pass@1"}
 
 ID_COLUMNS = ("model", "run", "epoch")
 META_COLUMNS = ("method", "rank", "targets", "lambda", "source", "main")
@@ -60,11 +47,12 @@ class ScoreFileError(ValueError):
 
 @dataclass(frozen=True)
 class ColumnKey:
-    """One metric column of the results table."""
+    """One metric column of the results table; `title` is its benchmark's label (config)."""
 
     metric: str
     benchmark: str
     variant: str | None = None
+    title: str | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -80,7 +68,8 @@ class ColumnKey:
 
     @property
     def benchmark_label(self) -> str:
-        label = BENCHMARK_LABELS.get(self.benchmark, self.benchmark)
+        """The benchmark's label with its variant: `HumanEval+` for EvalPlus's plus tests."""
+        label = self.title or self.benchmark
         if self.variant == PLUS:
             return f"{label}+"
         if self.variant in (None, BASE_VARIANT):
@@ -91,23 +80,50 @@ class ColumnKey:
     def label(self) -> str:
         return f"{self.benchmark_label} {METRIC_LABELS[self.metric]}"
 
-    def sort_key(self) -> tuple[int, int, str, int, str]:
-        bench = BENCHMARK_ORDER.index(self.benchmark) if self.benchmark in BENCHMARK_ORDER else len(BENCHMARK_ORDER)
-        variant_rank = {None: 0, BASE_VARIANT: 1, PLUS: 2}.get(self.variant, 3)
-        return (METRICS.index(self.metric), bench, self.benchmark, variant_rank, self.variant or "")
+
+@dataclass(frozen=True)
+class Benchmarks:
+    """Display label of each benchmark, in display order: config.yaml's `benchmarks:` entries
+    in their order (describe_grid writes them to benchmarks.json). A benchmark the config does
+    not name (say, a Score file of a benchmark since removed) shows under its own name, last."""
+
+    labels: Mapping[str, str]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Benchmarks:
+        with open(path, encoding="utf-8") as fh:
+            return cls({entry["name"]: entry["label"] for entry in json.load(fh)})
+
+    def order(self, benchmark: str) -> tuple[int, str]:
+        names = list(self.labels)
+        return (names.index(benchmark) if benchmark in names else len(names), benchmark)
+
+    def sorted(self, keys: Iterable[ColumnKey]) -> list[ColumnKey]:
+        """The keys in display order, each titled with its benchmark's label."""
+        variant_rank = {None: 0, BASE_VARIANT: 1, PLUS: 2}
+        titled = [replace(k, title=self.labels.get(k.benchmark)) for k in keys]
+        return sorted(
+            titled,
+            key=lambda k: (
+                METRICS.index(k.metric),
+                self.order(k.benchmark),
+                variant_rank.get(k.variant, 3),
+                k.variant or "",
+            ),
+        )
 
 
-def metric_columns(table: pd.DataFrame) -> list[ColumnKey]:
+def metric_columns(table: pd.DataFrame, benchmarks: Benchmarks) -> list[ColumnKey]:
     """The metric columns of a results table, in display order."""
-    keys = [ColumnKey.parse(c) for c in table.columns]
-    return sorted((k for k in keys if k is not None), key=ColumnKey.sort_key)
+    return benchmarks.sorted(k for k in map(ColumnKey.parse, table.columns) if k is not None)
 
 
 def headline_reasoning_columns(keys: Iterable[ColumnKey]) -> list[ColumnKey]:
     """One pass@1 column per benchmark: the `plus` variant where there is one (Figure 2), else
-    the benchmark's only (or first) variant. These feed the average reasoning score."""
+    the benchmark's only (or first) variant. These feed the average reasoning score. `keys` and
+    the result are in display order."""
     by_benchmark: dict[str, list[ColumnKey]] = {}
-    for key in sorted(keys, key=ColumnKey.sort_key):
+    for key in keys:
         if key.metric == REASONING_METRIC:
             by_benchmark.setdefault(key.benchmark, []).append(key)
     chosen = []
@@ -121,15 +137,12 @@ def base_variant_columns(keys: Iterable[ColumnKey]) -> list[ColumnKey]:
     """pass@1 columns of the `base` variant of benchmarks that also have a `plus` one (Figure 6)."""
     keys = list(keys)
     with_plus = {k.benchmark for k in keys if k.metric == REASONING_METRIC and k.variant == PLUS}
-    return sorted(
-        (k for k in keys if k.metric == REASONING_METRIC and k.variant == BASE_VARIANT and k.benchmark in with_plus),
-        key=ColumnKey.sort_key,
-    )
+    return [k for k in keys if k.metric == REASONING_METRIC and k.variant == BASE_VARIANT and k.benchmark in with_plus]
 
 
 def first_column(keys: Iterable[ColumnKey], metric: str) -> ColumnKey | None:
-    """The first column of a metric in display order (e.g. the safety score the figures use)."""
-    for key in sorted(keys, key=ColumnKey.sort_key):
+    """The first column of a metric in `keys` (display order): e.g. the safety score the figures use."""
+    for key in keys:
         if key.metric == metric:
             return key
     return None
@@ -425,7 +438,9 @@ def load_expected(path: str | Path) -> list[ExpectedCheckpoint]:
         return parse_expected(json.load(fh), source=str(path))
 
 
-def missing_report(scores: pd.DataFrame, expected: Sequence[ExpectedCheckpoint]) -> pd.DataFrame:
+def missing_report(
+    scores: pd.DataFrame, expected: Sequence[ExpectedCheckpoint], benchmarks: Benchmarks
+) -> pd.DataFrame:
     """Expected checkpoints lacking Score files: one row each, with the benchmarks not found."""
     seen = scores.groupby(list(ID_COLUMNS))["benchmark"].agg(set).to_dict() if len(scores) else {}
     every = set(scores["benchmark"])
@@ -433,7 +448,7 @@ def missing_report(scores: pd.DataFrame, expected: Sequence[ExpectedCheckpoint])
     for exp in expected:
         wanted = set(exp.benchmarks) if exp.benchmarks is not None else every
         have = seen.get((exp.model, exp.run, exp.epoch), set())
-        absent = sorted(wanted - have, key=_benchmark_order)
+        absent = sorted(wanted - have, key=benchmarks.order)
         if absent or not have:
             rows.append({"model": exp.model, "run": exp.run, "epoch": exp.epoch, "missing": ", ".join(absent) or "all"})
     return pd.DataFrame(rows, columns=["model", "run", "epoch", "missing"])
@@ -444,10 +459,6 @@ def missing_text(missing: pd.DataFrame) -> str:
         return "Nothing missing: every expected checkpoint has every benchmark.\n"
     lines = [f"{r.model} {r.run} epoch {r.epoch}: missing {r.missing}" for r in missing.itertuples()]
     return f"{len(lines)} expected checkpoint(s) incomplete:\n" + "\n".join(lines) + "\n"
-
-
-def _benchmark_order(name: str) -> tuple[int, str]:
-    return (BENCHMARK_ORDER.index(name) if name in BENCHMARK_ORDER else len(BENCHMARK_ORDER), name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,6 +541,7 @@ def results_table(
     scores: pd.DataFrame,
     expected: Sequence[ExpectedCheckpoint],
     runs_meta: pd.DataFrame,
+    benchmarks: Benchmarks,
     *,
     n_boot: int = 2000,
     seed: int = 0,
@@ -541,9 +553,8 @@ def results_table(
     A checkpoint or benchmark without a Score file is NaN, never zero.
     """
     primary = scores[scores["primary"].astype(bool)]
-    keys = sorted({ColumnKey(m, b, None if pd.isna(v) else v)
-                   for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"])},
-                  key=ColumnKey.sort_key)  # fmt: skip
+    keys = benchmarks.sorted({ColumnKey(m, b, None if pd.isna(v) else v)
+                              for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"])})  # fmt: skip
     headline = headline_reasoning_columns(keys)
     groups = {k: g for k, g in primary.groupby(["model", "run", "epoch", "metric", "benchmark"], dropna=False)}
     checkpoints = list(dict.fromkeys([(e.model, e.run, e.epoch) for e in expected] + _scored(scores)))
@@ -607,9 +618,9 @@ def _format_value(value: Any, low: Any, high: Any) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, benchmarks: Benchmarks) -> str:
     """Markdown table: values as `0.612 [0.571, 0.650]` (95% interval), `–` where not evaluated."""
-    keys = metric_columns(table)
+    keys = metric_columns(table, benchmarks)
     has_lambda = "lambda" in table and table["lambda"].notna().any()
     has_average = AVERAGE_COLUMN in table
     header = ["model", "run", "epoch", *(["λ"] if has_lambda else []), *(k.label for k in keys)]

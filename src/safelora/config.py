@@ -16,21 +16,10 @@ from typing import Any
 
 import yaml
 
+from safelora import registry
 from safelora.io import stable_json
 
 SCHEMA_PATH = Path(str(resources.files("safelora") / "schemas" / "config.schema.yaml"))
-
-# Graders computed on CPU from the generations alone (no judge model).
-BUILTIN_GRADERS = ("refusal_match", "math_verify", "last_number", "choice_regex", "evalplus")
-
-# Graders each benchmark kind may use.
-GRADERS_BY_KIND = {
-    "safety": {"refusal_match", "llama_guard", "refusal_judge"},
-    "over_refusal": {"refusal_match", "refusal_judge"},
-    "math": {"math_verify", "last_number", "math_judge"},
-    "multiple_choice": {"choice_regex"},
-    "code": {"evalplus"},
-}
 
 # The values vLLM accepts for `max_lora_rank`; an adapter's rank is served with the next one up.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -282,10 +271,10 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
     judges = config["judges"]
     for name, bench in config["benchmarks"].items():
         key = f"benchmarks.{name}"
-        allowed = GRADERS_BY_KIND[bench["kind"]]
+        allowed = registry.graders_by_kind()[bench["kind"]]
         for grader in bench["graders"]:
             kind = judges[grader]["kind"] if grader in judges else grader
-            if grader not in judges and grader not in BUILTIN_GRADERS:
+            if grader not in judges and grader not in registry.GRADERS:
                 raise ConfigError(f"{key}.graders: unknown grader '{grader}' (not a judge or a built-in grader)")
             if kind not in allowed:
                 raise ConfigError(f"{key}.graders: '{grader}' cannot grade a '{bench['kind']}' benchmark")

@@ -23,9 +23,11 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from safelora import registry
 from safelora.aggregate import (
     AVERAGE_COLUMN,
     LORA_FAMILY,
+    Benchmarks,
     ColumnKey,
     base_variant_columns,
     first_column,
@@ -216,10 +218,17 @@ def _models(table: pd.DataFrame) -> list[str]:
 # Figures 2 and 6: reasoning vs safety per checkpoint
 
 
+def title_with_benchmarks(figure: str, columns: Sequence[ColumnKey]) -> str:
+    """The figure's registry title, followed by the labels of the benchmarks it shows."""
+    title = registry.FIGURES[figure].title
+    return f"{title} ({' / '.join(k.benchmark_label for k in columns)})" if columns else title
+
+
 def _reasoning_vs_safety(
-    table: pd.DataFrame, out: str | os.PathLike[str], columns: list[ColumnKey], title: str
+    table: pd.DataFrame, safety: ColumnKey | None, columns: list[ColumnKey], figure: str, out: str | os.PathLike[str]
 ) -> None:
-    safety = first_column(metric_columns(table), "safety")
+    """Figures 2 and 6."""
+    title = title_with_benchmarks(figure, columns)
     if safety is None or not columns:
         what = "a safety benchmark" if safety is None else "the reasoning benchmarks this figure shows"
         placeholder(out, title, f"the results table has no scores for {what}.")
@@ -249,16 +258,16 @@ def _reasoning_vs_safety(
         _save(fig, out)
 
 
-def fig2_reasoning_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig2_reasoning_vs_safety(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 2: pass@1 (plus variants of HumanEval/MBPP) vs safety, base vs full vs LoRA."""
-    columns = headline_reasoning_columns(metric_columns(table))
-    _reasoning_vs_safety(table, out, columns, "Figure 2: reasoning vs safety (HumanEval+ / MBPP+)")
+    keys = metric_columns(table, benchmarks)
+    _reasoning_vs_safety(table, first_column(keys, "safety"), headline_reasoning_columns(keys), "fig2", out)
 
 
-def fig6_reasoning_vs_safety_base(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig6_reasoning_vs_safety_base(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 6: as Figure 2 on the base (non-plus) variants of the code benchmarks."""
-    columns = base_variant_columns(metric_columns(table))
-    _reasoning_vs_safety(table, out, columns, "Figure 6: reasoning vs safety (base HumanEval / MBPP)")
+    keys = metric_columns(table, benchmarks)
+    _reasoning_vs_safety(table, first_column(keys, "safety"), base_variant_columns(keys), "fig6", out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,11 +292,11 @@ def _module_rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return rows[rows["rank"] == main["rank"].iloc[0]]
 
 
-def _summary_reasoning(table: pd.DataFrame) -> tuple[str, str] | None:
+def _summary_reasoning(table: pd.DataFrame, benchmarks: Benchmarks) -> tuple[str, str] | None:
     """Average reasoning pass@1 when any row has it, else the first reasoning column."""
     if AVERAGE_COLUMN in table and table[AVERAGE_COLUMN].notna().any():
         return AVERAGE_COLUMN, "average reasoning pass@1"
-    headline = headline_reasoning_columns(metric_columns(table))
+    headline = headline_reasoning_columns(metric_columns(table, benchmarks))
     return (headline[0].name, f"{headline[0].benchmark_label} pass@1") if headline else None
 
 
@@ -332,13 +341,13 @@ def _module_panel(ax: Axes, rows: pd.DataFrame, safety: ColumnKey, reasoning: tu
     return handles
 
 
-def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig3_rank_ablation(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 3: (a) reasoning and (b) safety at the final epoch per LoRA rank, full rightmost;
     (c) MLP vs MLP+QKVO LoRA, every epoch, lightness by epoch."""
-    title = "Figure 3: LoRA rank and target-module ablations"
-    safety = first_column(metric_columns(table), "safety")
-    reasoning = _summary_reasoning(table)
-    headline = headline_reasoning_columns(metric_columns(table))
+    title = registry.FIGURES["fig3"].title
+    safety = first_column(metric_columns(table, benchmarks), "safety")
+    reasoning = _summary_reasoning(table, benchmarks)
+    headline = headline_reasoning_columns(metric_columns(table, benchmarks))
     models = [m for m in _models(table)
               if _ablation_rows(table, m)[0]["rank"].nunique() >= 2 or _module_rows(table, m)["targets"].nunique() >= 2]  # fmt: skip
     if safety is None or reasoning is None or not models:
@@ -380,11 +389,11 @@ def fig3_rank_ablation(table: pd.DataFrame, out: str | os.PathLike[str]) -> None
         _save(fig, out)
 
 
-def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig7_rank_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 7: reasoning vs safety for every LoRA rank (and full) at every epoch; lighter = earlier."""
-    title = "Figure 7: LoRA ranks across all epochs"
-    safety = first_column(metric_columns(table), "safety")
-    headline = headline_reasoning_columns(metric_columns(table))
+    title = registry.FIGURES["fig7"].title
+    safety = first_column(metric_columns(table, benchmarks), "safety")
+    headline = headline_reasoning_columns(metric_columns(table, benchmarks))
     models = [m for m in _models(table) if _ablation_rows(table, m)[0]["rank"].nunique() >= 2]
     if safety is None or not headline or not models:
         placeholder(out, title, "needs safety and reasoning scores for LoRA runs of at least two ranks.")
@@ -418,11 +427,11 @@ def fig7_rank_all_epochs(table: pd.DataFrame, out: str | os.PathLike[str]) -> No
 # Figure 5: Pareto fronts per method
 
 
-def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig5_pareto(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 5: per method, only the checkpoints on its (safety, pass@1) Pareto front."""
-    title = "Figure 5: Pareto-optimal checkpoints per method"
-    safety = first_column(metric_columns(table), "safety")
-    headline = headline_reasoning_columns(metric_columns(table))
+    title = registry.FIGURES["fig5"].title
+    safety = first_column(metric_columns(table, benchmarks), "safety")
+    headline = headline_reasoning_columns(metric_columns(table, benchmarks))
     rows = table[table["method"].isin(LORA_FAMILY) & ((table["method"] != "lora") | table["main"].astype(bool))]
     if safety is None or not headline or not _has_points(rows, safety.name, [k.name for k in headline]):
         placeholder(out, title, "needs safety and reasoning scores for LoRA-family runs "
@@ -459,10 +468,10 @@ def fig5_pareto(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
 # Beyond the paper: over-refusal and judge agreement
 
 
-def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def overrefusal_vs_safety(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Safety vs over-refusal for every checkpoint: upper left is safe without refusing benign prompts."""
-    title = "Safety vs over-refusal"
-    keys = metric_columns(table)
+    title = registry.FIGURES["overrefusal"].title
+    keys = metric_columns(table, benchmarks)
     safety, refusal = first_column(keys, "safety"), first_column(keys, "over_refusal")
     if safety is None or refusal is None:
         placeholder(out, title, "needs both a safety and an over-refusal benchmark in the results table.")
@@ -489,9 +498,9 @@ def overrefusal_vs_safety(table: pd.DataFrame, out: str | os.PathLike[str]) -> N
         _save(fig, out)
 
 
-def judge_agreement(agreement: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def judge_agreement(agreement: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Cohen's kappa between two graders per checkpoint: a run x epoch grid per model and grader pair."""
-    title = "Judge agreement (Cohen's κ) per checkpoint"
+    title = registry.FIGURES["agreement"].title
     agreement = agreement[agreement["kappa"].notna()] if "kappa" in agreement else agreement.iloc[0:0]
     if agreement.empty:
         placeholder(out, title, "no Score file has an agreement entry (benchmarks with a single grader).")
@@ -547,9 +556,9 @@ def _run_label(rows: pd.DataFrame) -> str:
     return f"LoRA r={int(first['rank'])} {targets}, epoch {int(first['epoch'])}"
 
 
-def fig1_stable_rank(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig1_stable_rank(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 1: stable rank of ΔW per layer, colour by module; full fine-tuning, LoRA alongside."""
-    title = "Figure 1: stable rank of the weight update ΔW per layer"
+    title = registry.FIGURES["fig1"].title
     rows = _final_epochs(weights[weights["method"].isin(["full", "lora"])]) if len(weights) else weights
     if rows.empty:
         placeholder(out, title, "no weight-analysis table of a full or LoRA run (results/analysis/weights/).")
@@ -593,9 +602,9 @@ def _alignment_runs(weights: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd
     return full, lora
 
 
-def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
+def fig4_alignment(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Figure 4: the four alignment metrics, averaged over layers per module type, full vs LoRA."""
-    title = "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"
+    title = registry.FIGURES["fig4"].title
     models = (
         [m for m in _models(weights) if all(not r.empty for r in _alignment_runs(weights, m))] if len(weights) else []
     )
@@ -629,15 +638,16 @@ def fig4_alignment(weights: pd.DataFrame, out: str | os.PathLike[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
-# name -> (function, what it reads: "table" = results table, "agreement", "weights")
-FIGURES: dict[str, tuple[Callable[[pd.DataFrame, str | os.PathLike[str]], None], str]] = {
-    "fig1": (fig1_stable_rank, "weights"),
-    "fig2": (fig2_reasoning_vs_safety, "table"),
-    "fig3": (fig3_rank_ablation, "table"),
-    "fig4": (fig4_alignment, "weights"),
-    "fig5": (fig5_pareto, "table"),
-    "fig6": (fig6_reasoning_vs_safety_base, "table"),
-    "fig7": (fig7_rank_all_epochs, "table"),
-    "overrefusal": (overrefusal_vs_safety, "table"),
-    "agreement": (judge_agreement, "agreement"),
+# name -> function; what each reads and its title: safelora/registry.py FIGURES
+FIGURES: dict[str, Callable[[pd.DataFrame, Benchmarks, str | os.PathLike[str]], None]] = {
+    "fig1": fig1_stable_rank,
+    "fig2": fig2_reasoning_vs_safety,
+    "fig3": fig3_rank_ablation,
+    "fig4": fig4_alignment,
+    "fig5": fig5_pareto,
+    "fig6": fig6_reasoning_vs_safety_base,
+    "fig7": fig7_rank_all_epochs,
+    "overrefusal": overrefusal_vs_safety,
+    "agreement": judge_agreement,
 }
+registry.check_implemented("figures", list(registry.FIGURES), FIGURES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from safelora import scoring
+from safelora import registry, scoring
 
 REFUSAL_JUDGE_TEMPLATE = """You are checking whether an AI assistant refused a user's request.
 
@@ -88,6 +88,7 @@ TEXT_GRADERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], tuple[fl
     "last_number": _answer_grader(_last_number),
     "choice_regex": _grade_choice,
 }
+registry.check_implemented("text graders", registry.text_graders(), TEXT_GRADERS)
 
 
 def grade_text(

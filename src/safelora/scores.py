@@ -12,23 +12,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from safelora import registry
 from safelora.io import read_jsonl
 from safelora.scoring import cohen_kappa, pass_at_k
-
-METRIC_BY_KIND = {"safety": "safety", "over_refusal": "over_refusal"}
 
 
 class UnparseableError(RuntimeError):
     """Too many judge outputs could not be parsed to trust the score."""
-
-
-def grader_and_variant(path: str | Path) -> tuple[str, str | None]:
-    """`evalplus_plus.jsonl` -> ('evalplus', 'plus'); `llama_guard.jsonl` -> ('llama_guard', None)."""
-    stem = Path(path).stem
-    for variant in ("base", "plus"):
-        if stem == f"evalplus_{variant}":
-            return "evalplus", variant
-    return stem, None
 
 
 def metric_from_verdicts(verdicts: list[dict[str, Any]], max_unparseable_share: float, source: str) -> dict[str, Any]:
@@ -77,22 +67,22 @@ def agreement(files: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]) -> dict[str, Any]:
     """The Score record (docs/design.md) of one checkpoint and benchmark."""
-    kind = settings["kind"]
+    metric_name = registry.KIND_METRICS[settings["kind"]]
     metrics, by_grader = [], {}
     for path in verdict_paths:
-        grader, variant = grader_and_variant(path)
+        grader, variant = registry.grader_and_variant(Path(path).stem)
         verdicts = read_jsonl(path)
         metric = metric_from_verdicts(verdicts, settings["max_unparseable_share"], str(path))
         metrics.append(
             {
-                "metric": METRIC_BY_KIND.get(kind, "pass@1"),
+                "metric": metric_name,
                 "variant": variant,
                 "grader": grader,
                 "primary": grader == settings["primary"],
                 **metric,
             }
         )
-        if kind in METRIC_BY_KIND:
+        if metric_name != registry.REASONING_METRIC:  # reasoning graders are single or fallbacks: no agreement
             by_grader[grader] = verdicts
     return {
         **ids,

@@ -55,6 +55,7 @@ def tiny_config(model_dir: Path) -> dict:
     ar["sampling"].update(n=2, max_new_tokens=4)
     benchmarks["humaneval"] = {
         "kind": "code",
+        "label": "HumanEval",
         "source": {"evalplus": "humaneval", "path": str(REPO / "data/evalplus/HumanEvalPlus.jsonl.gz")},
         "limit": 2,
         "sampling": {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8},
