@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -171,3 +172,35 @@ def test_a_damaged_generation_file_fails_grading_and_the_named_command_regenerat
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert generations.read_bytes() == original
     assert planned_jobs(finished_run) == {}
+
+
+@pytest.mark.slow
+def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_path):
+    """The worked example of docs/design.md "Adding a benchmark": a small local math set, its data
+    file and one `benchmarks:` entry. Only its own jobs run; its column and label reach the table."""
+    workdir = tmp_path / "dag"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    data = workdir / "data/multiplication.jsonl"
+    data.parent.mkdir(exist_ok=True)
+    data.write_text("".join(json.dumps({"id": f"mul{a}", "question": f"What is {a} * 3?", "answer": str(3 * a)}) + "\n"
+                            for a in range(2, 8)))  # fmt: skip
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["benchmarks"]["multiplication"] = {
+        "kind": "math",
+        "label": "Multiplication",
+        "source": {"jsonl": str(data), "prompt_field": "question", "answer_field": "answer", "id_field": "id"},
+        "sampling": {"n": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 4},
+        "graders": ["last_number"],
+        "primary": "last_number",
+        "scorer_version": 1,
+    }
+    write_config(workdir, config)
+    jobs = planned_jobs(workdir)
+    # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
+    assert jobs == {"build_benchmark": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
+                    "aggregate": 1, "figure": 9, "all": 1}  # fmt: skip
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
+    assert "Multiplication pass@1" in (workdir / "results/tiny/aggregate/results.md").read_text().splitlines()[0]
+    assert planned_jobs(workdir) == {}
