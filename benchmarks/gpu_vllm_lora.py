@@ -3,7 +3,7 @@
 
 Builds a random-weight Qwen2 model locally (default: Qwen2.5-0.5B's shape with the test tokenizer's
 600-token vocabulary; `--quick`: the 2-layer test shape) and a rank-4 MLP adapter with non-zero
-weights, merges it with PEFT, then serves each variant through `safelora.generation.VLLMBackend`
+weights, merges it with PEFT, then serves each variant through `safelora.evaluation.generation.VLLMBackend`
 in its own process (so GPU memory is freed between engines). Greedy decoding, the same prompts for
 both. Printed: tokens/s of each (the fastest of `--repeats` timed runs after a warm-up), their
 ratio (unmerged / merged), engine start times, and how many greedy completions agree between the
@@ -94,7 +94,7 @@ def prompts(root: Path, count: int) -> list[str]:
 def measure(args: argparse.Namespace, root: Path) -> None:
     """Child process: start one engine, warm it up, time greedy generation, write a JSON result."""
     from safelora.config import vllm_lora_rank
-    from safelora.generation import ModelRef, Sampling, VLLMBackend
+    from safelora.evaluation.generation import ModelRef, Sampling, VLLMBackend
 
     dtype = "float32" if args.cpu else "bfloat16"
     max_len = 1024 if args.quick else 2048

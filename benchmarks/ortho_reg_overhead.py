@@ -54,7 +54,7 @@ def lora_mlp(hidden: int, intermediate: int):
 def bench_shape(label: str, hidden: int, intermediate: int, tokens: tuple[int, int], reps: int, rank: int) -> None:
     import torch
 
-    from safelora.ortho_reg import OrthoRegConfig, OrthoRegularizer
+    from safelora.training.ortho_reg import OrthoRegConfig, OrthoRegularizer
 
     torch.manual_seed(0)
     model = lora_mlp(hidden, intermediate)
@@ -101,7 +101,7 @@ def bench_shape(label: str, hidden: int, intermediate: int, tokens: tuple[int, i
 def svd_accuracy(rank: int) -> None:
     import torch
 
-    from safelora.ortho_reg import ortho_penalty_factored, truncated_svd
+    from safelora.training.ortho_reg import ortho_penalty_factored, truncated_svd
 
     # A 7B MLP matrix scaled down 4x per side: Gaussian bulk (flat, Marchenko-Pastur spectrum,
     # the hard case for randomized SVD) plus 32 stronger directions, like trained weights.

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
 from safelora import registry  # noqa: E402
-from safelora.benchmarks import check_local_data  # noqa: E402
+from safelora.evaluation.items import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
 validate(config, grid.SCHEMA_PATH, set_default=False)

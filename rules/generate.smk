@@ -1,6 +1,6 @@
 # Generation per (checkpoint, benchmark) with vLLM (GPU) or transformers (CPU); LoRA served unmerged.
 # One job per output keeps staleness exact; the jobs share one engine per base on a node
-# (safelora.engines), and on SLURM the group below runs several stale jobs of a (model, benchmark)
+# (safelora.evaluation.engines), and on SLURM the group below runs several stale jobs of a (model, benchmark)
 # in one allocation on that engine (profiles/slurm: group-components, cores; docs/engines.md).
 
 

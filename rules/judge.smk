@@ -71,7 +71,7 @@ rule judge:
         fallback=judge_fallback_arg,
         script=workflow_script("judge.py"),
     group:
-        "judge-{judge}"  # one judge engine for the group's jobs (safelora.engines, docs/engines.md)
+        "judge-{judge}"  # one judge engine for the group's jobs (safelora.evaluation.engines, docs/engines.md)
     threads: 8
     # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
     resources:

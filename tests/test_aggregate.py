@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from safelora import aggregate as agg
+from safelora.report import aggregate as agg
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper config's benchmarks: their labels and display order.

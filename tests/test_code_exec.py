@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
+from safelora.evaluation.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
 from safelora.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from safelora.benchmarks import BenchmarkItem, load_benchmark
 from safelora.data import DataError, build_examples, load_refusal_rows, read_table, refusal_completion
+from safelora.evaluation.items import BenchmarkItem, load_benchmark
 
 SOURCE = {"prompt_field": "prompt", "response_field": "refusal", "response_marker": "Answer:"}
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_model import random_adapter
 
-from safelora.engines import engine_dir, open_backend
-from safelora.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, run_generation
+from safelora.evaluation.engines import engine_dir, open_backend
+from safelora.evaluation.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, run_generation
 from safelora.io import read_jsonl
 
 PROMPTS = [

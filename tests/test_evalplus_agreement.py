@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from safelora.code_exec import evaluate_solutions, load_evalplus_problems
+from safelora.evaluation.code_exec import evaluate_solutions, load_evalplus_problems
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {

@@ -142,6 +142,8 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
     atomic_write_json(meta, {"base": {"method": "base"}, "lora": {"method": "lora", "rank": 4, "targets": "mlp"}})
     expected = tmp_path / "expected.json"
     atomic_write_json(expected, [["m", "base", 0], ["m", "lora", 1], ["m", "lora", 2]])
+    benchmarks = tmp_path / "benchmarks.json"
+    atomic_write_json(benchmarks, [{"name": "sr", "label": "SR", "kind": "safety"}])
     outs = [tmp_path / name for name in ("t.csv", "t.md", "missing.txt", "agree.csv")]
 
     def args():
@@ -153,6 +155,8 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
             meta,
             "--expected",
             expected,
+            "--benchmarks",
+            benchmarks,
             "--n-boot",
             "3000",
             "--out-csv",
@@ -343,7 +347,7 @@ def test_damaged_generation_files_are_rejected_naming_file_and_line_and_moved_as
 
 def test_generation_never_publishes_a_damaged_file(tmp_path):
     """A chunk left damaged in the resumable folder fails the job, which then starts afresh."""
-    from safelora.generation import GenerationJob, Sampling, run_generation
+    from safelora.evaluation.generation import GenerationJob, Sampling, run_generation
     from safelora.io import stable_json
 
     sampling = Sampling(n=1, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)
@@ -424,7 +428,7 @@ def reference(tmp_path_factory, tiny_model, train_data):
 
 
 def test_a_checkpoint_is_complete_only_with_state_weights_and_optimizer(tmp_path, reference):
-    from safelora.training import checkpoint_problem, last_complete_checkpoint
+    from safelora.training.sft import checkpoint_problem, last_complete_checkpoint
 
     [complete] = reference.state.glob("checkpoint-*")
     assert complete.name == "checkpoint-6" and checkpoint_problem(complete) is None
@@ -521,9 +525,9 @@ def test_a_full_disk_while_saving_names_the_path_and_space_and_the_rerun_resumes
     subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(small_disk)], check=True)
     rc, log = run.train()
     assert rc != 0
-    message = [line for line in log.splitlines() if line.startswith("safelora.training.DiskFullError")][-1]
+    message = [line for line in log.splitlines() if line.startswith("safelora.training.sft.DiskFullError")][-1]
     assert message.startswith(
-        f"safelora.training.DiskFullError: [Errno 28] disk full while saving {run.state}/checkpoint-6: "
+        f"safelora.training.sft.DiskFullError: [Errno 28] disk full while saving {run.state}/checkpoint-6: "
     )
     complete = sum(p.stat().st_size for p in (run.state / "checkpoint-3").iterdir())  # what the failed save needed
     assert (

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from test_aggregate import BENCH, RUNS_META, metric_entry, score_record, write_scores
 
-from safelora import aggregate as agg
-from safelora import figures, registry
+from safelora import registry
+from safelora.report import aggregate as agg
+from safelora.report import figures
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from safelora.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, check_context, run_generation
+from safelora.evaluation.generation import (
+    GenerationJob,
+    ModelRef,
+    Sampling,
+    TransformersBackend,
+    check_context,
+    run_generation,
+)
 from safelora.io import read_jsonl
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from safelora.grading import grade_text, judge_messages, parse_judge, settled_without_judge
+from safelora.evaluation.graders import grade_text, judge_messages, parse_judge, settled_without_judge
+from safelora.evaluation.score import UnparseableError, compute_score
 from safelora.io import atomic_write_jsonl
-from safelora.scores import UnparseableError, compute_score
 
 
 def gen(pid, text, i=0):

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from safelora.ortho_reg import (
+from safelora.training.ortho_reg import (
     OrthoRegConfig,
     OrthoRegularizer,
     base_weight_name,
@@ -342,7 +342,7 @@ def one_step_lora_weights(tmp_path, batch, accumulation, beta, max_steps=1):
     from datasets import Dataset
     from trl import SFTConfig
 
-    from safelora.ortho_reg import OrthoSFTTrainer
+    from safelora.training.ortho_reg import OrthoSFTTrainer
 
     model, _ = tiny_peft_model(MLP, init_lora_weights=False)  # B != 0: the penalty has a gradient
     texts = [" ".join(f"w{(7 * i + j) % 60}" for j in range(12)) for i in range(8)]

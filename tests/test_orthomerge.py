@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from safelora.orthomerge import orthomerge_adapter, project_factors
-from safelora.weights import (
+from safelora.analysis.weights import (
     DEFAULT_MODULES,
     SafetensorsDir,
     SVDCache,
@@ -16,6 +15,7 @@ from safelora.weights import (
     analyze_checkpoint,
     compute_base_svd,
 )
+from safelora.training.orthomerge import orthomerge_adapter, project_factors
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

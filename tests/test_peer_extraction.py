@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safelora.grading import grade_text
+from safelora.evaluation.graders import grade_text
 
 HERE = Path(__file__).resolve().parent / "peer_extraction"
 GRADER = {"aime": ("math_verify", "math"), "gpqa": ("choice_regex", "multiple_choice")}

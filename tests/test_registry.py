@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from safelora import config as grid
-from safelora import figures, grading, registry
+from safelora import registry
+from safelora.evaluation import graders
+from safelora.report import figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +50,7 @@ def test_verdict_file_names_round_trip() -> None:
 
 
 def test_implementations_match_the_registry() -> None:
-    assert set(grading.TEXT_GRADERS) == set(registry.text_graders())
+    assert set(graders.TEXT_GRADERS) == set(registry.text_graders())
     assert set(figures.FIGURES) == set(registry.FIGURES)
     with pytest.raises(RuntimeError, match=r"registered without an implementation: \['b'\].*registry entry .*\['c'\]"):
         registry.check_implemented("things", ["a", "b"], {"a": 1, "c": 2})

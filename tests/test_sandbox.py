@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safelora.sandbox import SandboxUnavailableError, run_sandboxed
+from safelora.evaluation.sandbox import SandboxUnavailableError, run_sandboxed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,6 +218,6 @@ def test_refuses_to_run_without_isolation(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_failed_setup_raises_instead_of_running(monkeypatch: pytest.MonkeyPatch) -> None:
     # A hidden folder that cannot be mounted makes the launcher fail before the code runs.
-    monkeypatch.setattr("safelora.sandbox._hidden_dirs", lambda: ["/nonexistent-safelora-dir"])
+    monkeypatch.setattr("safelora.evaluation.sandbox._hidden_dirs", lambda: ["/nonexistent-safelora-dir"])
     with pytest.raises(SandboxUnavailableError, match="code not run"):
         run("print('ran anyway')")

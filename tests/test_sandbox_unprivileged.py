@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from safelora.code_exec import load_evalplus_problems
+from safelora.evaluation.code_exec import load_evalplus_problems
+from safelora.evaluation.sandbox import unavailable_message
 from safelora.io import read_jsonl
-from safelora.sandbox import unavailable_message
 
 REPO = Path(__file__).resolve().parents[1]
 HUMANEVAL = REPO / "data" / "evalplus" / "HumanEvalPlus.jsonl.gz"

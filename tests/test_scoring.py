@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from safelora.benchmarks import gpqa_items
 from safelora.config import load_config
-from safelora.scoring import (
+from safelora.evaluation.items import gpqa_items
+from safelora.evaluation.parsers import (
     clean_choice,
-    cohen_kappa,
     extract_boxed,
     extract_choice_letter,
     extract_last_number,
@@ -24,10 +23,10 @@ from safelora.scoring import (
     math_judge_messages,
     parse_llama_guard,
     parse_true_false,
-    pass_at_k,
     shuffle_choices,
     strip_thinking,
 )
+from safelora.evaluation.score import cohen_kappa, pass_at_k
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

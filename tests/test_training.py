@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_model import recipe
 
-from safelora import training
-from safelora.training import PREEMPTED_EXIT_CODE, TrainPaths
+from safelora.training import sft
+from safelora.training.sft import PREEMPTED_EXIT_CODE, TrainPaths
 
 
 def paths(tmp_path, tiny_model, train_data, name="run", svd=None):
@@ -31,7 +31,7 @@ def weights(folder):
 
 def test_lora_writes_an_adapter_per_epoch_and_a_manifest(tmp_path, tiny_model, train_data):
     p = paths(tmp_path, tiny_model, train_data)
-    assert training.train(recipe("lora"), p) == 0
+    assert sft.train(recipe("lora"), p) == 0
     manifest = json.loads(p.manifest.read_text())
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2] and manifest["kind"] == "adapter"
     assert manifest["global_batch"] == 4 and manifest["gradient_accumulation"] == 2 and manifest["global_step"] == 6
@@ -51,7 +51,7 @@ def test_lora_writes_an_adapter_per_epoch_and_a_manifest(tmp_path, tiny_model, t
 
 def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
     p = paths(tmp_path, tiny_model, train_data)
-    assert training.train(recipe("full", epochs=1), p) == 0
+    assert sft.train(recipe("full", epochs=1), p) == 0
     manifest = json.loads(p.manifest.read_text())
     assert manifest["kind"] == "full"
     folder = p.checkpoint_dir / "epoch-1"
@@ -75,7 +75,7 @@ def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, trai
             "reduction": "sum",
         },
     )
-    assert training.train(r, p) == 0
+    assert sft.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
     assert (p.checkpoint_dir / "epoch-1" / "adapter_model.safetensors").exists()
@@ -85,7 +85,7 @@ def test_same_seed_gives_identical_losses(tmp_path, tiny_model, train_data):
     losses = []
     for name in ("a", "b"):
         p = paths(tmp_path, tiny_model, train_data, name)
-        training.train(recipe("lora", epochs=1), p)
+        sft.train(recipe("lora", epochs=1), p)
         losses.append([e["loss"] for e in json.loads(p.manifest.read_text())["log_history"] if "loss" in e])
     assert losses[0] == losses[1] and len(losses[0]) == 3
 
@@ -95,7 +95,7 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
 ):
     """Tolerance: max |difference| 1e-6 between resumed and uninterrupted final adapters (float32, CPU)."""
     whole = paths(tmp_path, tiny_model, train_data, "whole")
-    assert training.train(recipe("lora"), whole) == 0
+    assert sft.train(recipe("lora"), whole) == 0
 
     from transformers import TrainerCallback
 
@@ -104,7 +104,7 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
             if state.global_step == 4:  # mid-epoch 2 (3 optimizer steps per epoch)
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    build = training.build_trainer
+    build = sft.build_trainer
 
     def build_with_sigterm(*args, **kwargs):
         trainer = build(*args, **kwargs)
@@ -112,14 +112,14 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
         return trainer
 
     split = paths(tmp_path, tiny_model, train_data, "split")
-    monkeypatch.setattr(training, "build_trainer", build_with_sigterm)
-    assert training.train(recipe("lora"), split) == PREEMPTED_EXIT_CODE
+    monkeypatch.setattr(sft, "build_trainer", build_with_sigterm)
+    assert sft.train(recipe("lora"), split) == PREEMPTED_EXIT_CODE
     monkeypatch.undo()
     # The handler only flags; the trainer saves at the end of the next step (step 5 of 6).
     assert not split.manifest.exists() and [c.name for c in split.state_dir.glob("checkpoint-*")] == ["checkpoint-5"]
     assert (split.checkpoint_dir / "epoch-1").is_dir() and not (split.checkpoint_dir / "epoch-2").exists()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    assert training.train(recipe("lora"), split) == 0
+    assert sft.train(recipe("lora"), split) == 0
     a, b = weights(whole.checkpoint_dir / "epoch-2"), weights(split.checkpoint_dir / "epoch-2")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
@@ -128,11 +128,11 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
 RANK_ARGS = """
 import json, sys
 from pathlib import Path
-from safelora import training
+from safelora.training import sft
 recipe, state = json.loads(sys.argv[1]), Path(sys.argv[2])
-paths = training.TrainPaths(train_data=state / "unused.jsonl", base_model="unused", state_dir=state,
+paths = sft.TrainPaths(train_data=state / "unused.jsonl", base_model="unused", state_dir=state,
                             checkpoint_dir=state / "ckpt", manifest=state / "manifest.json")
-configs = [training.sft_config(recipe, paths, training.WorldInfo(2, rank, rank), on_gpu=False).hf_deepspeed_config.config
+configs = [sft.sft_config(recipe, paths, sft.WorldInfo(2, rank, rank), on_gpu=False).hf_deepspeed_config.config
            for rank in (1, 0)]
 print(json.dumps(configs))
 """
@@ -163,9 +163,9 @@ def test_loss_scope_switch(tmp_path, tiny_model, train_data, completion_only):
     """completion_only_loss masks the prompt out of the labels; off, every real token is a label
     (TRL 0.15/0.16's behaviour on prompt/completion data, see docs/training.md)."""
     p = paths(tmp_path, tiny_model, train_data)
-    exporter = training.EpochExporter(p.checkpoint_dir, tokenizer=None, is_main=True)
-    world = training.WorldInfo(world_size=1, rank=0, local_rank=0)
-    trainer = training.build_trainer(recipe("lora", completion_only_loss=completion_only), p, world, exporter)
+    exporter = sft.EpochExporter(p.checkpoint_dir, tokenizer=None, is_main=True)
+    world = sft.WorldInfo(world_size=1, rank=0, local_rank=0)
+    trainer = sft.build_trainer(recipe("lora", completion_only_loss=completion_only), p, world, exporter)
     batch = next(iter(trainer.get_train_dataloader()))
     labelled, tokens = int((batch["labels"] != -100).sum()), int(batch["attention_mask"].sum())
     if completion_only:

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from safelora.weights import (
+from safelora.analysis.weights import (
     LowRank,
     SafetensorsDir,
     SVDCache,

@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from safelora import aggregate
     from safelora.io import atomic_write_text
+    from safelora.report import aggregate
 
     files = aggregate.read_score_files(args.scores)
     scores = aggregate.scores_frame(files)

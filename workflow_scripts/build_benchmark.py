@@ -16,7 +16,7 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from safelora.benchmarks import load_benchmark
+    from safelora.evaluation.items import load_benchmark
     from safelora.io import atomic_write_jsonl
 
     items = load_benchmark(args.name, json.loads(args.spec))

@@ -31,9 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from safelora.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
+    from safelora.evaluation.code_exec import evaluate_solutions, load_evalplus_problems, sanitize_solution
+    from safelora.evaluation.sandbox import SandboxUnavailableError, preflight
     from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
-    from safelora.sandbox import SandboxUnavailableError, preflight
 
     try:
         preflight()  # before any sample: a cluster may forbid the user namespace the sandbox needs

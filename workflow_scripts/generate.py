@@ -35,15 +35,15 @@ def main() -> int:
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
-    from safelora.training import require_checkpoint
+    from safelora.training.sft import require_checkpoint
 
     MemoryGuard(args.mem_mb).start()
     for checkpoint in (args.base, args.adapter):
         require_checkpoint(checkpoint)
 
     from safelora.data import render_prompt
-    from safelora.engines import open_backend
-    from safelora.generation import GenerationJob, ModelRef, Sampling, check_context, run_generation
+    from safelora.evaluation.engines import open_backend
+    from safelora.evaluation.generation import GenerationJob, ModelRef, Sampling, check_context, run_generation
     from safelora.io import read_jsonl
 
     settings = json.loads(args.model_settings)

@@ -19,7 +19,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="Verdict JSONL")
     args = parser.parse_args()
 
-    from safelora.grading import grade_text
+    from safelora.evaluation.graders import grade_text
     from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
     items = read_jsonl(args.items)

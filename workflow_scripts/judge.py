@@ -32,7 +32,7 @@ def main() -> int:
 
     MemoryGuard(args.mem_mb).start()
 
-    from safelora.judging import run_judge
+    from safelora.evaluation.judge import run_judge
 
     spec = json.loads(args.judge)
     run_judge(

@@ -25,8 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from safelora.orthomerge import orthomerge_adapter
-    from safelora.training import require_checkpoint
+    from safelora.training.orthomerge import orthomerge_adapter
+    from safelora.training.sft import require_checkpoint
 
     require_checkpoint(args.adapter)
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import pandas as pd
 
-    from safelora import aggregate, figures, registry
+    from safelora import registry
+    from safelora.report import aggregate, figures
 
     reads = registry.FIGURES[args.figure].reads
     if reads == "weights":

@@ -15,7 +15,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     args = parser.parse_args()
 
-    from safelora.models import prepare_gguf_model
+    from safelora.training.models import prepare_gguf_model
 
     prepare_gguf_model(json.loads(args.source)["gguf"], Path(args.out))
     return 0

@@ -22,8 +22,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    from safelora.evaluation.score import compute_score
     from safelora.io import atomic_write_json
-    from safelora.scores import compute_score
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
     score = compute_score(ids, json.loads(args.settings), args.verdicts)

@@ -28,7 +28,7 @@ def main() -> int:
 
     import yaml
 
-    from safelora.training import TrainPaths, train
+    from safelora.training.sft import TrainPaths, train
 
     with open(args.recipe, encoding="utf-8") as fh:
         recipe = yaml.safe_load(fh)

@@ -197,7 +197,7 @@ def base_svd_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> f
 
 
 HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours, "base_svd": base_svd_hours}
-# Rules whose jobs serve from an engine (safelora.engines): which engine, and its start time.
+# Rules whose jobs serve from an engine (safelora.evaluation.engines): which engine, and its start time.
 ENGINES = {"generate": generate_engine, "judge": judge_engine}
 ENGINE_START_S = {"generate": lambda a: a.engine_start_s, "judge": lambda a: a.judge_start_s}
 

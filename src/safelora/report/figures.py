@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from safelora import registry
-from safelora.aggregate import (
+from safelora.io import atomic_write_bytes
+from safelora.report.aggregate import (
     AVERAGE_COLUMN,
     LORA_FAMILY,
     Benchmarks,
@@ -35,7 +36,6 @@ from safelora.aggregate import (
     metric_columns,
     pareto_front,
 )
-from safelora.io import atomic_write_bytes
 
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",

@@ -8,13 +8,53 @@ Unparseable verdicts are counted; above `max_unparseable_share` scoring fails lo
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from safelora import registry
 from safelora.io import read_jsonl
-from safelora.scoring import cohen_kappa, pass_at_k
+
+# --------------------------------------------------------------------------------------------
+# pass@k
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with `c` correct samples out of `n` (Chen et al., 2021).
+
+    1 - C(n-c, k) / C(n, k), computed as a product so that large n does not overflow.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Cohen's kappa of two binary raters on the same items.
+
+    When both raters give one and the same label to every item, chance agreement is 1 and kappa
+    is 0/0; this returns 1.0 there (perfect agreement, nothing to correct for) instead of NaN.
+    With binary labels that is the only case in which chance agreement is 1.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"raters labelled different numbers of items: {len(a)} vs {len(b)}")
+    if not a:
+        raise ValueError("kappa of zero items is undefined")
+    n = len(a)
+    observed = sum(bool(x) == bool(y) for x, y in zip(a, b)) / n
+    pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    if expected == 1.0:
+        return 1.0
+    return (observed - expected) / (1 - expected)
 
 
 class UnparseableError(RuntimeError):

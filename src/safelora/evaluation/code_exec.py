@@ -1,7 +1,7 @@
 """EvalPlus code extraction and sandboxed execution (HumanEval+ and MBPP+).
 
 The parent side sanitizes completions with EvalPlus's sanitizer and sends one task at a time,
-with all its samples, to a worker inside ``safelora.sandbox``. The worker is this very file run as
+with all its samples, to a worker inside ``safelora.evaluation.sandbox``. The worker is this very file run as
 a script: it computes the expected outputs from the canonical solution (EvalPlus's
 ``trusted_exec``) and checks each sample on the base and plus inputs with EvalPlus's
 ``untrusted_check`` (per-input time limits from the canonical run times, ``atol``, the MBPP special
@@ -34,7 +34,7 @@ def sanitize_solution(text: str, entry_point: str) -> str:
     """The code EvalPlus would run: thinking stripped, then ``evalplus.sanitize.sanitize``."""
     from evalplus.sanitize import sanitize
 
-    from safelora.scoring import strip_thinking
+    from safelora.evaluation.parsers import strip_thinking
 
     return sanitize(strip_thinking(text), entry_point)
 
@@ -66,7 +66,7 @@ def load_evalplus_problems(dataset: str, path: str | os.PathLike[str]) -> dict[s
 
 
 def _task_result(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -> list[dict[str, Any]]:
-    from safelora.sandbox import run_sandboxed
+    from safelora.evaluation.sandbox import run_sandboxed
 
     samples = payload["samples"]
     result = run_sandboxed(

@@ -389,7 +389,7 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
     reg = recipe.get("ortho_reg")
     if not reg:
         return SFTTrainer, {}
-    from safelora.ortho_reg import OrthoRegConfig, OrthoSFTTrainer
+    from safelora.training.ortho_reg import OrthoRegConfig, OrthoSFTTrainer
 
     config = OrthoRegConfig(
         mode=reg["mode"],

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from safelora.data import render_messages
-from safelora.engines import open_backend
-from safelora.generation import ModelRef, Sampling
-from safelora.grading import judge_messages, parse_judge, settled_without_judge, verdict
+from safelora.evaluation.engines import open_backend
+from safelora.evaluation.generation import ModelRef, Sampling
+from safelora.evaluation.graders import judge_messages, parse_judge, settled_without_judge, verdict
 from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
 
 
@@ -24,7 +24,7 @@ def run_judge(
     engine_idle_s: float = 0,
 ) -> None:
     """Judge every sample (or, with a fallback, those it did not pass); `engine_idle_s` > 0 shares
-    the node's engine of this judge model with the other judge jobs (safelora.engines)."""
+    the node's engine of this judge model with the other judge jobs (safelora.evaluation.engines)."""
     records = read_jsonl(items_path)
     generations = read_generations(generations_path, records)
     items = {str(item["id"]): item for item in records}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safelora.data import DataError, read_table
-from safelora.scoring import clean_choice, gpqa_prompt, shuffle_choices
+from safelora.evaluation.parsers import clean_choice, gpqa_prompt, shuffle_choices
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Pure scoring functions: pass@k, answer extraction, judge prompts and verdict parsers, kappa.
+"""Pure text functions: answer extraction, benchmark and judge prompts, verdict parsers.
 
-Nothing here loads a model; the judge and score CLIs call these on generations and judge outputs.
+Nothing here loads a model; the graders (`graders.py`) call these on generations and judge outputs.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Sequence
 
 THINK_END = "</think>"
 
@@ -17,27 +16,6 @@ def strip_thinking(text: str) -> str:
     """The final answer: the text after the last ``</think>``, or the whole text if there is none."""
     _, sep, tail = text.rpartition(THINK_END)
     return tail if sep else text
-
-
-# --------------------------------------------------------------------------------------------
-# pass@k
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem with `c` correct samples out of `n` (Chen et al., 2021).
-
-    1 - C(n-c, k) / C(n, k), computed as a product so that large n does not overflow.
-    """
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if not 1 <= k <= n:
-        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
-    if n - c < k:
-        return 1.0
-    prob_all_wrong = 1.0
-    for i in range(n - c + 1, n + 1):
-        prob_all_wrong *= 1.0 - k / i
-    return 1.0 - prob_all_wrong
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,27 +300,3 @@ def is_refusal(text: str) -> bool:
     """Refusal by string match on the final answer (case-insensitive, curly quotes normalized)."""
     answer = strip_thinking(text).replace("\u2019", "'").strip().lower()
     return answer.startswith(XSTEST_REFUSAL_PREFIXES) or any(p in answer for p in REFUSAL_PHRASES)
-
-
-# --------------------------------------------------------------------------------------------
-# Agreement
-
-
-def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
-    """Cohen's kappa of two binary raters on the same items.
-
-    When both raters give one and the same label to every item, chance agreement is 1 and kappa
-    is 0/0; this returns 1.0 there (perfect agreement, nothing to correct for) instead of NaN.
-    With binary labels that is the only case in which chance agreement is 1.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"raters labelled different numbers of items: {len(a)} vs {len(b)}")
-    if not a:
-        raise ValueError("kappa of zero items is undefined")
-    n = len(a)
-    observed = sum(bool(x) == bool(y) for x, y in zip(a, b)) / n
-    pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
-    expected = pa * pb + (1 - pa) * (1 - pb)
-    if expected == 1.0:
-        return 1.0
-    return (observed - expected) / (1 - expected)

@@ -31,7 +31,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from safelora.generation import Backend, Completion, ModelRef, Sampling, make_backend, newest_file_time
+from safelora.evaluation.generation import Backend, Completion, ModelRef, Sampling, make_backend, newest_file_time
 from safelora.io import stable_json
 
 START_TIMEOUT_S = 3600.0  # loading a 32B judge from a cold shared filesystem takes minutes
@@ -125,7 +125,7 @@ def _start(
     cmd = [
         sys.executable,
         "-m",
-        "safelora.engines",
+        "safelora.evaluation.engines",
         "--backend",
         backend_name,
         "--ref",

@@ -1,0 +1,1 @@
+"""Weight analysis stage (rules/weights.smk): stable rank and alignment of ΔW (`weights`)."""

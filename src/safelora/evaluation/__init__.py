@@ -1,0 +1,4 @@
+"""Evaluation stage (rules/data.smk's benchmarks, rules/generate.smk, rules/judge.smk,
+rules/score.smk): benchmark items (`items`), generation on shared engines (`generation`,
+`engines`), graders and judges (`graders`, `judge`, `parsers`, `code_exec` in the `sandbox`) and
+Score summaries (`score`)."""
