@@ -22,12 +22,12 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from safelora.io import atomic_write_json
+    from safelora.io import write_record
     from safelora.scores import compute_score
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
     score = compute_score(ids, json.loads(args.settings), args.verdicts)
-    atomic_write_json(args.out, score)
+    write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(
             f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "
