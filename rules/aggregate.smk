@@ -20,9 +20,9 @@ rule describe_grid:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --json {params.meta:q} --out {output.meta} > {log} 2>&1"
-        " && python {params.script} --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
-        " && python {params.script} --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
+        "python {params.script} --kind runs_meta --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        " && python {params.script} --kind expected --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        " && python {params.script} --kind benchmarks --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
 
 
 rule aggregate:

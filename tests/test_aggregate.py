@@ -1,4 +1,4 @@
-"""Results table, bootstrap intervals, Pareto fronts and Score-file validation on synthetic files."""
+"""Results table, bootstrap intervals, Pareto fronts and the records aggregation reads, on synthetic files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from safelora.io import RecordError, write_record
 from safelora.report import aggregate as agg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,15 +50,15 @@ def score_record(
     model: str, run: str, epoch: int, benchmark: str, metrics: list[dict[str, Any]],
     agreement: list[dict[str, Any]] | None = None, **extra: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    return {"model": model, "run": run, "epoch": epoch, "benchmark": benchmark, "metrics": metrics,
-            "agreement": agreement or [], **extra}  # fmt: skip
+    return {"model": model, "run": run, "epoch": epoch, "benchmark": benchmark, "scorer_version": 1,
+            "metrics": metrics, "agreement": agreement or [], **extra}  # fmt: skip
 
 
 def write_scores(folder: Path, records: list[dict[str, Any]]) -> list[Path]:
     paths = []
     for i, record in enumerate(records):
         path = folder / f"{i:03d}-{record['benchmark']}.json"
-        path.write_text(json.dumps(record))
+        write_record(path, "score", record)
         paths.append(path)
     return paths
 
@@ -146,6 +147,19 @@ def test_expected_benchmarks_restrict_the_missing_report(grid: list[Path]) -> No
     assert agg.missing_text(agg.missing_report(scores, exp, BENCH)).startswith("Nothing missing")
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (["m", "base"], "at '1': \\['m', 'base'\\] is too short"),
+        ({"model": "m", "run": "base", "epoch": "0"}, "at '1/epoch': '0' is not of type 'integer'"),
+        ({"model": "m", "run": "base", "epoch": 0, "benchmarks": "aime"}, "at '1/benchmarks': 'aime' is not of type"),
+    ],
+)
+def test_malformed_expected_checkpoints_are_refused_where_written(tmp_path: Path, entry: Any, message: str) -> None:
+    with pytest.raises(RecordError, match=f"expected record .*expected.json: invalid value {message}"):
+        write_record(tmp_path / "expected.json", "expected", [["m", "full", 1], entry])
+
+
 def test_seeds_are_averaged_and_resampled(tmp_path: Path) -> None:
     records = [
         score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 0, 1, 0]))], seed=0),
@@ -206,28 +220,32 @@ def test_pareto_front(points: list[tuple[float, float]], front: list[bool]) -> N
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda r: r.pop("epoch"), "missing key 'epoch'"),
-        (lambda r: r.update(epoch="3"), "key 'epoch' must be a non-negative integer"),
-        (lambda r: r["metrics"][0].update(metric="accuracy"), r"metrics\[0\]: key 'metric'"),
-        (lambda r: r["metrics"][0].update(n_problems=1), "has 2 problems but n_problems is 1"),
-        (lambda r: r["metrics"][0].update(primary=False), "has 0 primary graders"),
-        (lambda r: r["metrics"][0]["per_problem"].update(p0="x"), "key 'per_problem'"),
-        (lambda r: r.update(agreement=[{"graders": ["a"], "kappa": 1, "n": 2}]), r"agreement\[0\]: key 'graders'"),
+        (lambda r: r.pop("epoch"), "at '\\(top level\\)': 'epoch' is a required property"),
+        (lambda r: r.update(epoch="3"), "at 'epoch': '3' is not of type 'integer'"),
+        (lambda r: r.update(benchmark="a:b"), "at 'benchmark': 'a:b' does not match"),  # would split column names
+        (lambda r: r.update(metrics=[]), "at 'metrics': \\[\\] should be non-empty"),
+        (lambda r: r["metrics"][0].update(metric="accuracy"), "at 'metrics/0/metric': 'accuracy' is not one of"),
+        (lambda r: r["metrics"][0].update(variant="default"), "at 'metrics/0/variant'"),
+        (lambda r: r["metrics"][0].update(n_problems=-1), "at 'metrics/0/n_problems': -1 is less than the minimum"),
+        (lambda r: r["metrics"][0].update(primary=1), "at 'metrics/0/primary': 1 is not of type 'boolean'"),
+        (lambda r: r["metrics"][0]["per_problem"].update(p0="x"), "at 'metrics/0/per_problem/p0'"),
+        (lambda r: r.update(agreement=[{"graders": ["a"], "kappa": 1, "n": 2}]), "at 'agreement/0/graders'"),
+        (lambda r: r.update(seed=0.5), "at 'seed': 0.5 is not of type 'integer'"),
     ],
 )
-def test_malformed_score_file_names_file_and_key(tmp_path: Path, mutate: Any, message: str) -> None:
+def test_malformed_score_record_is_refused_where_written(tmp_path: Path, mutate: Any, message: str) -> None:
     record = score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 0]))])
     mutate(record)
-    (path,) = write_scores(tmp_path, [record])
-    with pytest.raises(agg.ScoreFileError, match=message) as err:
-        agg.load_scores([path])
-    assert str(path) in str(err.value)
+    path = tmp_path / "aime.json"
+    with pytest.raises(RecordError, match=message) as err:
+        write_record(path, "score", record)
+    assert str(err.value).startswith(f"score record {path}: invalid value at ") and not path.exists()
 
 
 def test_invalid_json_and_duplicate_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(agg.ScoreFileError, match="bad.json: not valid JSON"):
+    with pytest.raises(RecordError, match="bad.json: not valid JSON"):
         agg.load_scores([bad])
     record = score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 0]))])
     with pytest.raises(agg.ScoreFileError, match="same model/run/epoch/benchmark/seed"):
@@ -240,13 +258,15 @@ def test_agreement_table(grid: list[Path]) -> None:
     assert table.iloc[0][["grader_a", "grader_b", "kappa", "n"]].tolist() == ["llama_guard", "refusal_match", 0.5, 4]
 
 
-def test_runs_meta_validation_and_main_run() -> None:
+def test_runs_meta_validation_and_main_run(tmp_path: Path) -> None:
     frame = meta()
     assert frame.loc["lora-r4-mlp", "main"] and not frame.loc["lora-r1-mlp", "main"]
     marked = agg.runs_meta_frame({**RUNS_META, "lora-r1-mlp": {**RUNS_META["lora-r1-mlp"], "main": True}})
     assert marked["main"].sum() == 1 and marked.loc["lora-r1-mlp", "main"]
-    with pytest.raises(ValueError, match="run 'x': key 'method'"):
-        agg.runs_meta_frame({"x": {"method": "qlora"}})
+    with pytest.raises(RecordError, match="runs_meta record .*meta.json: invalid value at 'x/method': 'qlora'"):
+        write_record(tmp_path / "meta.json", "runs_meta", {"x": {"method": "qlora"}})
+    with pytest.raises(RecordError, match="at 'x/rank': 0 is less than the minimum of 1"):
+        write_record(tmp_path / "meta.json", "runs_meta", {"x": {"method": "lora", "rank": 0}})
     with pytest.raises(ValueError, match="no entry for run"):
         agg.results_table(agg.load_scores([]), expected(("m", "mystery", 1)), frame, BENCH)
 
@@ -262,10 +282,13 @@ def test_markdown_has_labels_intervals_and_lambda(grid: list[Path]) -> None:
 
 def test_cli_writes_all_outputs(grid: list[Path], tmp_path: Path) -> None:
     meta_path, exp_path = tmp_path / "meta.json", tmp_path / "expected.json"
-    meta_path.write_text(json.dumps(RUNS_META))
-    exp_path.write_text(json.dumps([["m", "base", 0], ["m", "lora-r4-mlp", 1], ["m", "lora-r4-mlp", 2]]))
     bench_path = tmp_path / "benchmarks.json"
-    bench_path.write_text(json.dumps([{"name": n, "label": label, "kind": "-"} for n, label in BENCH.labels.items()]))
+    write_json = [sys.executable, str(REPO / "workflow_scripts" / "write_json.py")]
+    expected_json = json.dumps([["m", "base", 0], ["m", "lora-r4-mlp", 1], ["m", "lora-r4-mlp", 2]])
+    benchmarks_json = json.dumps([{"name": n, "label": label, "kind": "safety"} for n, label in BENCH.labels.items()])
+    for kind, value, path in [("runs_meta", json.dumps(RUNS_META), meta_path), ("expected", expected_json, exp_path),
+                              ("benchmarks", benchmarks_json, bench_path)]:  # fmt: skip
+        subprocess.run([*write_json, "--kind", kind, "--json", value, "--out", str(path)], check=True)
     out = {name: tmp_path / "out" / name for name in ("r.csv", "r.md", "missing.txt", "agree.csv")}
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "aggregate.py"), "--scores", *map(str, grid),
            "--runs-meta", str(meta_path), "--expected", str(exp_path), "--benchmarks", str(bench_path), "--out-csv", str(out["r.csv"]),

@@ -149,7 +149,7 @@ def test_plot_cli(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
     out = tmp_path / "fig2.png"
     script = str(REPO / "workflow_scripts" / "plot.py")
     bench = tmp_path / "benchmarks.json"
-    bench.write_text(json.dumps([{"name": n, "label": label, "kind": "-"} for n, label in BENCH.labels.items()]))
+    bench.write_text(json.dumps([{"name": n, "label": label, "kind": "safety"} for n, label in BENCH.labels.items()]))
     subprocess.run([sys.executable, script, "--figure", "fig2", "--table", str(table_path), "--benchmarks", str(bench),
                     "--out", str(out)], check=True)  # fmt: skip
     assert out.read_bytes().startswith(PNG_MAGIC)

@@ -23,11 +23,11 @@ def main() -> int:
     args = parser.parse_args()
 
     from safelora.evaluation.score import compute_score
-    from safelora.io import atomic_write_json
+    from safelora.io import write_record
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
     score = compute_score(ids, json.loads(args.settings), args.verdicts)
-    atomic_write_json(args.out, score)
+    write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(
             f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a JSON value given on the command line to a file, atomically."""
+"""Write a JSON record given on the command line to a file, atomically, once its kind's schema validates it."""
 
 import argparse
 import json
@@ -11,13 +11,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kind", required=True, help="record kind: src/safelora/schemas/records/<kind>.schema.yaml")
     parser.add_argument("--json", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from safelora.io import atomic_write_json
+    from safelora.io import write_record
 
-    atomic_write_json(args.out, json.loads(args.json))
+    write_record(args.out, args.kind, json.loads(args.json))
     return 0
 
 

@@ -7,13 +7,17 @@ renamed into place, so an interrupted job never leaves a file that looks complet
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+RECORD_SCHEMAS = Path(str(resources.files("safelora") / "schemas" / "records"))
 
 
 def _default_mode(directory: bool = False) -> int:
@@ -72,6 +76,45 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+class RecordError(ValueError):
+    """A record that does not match its kind's schema; the message names the kind, the file and the field."""
+
+
+@functools.cache
+def record_validator(kind: str) -> Any:
+    """The jsonschema validator of `schemas/records/<kind>.schema.yaml`."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((RECORD_SCHEMAS / f"{kind}.schema.yaml").read_text(encoding="utf-8"))
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    return validator_cls(schema)
+
+
+def write_record(path: str | os.PathLike[str], kind: str, record: Any) -> None:
+    """Validate `record` against its kind's schema, then write it as JSON atomically.
+
+    Records are validated here, once, where they are written; their readers trust them.
+    """
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(record_validator(kind).iter_errors(record))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise RecordError(f"{kind} record {path}: invalid value at '{where}': {error.message}")
+    atomic_write_json(path, record)
+
+
+def read_record(path: str | os.PathLike[str]) -> Any:
+    """A record `write_record` wrote (trusted: not re-validated); unreadable JSON names the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}: not valid JSON: {err.msg} (line {err.lineno})") from err
 
 
 class DamagedFileError(ValueError):

@@ -105,9 +105,23 @@ def agreement(files: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return result
 
 
+def check_graders(verdict_paths: list[str | Path], primary: str) -> None:
+    """Each (grader, variant) has one verdict file and every variant its primary grader's: so a Score
+    record has one entry per (metric, variant, grader) and one primary grader per (metric, variant)."""
+    keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
+    source = ", ".join(map(str, verdict_paths))
+    repeated = sorted({key for key in keys if keys.count(key) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{source}: more than one verdict file for (grader, variant) {repeated}")
+    lacking = sorted({variant for _, variant in keys if (primary, variant) not in keys}, key=str)
+    if lacking:
+        raise ValueError(f"{source}: no verdict file of the primary grader '{primary}' for variant(s) {lacking}")
+
+
 def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]) -> dict[str, Any]:
-    """The Score record (docs/design.md) of one checkpoint and benchmark."""
+    """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and benchmark."""
     metric_name = registry.KIND_METRICS[settings["kind"]]
+    check_graders(verdict_paths, settings["primary"])
     metrics, by_grader = [], {}
     for path in verdict_paths:
         grader, variant = registry.grader_and_variant(Path(path).stem)

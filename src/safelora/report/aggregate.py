@@ -8,7 +8,6 @@ table alone: `<metric>:<benchmark>[:<variant>]` (e.g. `pass@1:humaneval:plus`), 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -21,14 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safelora.io import atomic_write_text
+from safelora.io import atomic_write_text, read_record
 from safelora.registry import METRIC_LABELS, METRICS, REASONING_METRIC
 
-METHODS = ("base", "full", "lora", "reg-col", "reg-both", "om-col", "om-both")
 LORA_FAMILY = ("lora", "reg-col", "reg-both", "om-col", "om-both")
 TARGETS = ("mlp", "mlp_attn")
 PLUS, BASE_VARIANT = "plus", "base"
-_NO_VARIANT = ("", "default")
 
 ID_COLUMNS = ("model", "run", "epoch")
 META_COLUMNS = ("method", "rank", "targets", "lambda", "source", "main")
@@ -38,7 +35,7 @@ WEIGHT_COLUMNS = ("layer", "module", "stable_rank", "col_cos", "col_top16", "row
 
 
 class ScoreFileError(ValueError):
-    """A malformed Score file; the message names the file and the key."""
+    """Two Score files for the same (checkpoint, benchmark, seed); the message names both."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +88,7 @@ class Benchmarks:
 
     @classmethod
     def load(cls, path: str | Path) -> Benchmarks:
-        with open(path, encoding="utf-8") as fh:
-            return cls({entry["name"]: entry["label"] for entry in json.load(fh)})
+        return cls({entry["name"]: entry["label"] for entry in read_record(path)})
 
     def order(self, benchmark: str) -> tuple[int, str]:
         names = list(self.labels)
@@ -164,127 +160,28 @@ class ScoreFile:
     agreement: list[dict[str, Any]]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _field(obj: Mapping[str, Any], key: str, check: Any, what: str, path: str, where: str) -> Any:
-    if key not in obj:
-        raise ScoreFileError(f"{path}: {where}missing key '{key}'")
-    if not check(obj[key]):
-        raise ScoreFileError(f"{path}: {where}key '{key}' must be {what}, got {obj[key]!r}")
-    return obj[key]
-
-
-def _optional_number(value: Any) -> bool:
-    return value is None or _is_number(value)
-
-
-def _read_metric(entry: Any, path: str, index: int) -> dict[str, Any]:
-    where = f"metrics[{index}]: "
-    if not isinstance(entry, dict):
-        raise ScoreFileError(f"{path}: {where}must be an object")
-    metric = _field(entry, "metric", lambda v: v in METRICS, f"one of {METRICS}", path, where)
-    variant = _field(entry, "variant", lambda v: v is None or isinstance(v, str), "a string or null", path, where)
-    grader = _field(entry, "grader", lambda v: isinstance(v, str) and v, "a non-empty string", path, where)
-    primary = _field(entry, "primary", lambda v: isinstance(v, bool), "true or false", path, where)
-    value = _field(entry, "value", _optional_number, "a number or null", path, where)
-    counts = {
-        key: _field(entry, key, lambda v: _is_int(v) and v >= 0, "a non-negative integer", path, where)
-        for key in ("n_problems", "n_samples", "unparseable")
-    }
-    per_problem = _field(
-        entry,
-        "per_problem",
-        lambda v: isinstance(v, dict) and all(_optional_number(x) for x in v.values()),
-        "an object of numbers (or nulls) per problem id",
-        path,
-        where,
-    )
-    # a problem whose samples were all unparseable has no per-problem value
-    if len(per_problem) > counts["n_problems"]:
-        raise ScoreFileError(
-            f"{path}: {where}key 'per_problem' has {len(per_problem)} problems but n_problems is {counts['n_problems']}"
-        )
-    return {
-        "metric": metric,
-        "variant": None if variant in _NO_VARIANT else variant,
-        "grader": grader,
-        "primary": primary,
-        "value": math.nan if value is None else float(value),
-        **counts,
-        "per_problem": {str(k): (math.nan if v is None else float(v)) for k, v in per_problem.items()},
-    }
-
-
-def _read_agreement(entry: Any, path: str, index: int) -> dict[str, Any]:
-    where = f"agreement[{index}]: "
-    if not isinstance(entry, dict):
-        raise ScoreFileError(f"{path}: {where}must be an object")
-    graders = _field(
-        entry,
-        "graders",
-        lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(g, str) for g in v),
-        "a list of two grader names",
-        path,
-        where,
-    )
-    kappa = _field(entry, "kappa", _optional_number, "a number or null", path, where)
-    n = _field(entry, "n", lambda v: _is_int(v) and v >= 0, "a non-negative integer", path, where)
-    return {
-        "grader_a": graders[0],
-        "grader_b": graders[1],
-        "kappa": math.nan if kappa is None else float(kappa),
-        "n": n,
-    }
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def read_score_file(path: str | Path) -> ScoreFile:
-    """Read and validate one Score JSON; any problem raises ScoreFileError naming file and key."""
-    path = str(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise ScoreFileError(f"{path}: not valid JSON: {err.msg} (line {err.lineno})") from err
-    if not isinstance(obj, dict):
-        raise ScoreFileError(f"{path}: the top level must be an object")
-    text = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
-    model = _field(obj, "model", text, "a non-empty string", path, "")
-    run = _field(obj, "run", text, "a non-empty string", path, "")
-    epoch = _field(obj, "epoch", lambda v: _is_int(v) and v >= 0, "a non-negative integer", path, "")
-    benchmark = _field(obj, "benchmark", text, "a non-empty string", path, "")
-    seed = obj.get("seed", 0)
-    if not _is_int(seed):
-        raise ScoreFileError(f"{path}: key 'seed' must be an integer, got {seed!r}")
-    raw_metrics = _field(obj, "metrics", lambda v: isinstance(v, list) and v, "a non-empty list", path, "")
-    metrics = [_read_metric(m, path, i) for i, m in enumerate(raw_metrics)]
-    seen: set[tuple[Any, ...]] = set()
-    primaries: Counter[tuple[str, str | None]] = Counter()
-    for i, m in enumerate(metrics):
-        ident = (m["metric"], m["variant"], m["grader"])
-        if ident in seen:
-            raise ScoreFileError(f"{path}: metrics[{i}]: duplicate (metric, variant, grader) {ident}")
-        seen.add(ident)
-        primaries[(m["metric"], m["variant"])] += m["primary"]
-    for (metric, variant), count in primaries.items():
-        if count != 1:
-            raise ScoreFileError(
-                f"{path}: key 'primary': metric '{metric}' variant {variant!r} has {count} primary graders, needs 1"
-            )
-    raw_agreement = obj.get("agreement", [])
-    if not isinstance(raw_agreement, list):
-        raise ScoreFileError(f"{path}: key 'agreement' must be a list, got {raw_agreement!r}")
-    agreement = [_read_agreement(a, path, i) for i, a in enumerate(raw_agreement)]
-    return ScoreFile(path, model, run, epoch, benchmark, seed, metrics, agreement)
+    """One Score record, as `workflow_scripts/score.py` validated and wrote it (schemas/records/score.schema.yaml)."""
+    obj = read_record(path)
+    metrics = [
+        {**m, "value": _number(m["value"]), "per_problem": {k: _number(v) for k, v in m["per_problem"].items()}}
+        for m in obj["metrics"]
+    ]
+    agreement = [
+        {"grader_a": a["graders"][0], "grader_b": a["graders"][1], "kappa": _number(a["kappa"]), "n": a["n"]}
+        for a in obj.get("agreement", [])
+    ]
+    return ScoreFile(
+        str(path), obj["model"], obj["run"], obj["epoch"], obj["benchmark"], obj.get("seed", 0), metrics, agreement
+    )
 
 
 def read_score_files(paths: Iterable[str | Path]) -> list[ScoreFile]:
-    """Read every file; two files for the same (checkpoint, benchmark, seed) are an error."""
+    """Read every file; two files for the same (checkpoint, benchmark, seed) are an error (ScoreFileError)."""
     files = [read_score_file(p) for p in paths]
     owners: dict[tuple[Any, ...], str] = {}
     for f in files:
@@ -344,39 +241,15 @@ def load_agreement(paths: Iterable[str | Path]) -> pd.DataFrame:
 # Run metadata and expected checkpoints
 
 
-def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]], source: str = "runs metadata") -> pd.DataFrame:
-    """Validate run → {method, rank, targets, lambda[, source, main]} and mark the main LoRA runs.
+def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Run → {method, rank, targets, lambda[, source, main]} (schemas/records/runs_meta.schema.yaml) as a frame,
+    with the main LoRA runs marked.
 
     `main` may be given; when no run sets it, the main LoRA runs are the `lora` runs with the
     (rank, targets) most common among LoRA-family runs (the setting the regularized and
     OrthoMerged runs build on; ties: smaller rank, then MLP first). Figures 2, 5 and 6 use them.
-    Unknown keys are ignored.
     """
-    rows = []
-    for run, entry in meta.items():
-        where = f"{source}: run '{run}': "
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}must be an object")
-        method = entry.get("method")
-        if method not in METHODS:
-            raise ValueError(f"{where}key 'method' must be one of {METHODS}, got {method!r}")
-        rank = entry.get("rank")
-        if rank is not None and not (_is_int(rank) and rank > 0):
-            raise ValueError(f"{where}key 'rank' must be a positive integer or null, got {rank!r}")
-        targets = entry.get("targets")
-        if targets is not None and targets not in TARGETS:
-            raise ValueError(f"{where}key 'targets' must be one of {TARGETS} or null, got {targets!r}")
-        lam = entry.get("lambda")
-        if not _optional_number(lam):
-            raise ValueError(f"{where}key 'lambda' must be a number or null, got {lam!r}")
-        main = entry.get("main")
-        if main is not None and not isinstance(main, bool):
-            raise ValueError(f"{where}key 'main' must be true, false or null, got {main!r}")
-        src = entry.get("source")
-        if src is not None and not isinstance(src, str):
-            raise ValueError(f"{where}key 'source' must be a run name or null, got {src!r}")
-        rows.append({"run": run, "method": method, "rank": rank, "targets": targets, "lambda": lam, "source": src,
-                     "main": main})  # fmt: skip
+    rows = [{"run": run, **{column: entry.get(column) for column in META_COLUMNS}} for run, entry in meta.items()]
     frame = pd.DataFrame(rows, columns=["run", *META_COLUMNS])
     frame["main"] = _main_lora_runs(frame)
     return frame.set_index("run")
@@ -394,11 +267,7 @@ def _main_lora_runs(frame: pd.DataFrame) -> pd.Series:
 
 
 def load_runs_meta(path: str | Path) -> pd.DataFrame:
-    with open(path, encoding="utf-8") as fh:
-        meta = json.load(fh)
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: runs metadata must be an object mapping run name to its fields")
-    return runs_meta_frame(meta, source=str(path))
+    return runs_meta_frame(read_record(path))
 
 
 @dataclass(frozen=True)
@@ -411,31 +280,20 @@ class ExpectedCheckpoint:
     benchmarks: tuple[str, ...] | None = None
 
 
-def parse_expected(entries: Any, source: str = "expected") -> list[ExpectedCheckpoint]:
-    """Entries are `[model, run, epoch]` or `{"model", "run", "epoch"[, "benchmarks"]}`."""
-    if not isinstance(entries, list):
-        raise ValueError(f"{source}: must be a list of checkpoints")
-    result = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, list) and len(entry) == 3:
-            entry = dict(zip(ID_COLUMNS, entry))
-        if not isinstance(entry, dict):
-            raise ValueError(f"{source}[{i}]: must be [model, run, epoch] or an object")
-        model, run, epoch = (entry.get(k) for k in ID_COLUMNS)
-        if not (isinstance(model, str) and isinstance(run, str) and _is_int(epoch)):
-            raise ValueError(f"{source}[{i}]: needs string 'model', string 'run' and integer 'epoch', got {entry!r}")
-        benchmarks = entry.get("benchmarks")
-        if benchmarks is not None and not (
-            isinstance(benchmarks, list) and all(isinstance(b, str) for b in benchmarks)
-        ):
-            raise ValueError(f"{source}[{i}]: key 'benchmarks' must be a list of names, got {benchmarks!r}")
-        result.append(ExpectedCheckpoint(model, run, epoch, None if benchmarks is None else tuple(benchmarks)))
-    return result
+def parse_expected(entries: Sequence[Sequence[Any] | Mapping[str, Any]]) -> list[ExpectedCheckpoint]:
+    """Entries (schemas/records/expected.schema.yaml) are `[model, run, epoch]` or
+    `{"model", "run", "epoch"[, "benchmarks"]}`."""
+    entries = [dict(zip(ID_COLUMNS, e, strict=True)) if isinstance(e, list) else e for e in entries]
+    return [
+        ExpectedCheckpoint(
+            e["model"], e["run"], e["epoch"], None if e.get("benchmarks") is None else tuple(e["benchmarks"])
+        )
+        for e in entries
+    ]
 
 
 def load_expected(path: str | Path) -> list[ExpectedCheckpoint]:
-    with open(path, encoding="utf-8") as fh:
-        return parse_expected(json.load(fh), source=str(path))
+    return parse_expected(read_record(path))
 
 
 def missing_report(
@@ -554,7 +412,8 @@ def results_table(
     """
     primary = scores[scores["primary"].astype(bool)]
     keys = benchmarks.sorted({ColumnKey(m, b, None if pd.isna(v) else v)
-                              for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"])})  # fmt: skip
+                              for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"],
+                                                 strict=True)})  # fmt: skip
     headline = headline_reasoning_columns(keys)
     groups = {k: g for k, g in primary.groupby(["model", "run", "epoch", "metric", "benchmark"], dropna=False)}
     checkpoints = list(dict.fromkeys([(e.model, e.run, e.epoch) for e in expected] + _scored(scores)))
@@ -655,7 +514,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     geq = (x <= x.T) & (y <= y.T)  # [i, j]: point j is at least as good as point i
     gt = (x < x.T) | (y < y.T)
     dominated = (geq & gt & valid[None, :]).any(axis=1)
-    return [bool(v and not d) for v, d in zip(valid, dominated)]
+    return [bool(v and not d) for v, d in zip(valid, dominated, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
