@@ -197,7 +197,7 @@ def main() -> int:
             f"(engine start {r['start_s']:.1f} s)"
         )
     print(f"ratio unmerged/merged tokens/s: {rates['unmerged'] / rates['merged']:.3f}")
-    same = sum(a == b for a, b in zip(results["unmerged"]["texts"], results["merged"]["texts"]))
+    same = sum(a == b for a, b in zip(results["unmerged"]["texts"], results["merged"]["texts"], strict=True))
     print(f"greedy completions identical unmerged vs merged: {same}/{args.prompts}")
     return 0
 

@@ -44,7 +44,7 @@ def assert_killed_then_rerun_matches(make_args, outputs, reference, delays):
             if out.exists():
                 out.unlink()
         kill_at(make_args(), delay)
-        for out, ref in zip(outputs, reference):
+        for out, ref in zip(outputs, reference, strict=True):
             assert not out.exists() or out.read_bytes() == ref, f"{out} looks complete but differs (kill at {delay}s)"
         run(make_args())
         assert [o.read_bytes() for o in outputs] == reference

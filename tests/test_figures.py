@@ -85,7 +85,7 @@ def synthetic_weights(folder: Path, model: str, layers: int = 12) -> list[Path]:
     ]:
         rows = []
         for layer in range(layers):
-            for i, module in enumerate(modules):
+            for module in modules:
                 cos = rng.uniform(0.05, 0.2) * (0.6 if run != "full" else 1)
                 rows.append({"layer": layer, "module": module, "stable_rank": rng.uniform(0.3, 1) * rank_cap,
                              "col_cos": cos, "col_top16": cos * 1.5, "row_cos": cos * 0.9, "row_top16": cos * 1.3,

@@ -129,7 +129,7 @@ def test_factored_and_dense_analysis_agree_on_real_model(tiny_lora):
         lora = analyze_checkpoint(root / "base", root / "adapter", root / "svd.safetensors", norm=norm, rtol=1e-6)
         full = analyze_checkpoint(root / "base", root / "merged", root / "svd.safetensors", norm=norm, rtol=1e-6)
         assert len(lora) == len(full) == 2 * len(DEFAULT_MODULES)
-        for a, b in zip(lora, full):
+        for a, b in zip(lora, full, strict=True):
             assert (a["layer"], a["module"]) == (b["layer"], b["module"])
             assert a["stable_rank"] <= 4.0 + 1e-4
             for col in ("stable_rank", "col_cos", "col_top16", "row_cos", "row_top16", "delta_fro"):

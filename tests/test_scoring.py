@@ -171,11 +171,11 @@ def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters() -> 
     assert len(items) == len(GPQA_ROWS) * len(bench["shuffle_seeds"]) == 96
     by_id = {item.id: item for item in items}
     for seed in bench["shuffle_seeds"]:
-        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, seed)):
+        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, seed), strict=True):
             item = by_id[f"{row['Record ID']}@{seed}"]
             expected = PAPER_CODE_GPQA.replace("{{Question}}", doc["Question"])
             for k, choice in enumerate(doc["choices"], start=1):
-                expected = expected.replace("{{choice%d}}" % k, choice)
+                expected = expected.replace(f"{{{{choice{k}}}}}", choice)
             assert item.prompt == expected
             assert item.answer == doc["answer"]
             assert item.meta == {"question": row["Record ID"], "shuffle_seed": seed, "sample_offset": seed}

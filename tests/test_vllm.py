@@ -88,7 +88,7 @@ def test_unmerged_adapter_equals_merged_and_differs_from_base(served, models):
     lora = greedy_texts(served("lora"), models["adapter"])
     merged, base = (greedy_texts(served(name)) for name in ("merged", "base"))
     assert lora == merged
-    assert all(a[0] != b[0] for a, b in zip(lora, base)), "the LoRA request returned base-model output"
+    assert all(a[0] != b[0] for a, b in zip(lora, base, strict=True)), "the LoRA request returned base-model output"
 
 
 @pytest.mark.slow

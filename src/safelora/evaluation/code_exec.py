@@ -143,7 +143,7 @@ def evaluate_solutions(
         return _task_result(payload, timeout_s=budget, memory_mb=memory_mb)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = dict(zip(by_task, pool.map(run, payloads)))
+        outcomes = dict(zip(by_task, pool.map(run, payloads), strict=True))
     rows = {}
     for task_id, results in outcomes.items():
         for r in results:

@@ -294,7 +294,7 @@ def _lora_b_all_zero(adapter: str | Path) -> bool:
     if not weights.exists():
         return False
     with safe_open(str(weights), framework="pt") as fh:
-        return all(not fh.get_tensor(k).any() for k in fh.keys() if "lora_B" in k)
+        return all(not fh.get_tensor(k).any() for k in fh.keys() if "lora_B" in k)  # noqa: SIM118 (safe_open has no __iter__)
 
 
 def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backend:
@@ -309,7 +309,7 @@ def check_context(
     backend: Backend, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int
 ) -> None:
     """Fail clearly if a prompt plus the generation budget does not fit the model's context."""
-    for prompt_id, prompt in zip(ids, prompts):
+    for prompt_id, prompt in zip(ids, prompts, strict=True):
         needed = backend.count_tokens(prompt) + max_new_tokens
         if needed > max_model_len:
             raise ValueError(

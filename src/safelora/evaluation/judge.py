@@ -44,7 +44,7 @@ def run_judge(
         ]
         sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=spec.get("max_new_tokens", 32), seed=0)
         completions = backend.generate(prompts, sampling, seeds=[0] * len(prompts))
-        outputs = {i: c[0].text for i, c in zip(ask, completions)}
+        outputs = {i: c[0].text for i, c in zip(ask, completions, strict=True)}
     verdicts = []
     for i, gen in enumerate(generations):
         if i in settled:

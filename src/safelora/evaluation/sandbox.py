@@ -21,6 +21,7 @@ Layers (docs/sandbox.md has the threat model and the hostile-snippet results):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -172,15 +173,13 @@ class _CappedReader(threading.Thread):
 
 
 def _write_stdin(stream, data: bytes) -> None:
+    """A child that exits before reading all of its input is not an error here."""
     try:
-        stream.write(data)
-    except BrokenPipeError:
-        pass
+        with contextlib.suppress(BrokenPipeError):
+            stream.write(data)
     finally:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             stream.close()
-        except BrokenPipeError:
-            pass
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:

@@ -49,7 +49,7 @@ def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     if not a:
         raise ValueError("kappa of zero items is undefined")
     n = len(a)
-    observed = sum(bool(x) == bool(y) for x, y in zip(a, b)) / n
+    observed = sum(bool(x) == bool(y) for x, y in zip(a, b, strict=True)) / n
     pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
     expected = pa * pb + (1 - pa) * (1 - pb)
     if expected == 1.0:

@@ -259,7 +259,7 @@ def _main_lora_runs(frame: pd.DataFrame) -> pd.Series:
     if frame["main"].eq(True).any():
         return frame["main"].eq(True)
     lora_like = frame[frame["method"].isin(LORA_FAMILY) & frame["rank"].notna()]
-    settings = Counter(zip(lora_like["rank"], lora_like["targets"]))
+    settings = Counter(zip(lora_like["rank"], lora_like["targets"], strict=True))
     if not settings:
         return pd.Series(False, index=frame.index)
     rank, targets = min(settings, key=lambda s: (-settings[s], s[0], TARGETS.index(s[1]) if s[1] in TARGETS else 9))

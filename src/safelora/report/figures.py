@@ -317,7 +317,7 @@ def _rank_axis(ax: Axes, positions: dict[Any, int]) -> None:
 def _plot_against_rank(ax: Axes, final: pd.DataFrame, positions: dict[Any, int], column: str, color: str,
                        marker: str) -> None:  # fmt: skip
     points = final.assign(
-        pos=[positions["full" if m == "full" else int(r)] for m, r in zip(final["method"], final["rank"])]
+        pos=[positions["full" if m == "full" else int(r)] for m, r in zip(final["method"], final["rank"], strict=True)]
     )
     points = points[points[column].notna()].sort_values("pos")
     if points.empty:
@@ -329,7 +329,7 @@ def _plot_against_rank(ax: Axes, final: pd.DataFrame, positions: dict[Any, int],
 def _module_panel(ax: Axes, rows: pd.DataFrame, safety: ColumnKey, reasoning: tuple[str, str]) -> list[Line2D]:
     handles = []
     # SERIES[4:]: colours not used by the benchmark lines of panels (a) and (b)
-    for (targets, group), (color, marker) in zip(rows.groupby("targets", sort=True), SERIES[4:]):
+    for (targets, group), (color, marker) in zip(rows.groupby("targets", sort=True), SERIES[4:], strict=False):
         group = group.assign(strength=_epoch_strength(group["epoch"]))
         for _, row in group.iterrows():
             _scatter_ci(ax, row.to_frame().T, safety.name, reasoning[0], _lighten(color, row["strength"]), marker)
@@ -363,7 +363,7 @@ def fig3_rank_ablation(table: pd.DataFrame, benchmarks: Benchmarks, out: str | o
             positions = _rank_positions(lora, full)
             ax_a, ax_b, ax_c = axes[i]
             if lora["rank"].nunique() >= 2:
-                for key, (color, marker) in zip(headline, SERIES):
+                for key, (color, marker) in zip(headline, SERIES, strict=False):
                     _plot_against_rank(ax_a, final, positions, key.name, color, marker)
                 _plot_against_rank(ax_b, final, positions, safety.name, OKABE_ITO["black"], "o")
                 for ax in (ax_a, ax_b):
@@ -383,7 +383,7 @@ def fig3_rank_ablation(table: pd.DataFrame, benchmarks: Benchmarks, out: str | o
             else:
                 _empty_panel(ax_c, "no second target-module set\n(MLP + QKVO) for this model")
         bench_handles = [Line2D([], [], color=c, marker=m, markeredgecolor="0.15", label=k.benchmark_label)
-                         for k, (c, m) in zip(headline, SERIES)]  # fmt: skip
+                         for k, (c, m) in zip(headline, SERIES, strict=False)]  # fmt: skip
         _suptitle(fig, f"{title}\n(c): lighter = earlier epoch; {CI_NOTE}")
         _bottom_legend(fig, bench_handles + handles)
         _save(fig, out)
@@ -404,7 +404,9 @@ def fig7_rank_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str |
         for i, model in enumerate(models):
             lora, full = _ablation_rows(table, model)
             full_style = (METHOD_STYLE["full"][1], METHOD_STYLE["full"][2])
-            series = [(f"LoRA r={int(r)}", g, style) for (r, g), style in zip(lora.groupby("rank"), RANK_SERIES)]
+            series = [
+                (f"LoRA r={int(r)}", g, style) for (r, g), style in zip(lora.groupby("rank"), RANK_SERIES, strict=False)
+            ]
             series += [("full fine-tuning", full, full_style)] if not full.empty else []
             for j, key in enumerate(headline):
                 ax = axes[i, j]
@@ -451,7 +453,7 @@ def fig5_pareto(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathL
                     continue
                 for method in methods:
                     points = panel[panel["method"] == method]
-                    front = points[pareto_front(list(zip(points[safety.name], points[key.name])))]
+                    front = points[pareto_front(list(zip(points[safety.name], points[key.name], strict=True)))]
                     front = front.sort_values(safety.name)
                     _, color, marker = METHOD_STYLE[method]
                     ax.plot(front[safety.name], front[key.name], color=color, linewidth=1, alpha=0.7, zorder=1)
@@ -483,7 +485,7 @@ def overrefusal_vs_safety(table: pd.DataFrame, benchmarks: Benchmarks, out: str 
     methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(1, len(models), (4.6, 4.0), sharey=True)
-        for ax, model in zip(axes[0], models):
+        for ax, model in zip(axes[0], models, strict=True):
             panel = table[table["model"] == model]
             for method in methods:
                 _, color, marker = METHOD_STYLE[method]
@@ -507,7 +509,8 @@ def judge_agreement(agreement: pd.DataFrame, benchmarks: Benchmarks, out: str | 
         return
     agreement = agreement.assign(
         pair=[
-            f"{b}: {a} vs {c}" for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"])
+            f"{b}: {a} vs {c}"
+            for b, a, c in zip(agreement["benchmark"], agreement["grader_a"], agreement["grader_b"], strict=True)
         ]
     )
     panels = list(agreement.groupby(["model", "pair"], sort=False))
@@ -515,7 +518,7 @@ def judge_agreement(agreement: pd.DataFrame, benchmarks: Benchmarks, out: str | 
     epochs = max(g["epoch"].nunique() for _, g in panels)
     with matplotlib.rc_context({**STYLE, "axes.grid": False}):
         fig, axes = _new_figure(len(panels), 1, (3.2 + 0.6 * epochs, 0.8 + 0.32 * runs))
-        for ax, ((model, pair), group) in zip(axes[:, 0], panels):
+        for ax, ((model, pair), group) in zip(axes[:, 0], panels, strict=True):
             grid = group.pivot_table(index="run", columns="epoch", values="kappa", aggfunc="mean")
             grid = grid.reindex(index=list(dict.fromkeys(group["run"])), columns=sorted(grid.columns))
             image = ax.imshow(grid.to_numpy(float), cmap="cividis", vmin=0, vmax=1, aspect="auto")
@@ -566,11 +569,11 @@ def fig1_stable_rank(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | o
     panels = [(m, g) for (m, _, _), g in rows.groupby(["model", "method", "run"], sort=False)]
     panels.sort(key=lambda p: (p[0], p[1]["method"].iloc[0] != "full", p[1]["run"].iloc[0]))
     modules = _module_order(rows["module"])
-    styles = dict(zip(modules, SERIES))
+    styles = dict(zip(modules, SERIES, strict=False))
     cols = min(len(panels), 3)
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(-(-len(panels) // cols), cols, (5.2, 3.4))
-        for ax, (model, group) in zip(axes.flat, panels):
+        for ax, (model, group) in zip(axes.flat, panels, strict=False):
             for module in modules:
                 data = group[group["module"] == module].sort_values("layer")
                 color, marker = styles[module]
@@ -618,7 +621,7 @@ def fig4_alignment(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.
             full, lora = _alignment_runs(weights, model)
             modules = _module_order(pd.concat([full, lora])["module"])
             x = np.arange(len(modules))
-            for ax, (metric, label) in zip(axes[i], ALIGNMENT_METRICS.items()):
+            for ax, (metric, label) in zip(axes[i], ALIGNMENT_METRICS.items(), strict=True):
                 bars = []
                 for offset, run, (color, hatch) in ((-0.2, full, (OKABE_ITO["blue"], "")),
                                                     (0.2, lora, (OKABE_ITO["vermillion"], "//"))):  # fmt: skip
