@@ -372,15 +372,6 @@ def analysis_files():
     return [f"{RESULTS}/analysis/weights/{c.model}/{c.run}/epoch-{c.epoch}.csv" for c in ANALYSIS_CHECKPOINTS]
 
 
-def svd_models():
-    models = {c.model for c in ANALYSIS_CHECKPOINTS}
-    models |= {c.model for c in CHECKPOINTS if grid.is_orthomerge(c.run)}
-    for run in config["runs"]:
-        if run.get("ortho_reg"):
-            models |= set(run["models"])
-    return sorted(models)
-
-
 def svd_input(model):
     return f"{RESULTS}/analysis/svd/{model}.safetensors"
 
