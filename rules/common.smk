@@ -257,11 +257,11 @@ def evalplus_problems(wildcards):
 
 
 def execution_timeout(wildcards):
-    return bench(wildcards).get("execution", {}).get("timeout_s", 20)
+    return bench(wildcards)["execution"]["timeout_s"]
 
 
 def execution_memory(wildcards):
-    return bench(wildcards).get("execution", {}).get("memory_mb", 4096)
+    return bench(wildcards)["execution"]["memory_mb"]
 
 
 def _fallback_file(wildcards):
@@ -330,8 +330,8 @@ def runs_meta_json(wildcards):
 
 
 def bootstrap_args(wildcards):
-    b = config.get("aggregate", {}).get("bootstrap", {})
-    return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)} --level {b.get('level', 0.95)}"
+    b = config["aggregate"]["bootstrap"]
+    return f"--n-boot {b['n']} --seed {b['seed']} --level {b['level']}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ ANALYSIS_CHECKPOINTS = grid.analysis_checkpoints(config)
 
 
 def analysis_modules(wildcards):
-    return " ".join(config.get("analysis", {}).get("modules", []))
+    return " ".join(config["analysis"]["modules"])
 
 
 def orthomerge_source_manifest(wildcards):

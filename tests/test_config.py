@@ -313,3 +313,18 @@ def test_demo_config_is_valid(demo, repo):
         "smollm2/lora-r4-mlp/epoch-2",
         "smollm2/lora-r4-mlp/epoch-3",
     ]
+
+
+def test_schema_holds_the_defaults_rules_and_scripts_used_to_repeat(paper, repo):
+    """Rules index these keys directly and scripts require them: complete_config must fill them."""
+    config = copy.deepcopy(paper)
+    for key in ("analysis", "aggregate"):
+        del config[key]
+    del config["benchmarks"]["humaneval"]["execution"]
+    grid.complete_config(config, repo)
+    assert config["aggregate"]["bootstrap"] == {"n": 2000, "seed": 0, "level": 0.95}
+    assert config["benchmarks"]["humaneval"]["execution"] == {"timeout_s": 20, "memory_mb": 4096}
+    analysis = config["analysis"]
+    assert (analysis["runs"], analysis["svd_rank"], analysis["top_k"], analysis["norm"]) == ([], 64, 16, "fro")
+    assert analysis["modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert grid.analysis_checkpoints(config) == []

@@ -44,7 +44,7 @@ def assert_killed_then_rerun_matches(make_args, outputs, reference, delays):
             if out.exists():
                 out.unlink()
         kill_at(make_args(), delay)
-        for out, ref in zip(outputs, reference):
+        for out, ref in zip(outputs, reference, strict=True):
             assert not out.exists() or out.read_bytes() == ref, f"{out} looks complete but differs (kill at {delay}s)"
         run(make_args())
         assert [o.read_bytes() for o in outputs] == reference
@@ -155,6 +155,10 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
             expected,
             "--n-boot",
             "3000",
+            "--seed",
+            "0",
+            "--level",
+            "0.95",
             "--out-csv",
             outs[0],
             "--out-md",
@@ -195,6 +199,10 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
             sampling,
             "--model-settings",
             json.dumps({"dtype": "float32", "max_model_len": 512}),
+            "--mem-mb",
+            "0",
+            "--engine-idle-s",
+            "0",
             "--out",
             out,
         ]
@@ -397,6 +405,8 @@ class Run:
             self.checkpoints,
             "--manifest",
             self.manifest,
+            "--mem-mb",
+            "0",
         ]
 
     def train(self):
@@ -564,8 +574,16 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
             items,
             "--backend",
             "transformers",
+            "--batch-size",
+            "64",
             "--sampling",
             json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}),
+            "--model-settings",
+            "{}",
+            "--mem-mb",
+            "0",
+            "--engine-idle-s",
+            "0",
             "--out",
             tmp_path / "gen.jsonl",
         ],
