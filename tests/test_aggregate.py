@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS_META = {
     "base": {"method": "base", "rank": None, "targets": None, "lambda": None, "source": None},
     "full": {"method": "full", "rank": None, "targets": None, "lambda": None, "source": None},
-    "lora-r4-mlp": {"method": "lora", "rank": 4, "targets": "mlp", "lambda": None, "source": None},
+    "lora-r4-mlp": {"method": "lora", "rank": 4, "targets": "mlp", "lambda": None, "source": None, "main": True},
     "lora-r1-mlp": {"method": "lora", "rank": 1, "targets": "mlp", "lambda": None, "source": None},
     "reg-both": {"method": "reg-both", "rank": 4, "targets": "mlp", "lambda": None, "source": None},
     "lora-r4-mlp.om-both-l1.15": {"method": "om-both", "rank": 4, "targets": "mlp", "lambda": 1.15,
@@ -237,9 +237,12 @@ def test_agreement_table(grid: list[Path]) -> None:
 
 def test_runs_meta_validation_and_main_run() -> None:
     frame = meta()
-    assert frame.loc["lora-r4-mlp", "main"] and not frame.loc["lora-r1-mlp", "main"]
-    marked = agg.runs_meta_frame({**RUNS_META, "lora-r1-mlp": {**RUNS_META["lora-r1-mlp"], "main": True}})
-    assert marked["main"].sum() == 1 and marked.loc["lora-r1-mlp", "main"]
+    assert frame["main"].dtype == bool and frame.index[frame["main"]].tolist() == ["lora-r4-mlp"]
+    # the metadata names the main run (config aggregate.main_run); nothing is guessed without it
+    unmarked = {run: {k: v for k, v in entry.items() if k != "main"} for run, entry in RUNS_META.items()}
+    assert not agg.runs_meta_frame(unmarked)["main"].any()
+    marked = agg.runs_meta_frame({**unmarked, "lora-r1-mlp": {**unmarked["lora-r1-mlp"], "main": True}})
+    assert marked.index[marked["main"]].tolist() == ["lora-r1-mlp"]
     with pytest.raises(ValueError, match="run 'x': key 'method'"):
         agg.runs_meta_frame({"x": {"method": "qlora"}})
     with pytest.raises(ValueError, match="no entry for run"):

@@ -332,12 +332,10 @@ def load_agreement(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]], source: str = "runs metadata") -> pd.DataFrame:
-    """Validate run → {method, rank, targets, lambda[, source, main]} and mark the main LoRA runs.
+    """Validate run → {method, rank, targets, lambda[, source, main]}.
 
-    `main` may be given; when no run sets it, the main LoRA runs are the `lora` runs with the
-    (rank, targets) most common among LoRA-family runs (the setting the regularized and
-    OrthoMerged runs build on; ties: smaller rank, then MLP first). Figures 2, 5 and 6 use them.
-    Unknown keys are ignored.
+    `main` marks the config's `aggregate.main_run` (the LoRA run Figures 2, 5 and 6 show); a run
+    without it is not main. Unknown keys are ignored.
     """
     rows = []
     for run, entry in meta.items():
@@ -365,19 +363,8 @@ def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]], source: str = "runs m
         rows.append({"run": run, "method": method, "rank": rank, "targets": targets, "lambda": lam, "source": src,
                      "main": main})  # fmt: skip
     frame = pd.DataFrame(rows, columns=["run", *META_COLUMNS])
-    frame["main"] = _main_lora_runs(frame)
+    frame["main"] = frame["main"].eq(True)
     return frame.set_index("run")
-
-
-def _main_lora_runs(frame: pd.DataFrame) -> pd.Series:
-    if frame["main"].eq(True).any():
-        return frame["main"].eq(True)
-    lora_like = frame[frame["method"].isin(LORA_FAMILY) & frame["rank"].notna()]
-    settings = Counter(zip(lora_like["rank"], lora_like["targets"]))
-    if not settings:
-        return pd.Series(False, index=frame.index)
-    rank, targets = min(settings, key=lambda s: (-settings[s], s[0], TARGETS.index(s[1]) if s[1] in TARGETS else 9))
-    return frame["method"].eq("lora") & frame["rank"].eq(rank) & frame["targets"].eq(targets)
 
 
 def load_runs_meta(path: str | Path) -> pd.DataFrame:
@@ -542,7 +529,7 @@ def results_table(
     """
     primary = scores[scores["primary"].astype(bool)]
     keys = sorted({ColumnKey(m, b, None if pd.isna(v) else v)
-                   for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"])},
+                   for m, b, v in zip(primary["metric"], primary["benchmark"], primary["variant"], strict=True)},
                   key=ColumnKey.sort_key)  # fmt: skip
     headline = headline_reasoning_columns(keys)
     groups = {k: g for k, g in primary.groupby(["model", "run", "epoch", "metric", "benchmark"], dropna=False)}
@@ -644,7 +631,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     geq = (x <= x.T) & (y <= y.T)  # [i, j]: point j is at least as good as point i
     gt = (x < x.T) | (y < y.T)
     dominated = (geq & gt & valid[None, :]).any(axis=1)
-    return [bool(v and not d) for v, d in zip(valid, dominated)]
+    return [bool(v and not d) for v, d in zip(valid, dominated, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
