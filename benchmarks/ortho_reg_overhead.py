@@ -101,7 +101,8 @@ def bench_shape(label: str, hidden: int, intermediate: int, tokens: tuple[int, i
 def svd_accuracy(rank: int) -> None:
     import torch
 
-    from safelora.training.ortho_reg import ortho_penalty_factored, truncated_svd
+    from safelora.analysis.weights import truncated_svd
+    from safelora.training.ortho_reg import ortho_penalty_factored
 
     # A 7B MLP matrix scaled down 4x per side: Gaussian bulk (flat, Marchenko-Pastur spectrum,
     # the hard case for randomized SVD) plus 32 stronger directions, like trained weights.
@@ -117,7 +118,8 @@ def svd_accuracy(rank: int) -> None:
     b = torch.randn(out_f, 4, generator=g)
     print(f"randomized SVD accuracy on a {out_f}x{in_f} matrix (Gaussian bulk + 32 spikes), k={rank}:")
     for iters in (0, 2, 4):
-        approx = truncated_svd(w, rank, oversample=10, power_iters=iters)
+        f, _ = truncated_svd(w, rank, oversample=10, power_iters=iters)
+        approx = (f.U, f.S, f.V)
         sv_err = ((approx[1] - exact[1]).abs() / exact[1]).max().item()
         residual = torch.linalg.matrix_norm(w - approx[0] @ torch.diag(approx[1]) @ approx[2].T)
         penalties = [ortho_penalty_factored(a, b, 4.0, *f, w_norm, "both").item() for f in (approx, exact)]

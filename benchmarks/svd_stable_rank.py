@@ -52,10 +52,10 @@ def main() -> None:
     for label, m, n in QUICK_SHAPES if args.quick else FULL_SHAPES:
         w = low_rank_plus_noise(m, n, seed=m)
         fro2 = float(w.norm()) ** 2
-        s_full, t_full = timed(lambda: torch.linalg.svdvals(w))
+        s_full, t_full = timed(lambda w=w: torch.linalg.svdvals(w))
         exact = fro2 / float(s_full[0]) ** 2
-        ours, t_ours = timed(lambda: stable_rank(w, rtol=1e-3))
-        (_, s_low, _), t_low = timed(lambda: torch.svd_lowrank(w, q=8, niter=4))
+        ours, t_ours = timed(lambda w=w: stable_rank(w, rtol=1e-3))
+        (_, s_low, _), t_low = timed(lambda w=w: torch.svd_lowrank(w, q=8, niter=4))
         lowrank = fro2 / float(s_low[0]) ** 2
         print(f"{label} {m}x{n}: exact stable rank {exact:.3f}")
         print(f"  full svdvals             {t_full:8.2f} s")
@@ -67,7 +67,7 @@ def main() -> None:
             f"  svd_lowrank(q=8,niter=4) {t_low:8.2f} s  speed-up {t_full / t_low:6.1f}x  "
             f"rel. error {abs(lowrank - exact) / exact:.2e}"
         )
-        (f, residual), t_svd = timed(lambda: truncated_svd(w, 64))
+        (f, residual), t_svd = timed(lambda w=w: truncated_svd(w, 64))
         s_err = float(((f.S - s_full[:64]).abs() / s_full[:64]).max())
         print(
             f"  truncated_svd k=64       {t_svd:8.2f} s  speed-up {t_full / t_svd:6.1f}x  "

@@ -261,11 +261,11 @@ def evalplus_problems(wildcards):
 
 
 def execution_timeout(wildcards):
-    return bench(wildcards).get("execution", {}).get("timeout_s", 20)
+    return bench(wildcards)["execution"]["timeout_s"]
 
 
 def execution_memory(wildcards):
-    return bench(wildcards).get("execution", {}).get("memory_mb", 4096)
+    return bench(wildcards)["execution"]["memory_mb"]
 
 
 def _fallback_file(wildcards):
@@ -339,8 +339,8 @@ def benchmarks_json(wildcards):
 
 
 def bootstrap_args(wildcards):
-    b = config.get("aggregate", {}).get("bootstrap", {})
-    return f"--n-boot {b.get('n', 2000)} --seed {b.get('seed', 0)} --level {b.get('level', 0.95)}"
+    b = config["aggregate"]["bootstrap"]
+    return f"--n-boot {b['n']} --seed {b['seed']} --level {b['level']}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ ANALYSIS_CHECKPOINTS = grid.analysis_checkpoints(config)
 
 
 def analysis_modules(wildcards):
-    return " ".join(config.get("analysis", {}).get("modules", []))
+    return " ".join(config["analysis"]["modules"])
 
 
 def orthomerge_source_manifest(wildcards):
@@ -379,15 +379,6 @@ def orthomerge_settings(wildcards):
 
 def analysis_files():
     return [f"{RESULTS}/analysis/weights/{c.model}/{c.run}/epoch-{c.epoch}.csv" for c in ANALYSIS_CHECKPOINTS]
-
-
-def svd_models():
-    models = {c.model for c in ANALYSIS_CHECKPOINTS}
-    models |= {c.model for c in CHECKPOINTS if grid.is_orthomerge(c.run)}
-    for run in config["runs"]:
-        if run.get("ortho_reg"):
-            models |= set(run["models"])
-    return sorted(models)
 
 
 def svd_input(model):

@@ -13,7 +13,7 @@ rule base_svd:
         "<results>/benchmarks/base_svd/{model}.tsv"
     params:
         base=base_model_ref,
-        rank=config.get("analysis", {}).get("svd_rank", 64),
+        rank=config["analysis"]["svd_rank"],
         modules=analysis_modules,
         version=config["versions"]["analysis"],
         script=workflow_script("base_svd.py"),
@@ -42,8 +42,8 @@ rule analyze_weights:
         "<results>/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
     params:
         checkpoint=analysis_checkpoint_args,
-        norm=config.get("analysis", {}).get("norm", "fro"),
-        top=config.get("analysis", {}).get("top_k", 16),
+        norm=config["analysis"]["norm"],
+        top=config["analysis"]["top_k"],
         version=config["versions"]["analysis"],
         script=workflow_script("analyze_weights.py"),
     threads: 8

@@ -26,7 +26,7 @@ BENCH = agg.Benchmarks(
 RUNS_META = {
     "base": {"method": "base", "rank": None, "targets": None, "lambda": None, "source": None},
     "full": {"method": "full", "rank": None, "targets": None, "lambda": None, "source": None},
-    "lora-r4-mlp": {"method": "lora", "rank": 4, "targets": "mlp", "lambda": None, "source": None},
+    "lora-r4-mlp": {"method": "lora", "rank": 4, "targets": "mlp", "lambda": None, "source": None, "main": True},
     "lora-r1-mlp": {"method": "lora", "rank": 1, "targets": "mlp", "lambda": None, "source": None},
     "reg-both": {"method": "reg-both", "rank": 4, "targets": "mlp", "lambda": None, "source": None},
     "lora-r4-mlp.om-both-l1.15": {"method": "om-both", "rank": 4, "targets": "mlp", "lambda": 1.15,
@@ -260,9 +260,12 @@ def test_agreement_table(grid: list[Path]) -> None:
 
 def test_runs_meta_validation_and_main_run(tmp_path: Path) -> None:
     frame = meta()
-    assert frame.loc["lora-r4-mlp", "main"] and not frame.loc["lora-r1-mlp", "main"]
-    marked = agg.runs_meta_frame({**RUNS_META, "lora-r1-mlp": {**RUNS_META["lora-r1-mlp"], "main": True}})
-    assert marked["main"].sum() == 1 and marked.loc["lora-r1-mlp", "main"]
+    assert frame["main"].dtype == bool and frame.index[frame["main"]].tolist() == ["lora-r4-mlp"]
+    # the metadata names the main run (config aggregate.main_run); nothing is guessed without it
+    unmarked = {run: {k: v for k, v in entry.items() if k != "main"} for run, entry in RUNS_META.items()}
+    assert not agg.runs_meta_frame(unmarked)["main"].any()
+    marked = agg.runs_meta_frame({**unmarked, "lora-r1-mlp": {**unmarked["lora-r1-mlp"], "main": True}})
+    assert marked.index[marked["main"]].tolist() == ["lora-r1-mlp"]
     with pytest.raises(RecordError, match="runs_meta record .*meta.json: invalid value at 'x/method': 'qlora'"):
         write_record(tmp_path / "meta.json", "runs_meta", {"x": {"method": "qlora"}})
     with pytest.raises(RecordError, match="at 'x/rank': 0 is less than the minimum of 1"):
@@ -293,7 +296,7 @@ def test_cli_writes_all_outputs(grid: list[Path], tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "aggregate.py"), "--scores", *map(str, grid),
            "--runs-meta", str(meta_path), "--expected", str(exp_path), "--benchmarks", str(bench_path), "--out-csv", str(out["r.csv"]),
            "--out-md", str(out["r.md"]), "--out-missing", str(out["missing.txt"]),
-           "--out-agreement", str(out["agree.csv"]), "--n-boot", "100"]  # fmt: skip
+           "--out-agreement", str(out["agree.csv"]), "--n-boot", "100", "--seed", "0", "--level", "0.95"]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     table = agg.read_results_table(out["r.csv"])
     assert len(table) == 4 and table["main"].dtype == bool

@@ -147,6 +147,12 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
             str(out),
             "--out-base",
             str(out_base),
+            "--timeout",
+            "20",
+            "--memory-mb",
+            "4096",
+            "--workers",
+            "1",
         ],
         check=True,
     )

@@ -123,7 +123,9 @@ def test_runs_meta_names_methods(paper, repo):
         "targets": "mlp",
         "lambda": 1.15,
         "source": "lora-r4-mlp",
+        "main": False,
     }
+    assert [run for run, entry in meta.items() if entry["main"]] == ["lora-r4-mlp"]
 
 
 def _set(path, value):
@@ -279,6 +281,8 @@ BAD_CONFIGS = [
     ("top_p above 1", _set(["benchmarks", "aime", "sampling", "top_p"], 1.5), "sampling/top_p"),
     ("unparseable share above 1", _set(["max_unparseable_share"], 2), "max_unparseable_share"),
     ("analysis of the base run", _set(["analysis", "runs"], ["base"]), "not a training run"),
+    ("main run not plain LoRA", _set(["aggregate", "main_run"], "reg-col"), "'reg-col' is not a LoRA run"),
+    ("main run unnamed", _delete(["aggregate", "main_run"]), "aggregate.main_run: name the LoRA run"),
     (
         "AIME judge policy on a refusal judge",
         _set(["judges", "qwen_refusal", "unboxed"], "incorrect"),
@@ -313,3 +317,17 @@ def test_demo_config_is_valid(demo, repo):
         "smollm2/lora-r4-mlp/epoch-2",
         "smollm2/lora-r4-mlp/epoch-3",
     ]
+
+
+def test_schema_holds_the_defaults_rules_and_scripts_used_to_repeat(paper, repo):
+    """Rules index these keys directly and scripts require them: complete_config must fill them."""
+    config = copy.deepcopy(paper)
+    del config["analysis"], config["aggregate"]["bootstrap"]
+    del config["benchmarks"]["humaneval"]["execution"]
+    grid.complete_config(config, repo)
+    assert config["aggregate"]["bootstrap"] == {"n": 2000, "seed": 0, "level": 0.95}
+    assert config["benchmarks"]["humaneval"]["execution"] == {"timeout_s": 20, "memory_mb": 4096}
+    analysis = config["analysis"]
+    assert (analysis["runs"], analysis["svd_rank"], analysis["top_k"], analysis["norm"]) == ([], 64, 16, "fro")
+    assert analysis["modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert grid.analysis_checkpoints(config) == []

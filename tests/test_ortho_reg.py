@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,14 +11,13 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from safelora.analysis.weights import truncated_svd
 from safelora.training.ortho_reg import (
     OrthoRegConfig,
     OrthoRegularizer,
     base_weight_name,
-    load_cached_svd,
     ortho_penalty_factored,
     span_penalty_factored,
-    truncated_svd,
 )
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -59,7 +60,7 @@ def test_factored_penalty_and_gradient_match_dense(mode, k):
 
     grads = torch.autograd.grad(got, (A, B))
     want_grads = torch.autograd.grad(want, (A, B))
-    for g, w in zip(grads, want_grads):
+    for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-12)
 
 
@@ -142,7 +143,8 @@ def decaying_matrix(out_f, in_f, seed=0):
 def test_randomized_svd_is_close_to_exact_and_leaves_global_rng_alone():
     W = decaying_matrix(400, 160)
     state = torch.get_rng_state()
-    U, S, V = truncated_svd(W, rank=16, oversample=10, power_iters=4, seed=3)
+    f, _ = truncated_svd(W, 16, oversample=10, power_iters=4, seed=3)
+    U, S, V = f.U, f.S, f.V
     assert torch.equal(torch.get_rng_state(), state)
     assert U.shape == (400, 16) and S.shape == (16,) and V.shape == (160, 16)
     _, s_exact, _ = torch.linalg.svd(W)
@@ -152,13 +154,15 @@ def test_randomized_svd_is_close_to_exact_and_leaves_global_rng_alone():
     residual = torch.linalg.matrix_norm(W - U @ torch.diag(S) @ V.T)
     optimal = torch.linalg.vector_norm(s_exact[16:])
     assert residual <= 1.001 * optimal
-    U2, S2, V2 = truncated_svd(W, rank=16, oversample=10, power_iters=4, seed=3)
+    f, _ = truncated_svd(W, 16, oversample=10, power_iters=4, seed=3)
+    U2, S2, V2 = f.U, f.S, f.V
     assert torch.equal(U, U2) and torch.equal(S, S2) and torch.equal(V, V2)
 
 
 def test_svd_is_exact_when_oversampled_rank_covers_the_matrix():
     W = decaying_matrix(40, 20)
-    U, S, V = truncated_svd(W, rank=30, oversample=0)
+    f, _ = truncated_svd(W, 30, oversample=0)
+    U, S, V = f.U, f.S, f.V
     assert S.shape == (20,)
     torch.testing.assert_close(U @ torch.diag(S) @ V.T, W, atol=1e-5, rtol=0)
 
@@ -295,22 +299,24 @@ def test_svd_cache_file_gives_the_same_penalty(tmp_path):
     tensors = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A"):
-            U, S, V = truncated_svd(module.base_layer.weight, rank=64)
+            f, _ = truncated_svd(module.base_layer.weight, 64)  # exact: 64 + oversample covers it
+            U, S, V = f.U, f.S, f.V
             param = base_weight_name(name)
             tensors |= {f"{param}.U": U, f"{param}.S": S, f"{param}.V": V}
     cache = tmp_path / "svd.safetensors"
-    save_file(tensors, cache)
+    metadata = {"k": "64", "modules": json.dumps(MLP)}  # as compute_base_svd writes it
+    save_file(tensors, cache, metadata=metadata)
 
     exact = OrthoRegularizer(model, OrthoRegConfig(rank=8, oversample=64))  # exact SVD, truncated to 8
     cached = OrthoRegularizer(model, OrthoRegConfig(rank=8, svd_cache=str(cache)))
     torch.testing.assert_close(cached.penalty(), exact.penalty(), rtol=1e-5, atol=0)
 
-    with pytest.raises(ValueError, match="rank 64 < requested rank 65"):
+    with pytest.raises(ValueError, match="asked for 65 singular vectors, the cache holds 64"):
         OrthoRegularizer(model, OrthoRegConfig(rank=65, svd_cache=str(cache)))
     first = next(iter(tensors)).removesuffix(".U")
-    save_file({k: v for k, v in tensors.items() if not k.startswith(first)}, cache)
-    with pytest.raises(KeyError, match="missing 3 SVD entries"):
-        load_cached_svd(cache, [first], rank=8)
+    save_file({k: v for k, v in tensors.items() if not k.startswith(first)}, cache, metadata=metadata)
+    with pytest.raises(KeyError, match="no SVD of 1 weights"):
+        OrthoRegularizer(model, OrthoRegConfig(rank=8, svd_cache=str(cache)))
 
 
 def test_config_rejects_bad_values():

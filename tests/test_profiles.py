@@ -53,7 +53,7 @@ def planned_resources(*args: str) -> dict[tuple[str, ...], dict[str, int]]:
     keys = ("gpu", "nodes", "mem_mb", "runtime")
     return {
         (job.rule, *job.outputs): {"threads": n, **{k: int(job.resources.get(k, 0)) for k in keys}}
-        for job, n in zip(jobs, threads)
+        for job, n in zip(jobs, threads, strict=True)
     }
 
 

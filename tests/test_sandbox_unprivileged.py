@@ -117,6 +117,10 @@ def execute_code(python: Path, folder: Path, generations: Path, prefix: list[str
         str(folder / "base.jsonl"),
         "--timeout",
         "20",
+        "--memory-mb",
+        "4096",
+        "--workers",
+        "1",
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 

@@ -218,6 +218,8 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
             str(p.checkpoint_dir),
             "--manifest",
             str(p.manifest),
+            "--mem-mb",
+            "0",
         ],
         env=env,
         capture_output=True,

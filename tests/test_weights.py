@@ -244,6 +244,12 @@ def test_svd_cache_file_keys_and_reuse(tmp_path):
     assert max(residuals.values()) <= 1e-2
     with pytest.raises(ValueError, match="holds 8"):
         got.top(16)
+    assert torch.equal(cache.get(name, 3).U, got.U[:, :3])
+    with pytest.raises(ValueError, match="holds 8"):
+        cache.get(name, 9)
+    cache.require(sorted(residuals))
+    with pytest.raises(KeyError, match="no SVD of 1 weights"):
+        cache.require([name, "model.layers.0.mlp.up_proj.weight"])
 
 
 def test_analyze_full_and_lora_checkpoints_match_dense_reference(tmp_path):

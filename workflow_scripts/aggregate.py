@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scores", nargs="*", default=[], help="Score JSON files (results/scores/...)")
+    parser.add_argument("--scores", nargs="*", required=True, help="Score JSON files (results/scores/...)")
     parser.add_argument(
         "--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}"
     )
@@ -24,9 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-md", required=True, help="results table (Markdown)")
     parser.add_argument("--out-missing", required=True, help="text list of expected checkpoints without scores")
     parser.add_argument("--out-agreement", required=True, help="judge agreement table (CSV)")
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    parser.add_argument("--n-boot", type=int, required=True, help="bootstrap resamples (config aggregate.bootstrap.n)")
+    parser.add_argument("--seed", type=int, required=True, help="bootstrap seed (config aggregate.bootstrap.seed)")
+    parser.add_argument("--level", type=float, required=True, help="interval level (config aggregate.bootstrap.level)")
     return parser.parse_args(argv)
 
 

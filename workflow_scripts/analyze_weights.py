@@ -19,8 +19,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
     p.add_argument("--out", required=True, help="output CSV")
-    p.add_argument("--norm", choices=["fro", "spectral"], default="fro", help="matrix norm (default fro)")
-    p.add_argument("--top", type=int, default=16, help="singular vectors in metrics (2) and (4) (default 16)")
+    p.add_argument("--norm", choices=["fro", "spectral"], required=True, help="matrix norm (config analysis.norm)")
+    p.add_argument(
+        "--top", type=int, required=True, help="singular vectors in metrics (2) and (4) (config analysis.top_k)"
+    )
     p.add_argument(
         "--rtol", type=float, default=1e-3, help="relative tolerance of power-iteration spectral norms (default 1e-3)"
     )

@@ -21,11 +21,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=130.0,
-        help="wall-clock seconds per sample, on top of a per-task ground-truth budget",
+        required=True,
+        help="wall-clock seconds per sample, on top of a per-task ground-truth budget (config benchmarks.<b>.execution.timeout_s)",
     )
-    parser.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per sandbox")
-    parser.add_argument("--workers", type=int, default=1, help="sandboxes run at once")
+    parser.add_argument(
+        "--memory-mb",
+        type=int,
+        required=True,
+        help="address-space limit per sandbox (config benchmarks.<b>.execution.memory_mb)",
+    )
+    parser.add_argument("--workers", type=int, required=True, help="sandboxes run at once")
     return parser.parse_args(argv)
 
 
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     "label": r[label],
                     "raw": s["solution"],
                 }
-                for r, s in zip(results, solutions)
+                for r, s in zip(results, solutions, strict=True)
             ),
         )
     return 0

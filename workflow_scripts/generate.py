@@ -17,19 +17,24 @@ def main() -> int:
     )
     parser.add_argument("--adapter", help="a LoRA adapter folder to serve unmerged on --base")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
-    parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per backend call (transformers)")
+    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        required=True,
+        help="prompts per backend call (transformers; config generation.batch_size)",
+    )
     parser.add_argument("--chunk-size", type=int, default=256, help="prompts per resumable chunk")
     parser.add_argument("--sampling", required=True, help="JSON: n, temperature, top_p, max_new_tokens, seed")
     parser.add_argument(
-        "--model-settings", default="{}", help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
+        "--model-settings", required=True, help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
     )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
     parser.add_argument(
         "--engine-idle-s",
         type=float,
-        default=0,
+        required=True,
         help="share the node's engine for --base, which exits after this many idle seconds (0: own engine)",
     )
     args = parser.parse_args()

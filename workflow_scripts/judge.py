@@ -16,14 +16,14 @@ def main() -> int:
     parser.add_argument("--generations", required=True)
     parser.add_argument("--items", required=True)
     parser.add_argument("--fallback", help="verdicts of the grader this judge backs up (judged only where it failed)")
-    parser.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
     parser.add_argument(
         "--engine-idle-s",
         type=float,
-        default=0,
+        required=True,
         help="share the node's engine of this judge, which exits after this many idle seconds (0: own engine)",
     )
     args = parser.parse_args()

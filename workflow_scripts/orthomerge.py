@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variant", choices=["col", "both"], required=True, help="col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)"
     )
     p.add_argument("--lam", type=float, required=True, help="scale lambda of the projected update")
-    p.add_argument("--k", type=int, default=64, help="singular vectors projected out (default 64)")
+    p.add_argument("--k", type=int, required=True, help="singular vectors projected out (config orthomerge.k)")
     p.add_argument("--out", required=True, help="output adapter folder (replaced atomically)")
     return p.parse_args(argv)
 

@@ -13,7 +13,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--manifest", required=True, help="the run's training manifest")
     parser.add_argument("--state-dir", required=True, help="the run's resumable trainer state")
-    parser.add_argument("--keep-epochs", default="all", help='"all", "last" or a JSON list of epochs')
+    parser.add_argument(
+        "--keep-epochs", required=True, help='"all", "last" or a JSON list of epochs (config prune.keep_epochs)'
+    )
     parser.add_argument("--trainer-state", action="store_true", help="also delete the trainer state")
     parser.add_argument("--out", required=True, help="record of what was removed")
     args = parser.parse_args()

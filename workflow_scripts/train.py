@@ -17,7 +17,7 @@ def main() -> int:
     parser.add_argument("--checkpoint-dir", required=True, help="where epoch-<e>/ checkpoints are published")
     parser.add_argument("--svd", default=None, help="cached base SVD (orthogonality regularization)")
     parser.add_argument("--manifest", required=True, help="written last, when every epoch is published")
-    parser.add_argument("--mem-mb", type=float, default=0, help="host memory budget; stop clearly near it (0: off)")
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
     args = parser.parse_args()
 
     import os

@@ -129,6 +129,7 @@ def check_config(config: dict[str, Any], workdir: str | Path = ".") -> None:
     _check_runs(config)
     _check_orthomerge(config)
     _check_analysis(config)
+    _check_main_run(config)
     _check_benchmarks(config, Path(workdir))
     _check_prune(config)
 
@@ -245,6 +246,16 @@ def _check_analysis(config: dict[str, Any]) -> None:
     for name in analysis["runs"]:
         if name not in runs or runs[name]["method"] == BASE_RUN:
             raise ConfigError(f"analysis.runs: '{name}' is not a training run")
+
+
+def _check_main_run(config: dict[str, Any]) -> None:
+    """`aggregate.main_run` names a plain LoRA run, and must be set when there is one."""
+    plain_lora = [r["name"] for r in config["runs"] if r["method"] == "lora" and not r.get("ortho_reg")]
+    name = config["aggregate"].get("main_run")
+    if name is None and plain_lora:
+        raise ConfigError(f"aggregate.main_run: name the LoRA run Figures 2, 5 and 6 show, one of {plain_lora}")
+    if name is not None and name not in plain_lora:
+        raise ConfigError(f"aggregate.main_run: '{name}' is not a LoRA run without ortho_reg (one of {plain_lora})")
 
 
 def _check_prune(config: dict[str, Any]) -> None:
@@ -469,7 +480,7 @@ def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: 
 
 
 def runs_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Method, rank, targets and λ per run name, for aggregation and figures."""
+    """Method, rank, targets, λ and `main` (the config's `aggregate.main_run`) per run name, for aggregation and figures."""
     meta: dict[str, dict[str, Any]] = {}
     for run in config["runs"]:
         method = run["method"]
@@ -481,9 +492,16 @@ def runs_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "targets": run.get("targets"),
             "lambda": None,
             "source": None,
+            "main": run["name"] == config["aggregate"].get("main_run"),
         }
     for om in orthomerge_runs(config):
-        meta[om.name] = {**meta[om.source], "method": f"om-{om.variant}", "lambda": om.lam, "source": om.source}
+        meta[om.name] = {
+            **meta[om.source],
+            "method": f"om-{om.variant}",
+            "lambda": om.lam,
+            "source": om.source,
+            "main": False,
+        }
     return meta
 
 

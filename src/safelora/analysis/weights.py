@@ -217,16 +217,20 @@ def truncated_svd(
     oversample: int = 64,
     res_tol: float = 1e-2,
     max_iter: int = 100,
+    power_iters: int | None = None,
     seed: int = 0,
 ) -> tuple[SVDFactors, float]:
-    """Top-k SVD of W by randomized subspace iteration, checked by `svd_residual`.
+    """Top-k SVD of W (k capped at min(W.shape)) by randomized subspace iteration, in float32.
 
-    Works on a (k + oversample)-column subspace, re-orthonormalised every half step, and stops
-    once the residual is at most `res_tol` (raises if `max_iter` power steps do not get there). When
-    the subspace would cover the smaller dimension it computes the exact SVD instead.
-    Returns the factors and the final residual.
+    Works on a (k + oversample)-column subspace, re-orthonormalised every half step (Halko,
+    Martinsson & Tropp 2011, Alg. 4.4), and stops once `svd_residual` is at most `res_tol` (raises if
+    `max_iter` power steps do not get there); `power_iters` instead runs exactly that many steps,
+    unchecked (the regularizer's fixed-cost fallback). When the subspace would cover the smaller
+    dimension it computes the exact SVD instead. The Gaussian test matrix comes from a private CPU
+    generator, so the caller's RNG state is left untouched. Returns the factors and the final residual.
     """
-    w = w.float()
+    w = w.detach().float()
+    k = min(k, *w.shape)
     q_cols = k + oversample
     if q_cols >= min(w.shape):
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -236,14 +240,15 @@ def truncated_svd(
     omega = torch.randn(w.shape[1], q_cols, generator=generator).to(w.device)
     q = torch.linalg.qr(w @ omega).Q
     residual = math.inf
-    for step in range(max_iter + 1):
+    for step in range(max_iter + 1 if power_iters is None else power_iters + 1):
         b = q.T @ w  # Rayleigh–Ritz, and the first half of the next power step
-        small_u, s, vh = torch.linalg.svd(b, full_matrices=False)
-        f = SVDFactors((q @ small_u[:, :k]).contiguous(), s[:k].contiguous(), vh[:k].T.contiguous())
-        residual = svd_residual(w, f)
-        if residual <= res_tol:
-            log.debug("truncated SVD k=%d converged in %d power steps, residual %.2e", k, step, residual)
-            return f, residual
+        if power_iters is None or step == power_iters:
+            small_u, s, vh = torch.linalg.svd(b, full_matrices=False)
+            f = SVDFactors((q @ small_u[:, :k]).contiguous(), s[:k].contiguous(), vh[:k].T.contiguous())
+            residual = svd_residual(w, f)
+            if step == power_iters or residual <= res_tol:
+                log.debug("truncated SVD k=%d: %d power steps, residual %.2e", k, step, residual)
+                return f, residual
         q = torch.linalg.qr(w @ torch.linalg.qr(b.T).Q).Q
     raise RuntimeError(f"truncated SVD residual {residual:.3g} > {res_tol} after {max_iter} steps")
 
@@ -268,7 +273,7 @@ class SafetensorsDir:
             self._where = {}
             for shard in sorted(self.path.glob("*.safetensors")):
                 with safe_open(shard, framework="pt") as fh:
-                    self._where.update({name: shard for name in fh.keys()})
+                    self._where.update({name: shard for name in fh.keys()})  # noqa: SIM118 - safe_open is not iterable
         if not self._where:
             raise FileNotFoundError(f"{self.path}: no safetensors weights")
 
@@ -408,24 +413,35 @@ def compute_base_svd(
 
 
 class SVDCache:
-    """Reads factors from a `compute_base_svd` file one weight at a time."""
+    """Reads factors from a `compute_base_svd` file one weight at a time (weight analysis,
+    OrthoMerge and the orthogonality regularizer)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         with safe_open(self.path, framework="pt") as fh:
             meta = fh.metadata() or {}
-            self.param_names = sorted({key.rsplit(".", 1)[0] for key in fh.keys()})
+            self.param_names = sorted({key.rsplit(".", 1)[0] for key in fh.keys()})  # noqa: SIM118 - not iterable
         self.k = int(meta["k"])
         self.modules: list[str] = json.loads(meta["modules"])
 
     def __contains__(self, param_name: str) -> bool:
         return param_name in self.param_names
 
-    def get(self, param_name: str) -> SVDFactors:
+    def require(self, param_names: Sequence[str]) -> None:
+        """Raise KeyError naming the weights the cache lacks, before any is read."""
+        missing = [name for name in param_names if name not in self]
+        if missing:
+            raise KeyError(
+                f"{self.path}: no SVD of {len(missing)} weights, e.g. {missing[:3]} (modules {self.modules})"
+            )
+
+    def get(self, param_name: str, k: int | None = None) -> SVDFactors:
+        """The factors of one weight; with `k`, its top k (ValueError when the cache holds fewer)."""
         if param_name not in self:
             raise KeyError(f"{self.path}: no SVD of {param_name!r} (modules {self.modules})")
         with safe_open(self.path, framework="pt") as fh:
-            return SVDFactors(*(fh.get_tensor(f"{param_name}.{part}") for part in ("U", "S", "V")))
+            factors = SVDFactors(*(fh.get_tensor(f"{param_name}.{part}") for part in ("U", "S", "V")))
+        return factors if k is None else factors.top(k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -242,28 +241,14 @@ def load_agreement(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Run → {method, rank, targets, lambda[, source, main]} (schemas/records/runs_meta.schema.yaml) as a frame,
-    with the main LoRA runs marked.
+    """Run → {method, rank, targets, lambda, source, main} (schemas/records/runs_meta.schema.yaml) as a frame.
 
-    `main` may be given; when no run sets it, the main LoRA runs are the `lora` runs with the
-    (rank, targets) most common among LoRA-family runs (the setting the regularized and
-    OrthoMerged runs build on; ties: smaller rank, then MLP first). Figures 2, 5 and 6 use them.
+    `main` marks the config's `aggregate.main_run` (the LoRA run Figures 2, 5 and 6 show).
     """
     rows = [{"run": run, **{column: entry.get(column) for column in META_COLUMNS}} for run, entry in meta.items()]
     frame = pd.DataFrame(rows, columns=["run", *META_COLUMNS])
-    frame["main"] = _main_lora_runs(frame)
+    frame["main"] = frame["main"].eq(True)
     return frame.set_index("run")
-
-
-def _main_lora_runs(frame: pd.DataFrame) -> pd.Series:
-    if frame["main"].eq(True).any():
-        return frame["main"].eq(True)
-    lora_like = frame[frame["method"].isin(LORA_FAMILY) & frame["rank"].notna()]
-    settings = Counter(zip(lora_like["rank"], lora_like["targets"], strict=True))
-    if not settings:
-        return pd.Series(False, index=frame.index)
-    rank, targets = min(settings, key=lambda s: (-settings[s], s[0], TARGETS.index(s[1]) if s[1] in TARGETS else 9))
-    return frame["method"].eq("lora") & frame["rank"].eq(rank) & frame["targets"].eq(targets)
 
 
 def load_runs_meta(path: str | Path) -> pd.DataFrame:

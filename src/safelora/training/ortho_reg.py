@@ -17,17 +17,16 @@ docs/ortho_reg.md for the derivation and choices.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from torch import nn
 from trl import SFTTrainer
+
+from safelora.analysis.weights import SVDCache, truncated_svd
 
 Mode = Literal["col", "both"]
 Reduction = Literal["mean", "sum"]
@@ -164,50 +163,6 @@ def span_penalty_factored(
     return penalty
 
 
-def truncated_svd(
-    weight: torch.Tensor, rank: int, oversample: int = 10, power_iters: int = 4, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank-`rank` SVD of `weight` (out x in) in float32: U (out x k), S (k), V (in x k).
-
-    Exact (LAPACK) when `rank + oversample` reaches min(out, in); otherwise the randomized range
-    finder with power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4), drawing its Gaussian
-    test matrix from a private generator so the caller's RNG state is left untouched.
-    """
-    w = weight.detach().float()
-    rank = min(rank, min(w.shape))
-    q = rank + oversample
-    if q >= min(w.shape):
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        return u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].mT.contiguous()
-    generator = torch.Generator(device=w.device).manual_seed(seed)
-    omega = torch.randn(w.shape[1], q, generator=generator, device=w.device, dtype=w.dtype)
-    basis = torch.linalg.qr(w @ omega).Q
-    for _ in range(power_iters):
-        basis = torch.linalg.qr(w.mT @ basis).Q
-        basis = torch.linalg.qr(w @ basis).Q
-    u_small, s, vh = torch.linalg.svd(basis.mT @ w, full_matrices=False)
-    u = basis @ u_small
-    return u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].mT.contiguous()
-
-
-def load_cached_svd(
-    path: str | os.PathLike[str], param_names: Sequence[str], rank: int
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Read `{param}.U/.S/.V` for each name from a safetensors SVD cache, truncated to `rank`."""
-    factors = {}
-    with safe_open(os.fspath(path), framework="pt", device="cpu") as fh:
-        keys = set(fh.keys())
-        missing = [f"{p}.{x}" for p in param_names for x in "USV" if f"{p}.{x}" not in keys]
-        if missing:
-            raise KeyError(f"{path}: missing {len(missing)} SVD entries, e.g. {missing[:3]}")
-        for name in param_names:
-            u, s, v = (fh.get_tensor(f"{name}.{x}").float() for x in "USV")
-            if s.shape[0] < rank:
-                raise ValueError(f"{path}: {name} has rank {s.shape[0]} < requested rank {rank}")
-            factors[name] = (u[:, :rank].contiguous(), s[:rank].contiguous(), v[:, :rank].contiguous())
-    return factors
-
-
 def base_weight_name(module_name: str) -> str:
     """`base_model.model.model.layers.0.mlp.gate_proj` -> `model.layers.0.mlp.gate_proj.weight`."""
     return f"{module_name.removeprefix(PEFT_PREFIX)}.weight"
@@ -278,38 +233,40 @@ class OrthoRegularizer:
         layers = find_lora_layers(model)
         for name, layer in layers:
             _check_materialized(layer.base_layer.weight, name)
-        cached = (
-            load_cached_svd(config.svd_cache, [n for n, _ in layers], config.rank)
-            if config.svd_cache is not None
-            else {}
-        )
+        cache = SVDCache(config.svd_cache) if config.svd_cache is not None else None
+        if cache is not None:
+            cache.require([n for n, _ in layers])
         by_shape: dict[tuple[Any, ...], list[tuple[str, LoraLinear, str]]] = {}
         for name, layer in layers:
             adapter = _adapter_of(layer, name)
             # per device too: a model split over GPUs (device_map="auto") cannot stack across them
             key = (*layer.base_layer.weight.shape, layer.r[adapter], str(layer.base_layer.weight.device))
             by_shape.setdefault(key, []).append((name, layer, adapter))
-        self.groups = [self._build_group(members, cached) for members in by_shape.values()]
+        self.groups = [self._build_group(members, cache) for members in by_shape.values()]
         self.names = [n for g in self.groups for n in g.names]
 
     def _build_group(
         self,
         members: list[tuple[str, LoraLinear, str]],
-        cached: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        cache: SVDCache | None,
     ) -> _Group:
         cfg = self.config
         factors, norms = [], []
         for name, layer, _ in members:
             weight = layer.base_layer.weight
-            if name in cached:
-                u, s, v = cached[name]
+            if cache is not None:
+                f = cache.get(name, cfg.rank)
+                u, s, v = f.U.float(), f.S.float(), f.V.float()
                 if u.shape[0] != weight.shape[0] or v.shape[0] != weight.shape[1]:
                     raise ValueError(
                         f"{name}: cached SVD shapes {tuple(u.shape)}, {tuple(v.shape)} "
                         f"do not match weight {tuple(weight.shape)}"
                     )
             else:
-                u, s, v = truncated_svd(weight, cfg.rank, cfg.oversample, cfg.power_iters, cfg.seed)
+                f, _ = truncated_svd(
+                    weight, cfg.rank, oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed
+                )
+                u, s, v = f.U, f.S, f.V
             device = weight.device
             factors.append((u.to(device), s.to(device), v.to(device)))
             norms.append(torch.linalg.matrix_norm(weight.detach().float()))
@@ -329,7 +286,7 @@ class OrthoRegularizer:
         """The β-weighted penalty of each layer, keyed by base weight name."""
         out: dict[str, torch.Tensor] = {}
         for group in self.groups:
-            out.update(zip(group.names, self._group_penalty(group).unbind(0)))
+            out.update(zip(group.names, self._group_penalty(group).unbind(0), strict=True))
         return out
 
     def penalty(self) -> torch.Tensor:
@@ -339,8 +296,8 @@ class OrthoRegularizer:
         return total / len(self.names) if self.config.reduction == "mean" else total
 
     def _group_penalty(self, group: _Group) -> torch.Tensor:
-        a_list = [layer.lora_A[ad].weight for layer, ad in zip(group.layers, group.adapters)]
-        b_list = [layer.lora_B[ad].weight for layer, ad in zip(group.layers, group.adapters)]
+        a_list = [layer.lora_A[ad].weight for layer, ad in zip(group.layers, group.adapters, strict=True)]
+        b_list = [layer.lora_B[ad].weight for layer, ad in zip(group.layers, group.adapters, strict=True)]
         _check_materialized(a_list[0], group.names[0])  # ZeRO-3 partitions all or nothing
         a, b = torch.stack(a_list), torch.stack(b_list)
         if group.U.device != a.device:
