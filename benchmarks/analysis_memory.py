@@ -85,7 +85,7 @@ def build(root: Path, layers: int) -> dict:
 
 def measured(task: str, root: str, queue) -> None:
     """Child process: run one step, report (RSS after imports, peak RSS, seconds)."""
-    from safelora.analysis.weights import analyze_checkpoint, compute_base_svd
+    from safelora.weights import analyze_checkpoint, compute_base_svd
 
     root_path = Path(root)
     baseline = rss_bytes()

@@ -101,8 +101,8 @@ def bench_shape(label: str, hidden: int, intermediate: int, tokens: tuple[int, i
 def svd_accuracy(rank: int) -> None:
     import torch
 
-    from safelora.analysis.weights import truncated_svd
     from safelora.training.ortho_reg import ortho_penalty_factored
+    from safelora.weights import truncated_svd
 
     # A 7B MLP matrix scaled down 4x per side: Gaussian bulk (flat, Marchenko-Pastur spectrum,
     # the hard case for randomized SVD) plus 32 stronger directions, like trained weights.

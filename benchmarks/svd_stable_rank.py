@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stable rank and truncated SVD of 7B/14B-shaped MLP matrices: safelora.analysis.weights vs full SVD.
+"""Stable rank and truncated SVD of 7B/14B-shaped MLP matrices: safelora.weights vs full SVD.
 
 Run with OMP_NUM_THREADS=2 (or fewer). Prints, per shape: time of torch.linalg.svdvals (all
 singular values), of `stable_rank` (block power iteration, rtol 1e-3) and of
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from safelora.analysis.weights import stable_rank, truncated_svd
+from safelora.weights import stable_rank, truncated_svd
 
 FULL_SHAPES = [("7B mlp", 3584, 18944), ("14B mlp", 5120, 13824)]
 QUICK_SHAPES = [("quick", 512, 2048), ("quick", 768, 2048)]
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small shapes (seconds)")
     args = p.parse_args()
     logging.basicConfig(format="  %(message)s")
-    logging.getLogger("safelora.analysis.weights").setLevel(logging.DEBUG)
+    logging.getLogger("safelora.weights").setLevel(logging.DEBUG)
     print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     for label, m, n in QUICK_SHAPES if args.quick else FULL_SHAPES:
         w = low_rank_plus_noise(m, n, seed=m)

@@ -11,7 +11,6 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from safelora.analysis.weights import truncated_svd
 from safelora.training.ortho_reg import (
     OrthoRegConfig,
     OrthoRegularizer,
@@ -19,6 +18,7 @@ from safelora.training.ortho_reg import (
     ortho_penalty_factored,
     span_penalty_factored,
 )
+from safelora.weights import truncated_svd
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]

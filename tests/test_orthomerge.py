@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from safelora.analysis.weights import (
+from safelora.training.orthomerge import orthomerge_adapter, project_factors
+from safelora.weights import (
     DEFAULT_MODULES,
     SafetensorsDir,
     SVDCache,
@@ -15,7 +16,6 @@ from safelora.analysis.weights import (
     analyze_checkpoint,
     compute_base_svd,
 )
-from safelora.training.orthomerge import orthomerge_adapter, project_factors
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

@@ -156,8 +156,8 @@ def test_adapter_rank_reads_rank_pattern(tmp_path):
 def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(models, tmp_path):
     """OrthoMerge writes an ordinary PEFT adapter: vLLM serves it unmerged and agrees with PEFT."""
     pytest.importorskip("vllm", reason=INSTALL)
-    from safelora.analysis.weights import compute_base_svd
     from safelora.training.orthomerge import orthomerge_adapter
+    from safelora.weights import compute_base_svd
 
     svd = tmp_path / "svd.safetensors"
     compute_base_svd(models["base"], svd, k=16)

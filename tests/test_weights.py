@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from safelora.analysis.weights import (
+from safelora.weights import (
     LowRank,
     SafetensorsDir,
     SVDCache,

@@ -32,9 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from safelora.analysis.weights import analyze_checkpoint, write_analysis_csv
     from safelora.training.models import local_model_dir
     from safelora.training.sft import require_checkpoint
+    from safelora.weights import analyze_checkpoint, write_analysis_csv
 
     require_checkpoint(args.checkpoint)
 

@@ -33,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from safelora.analysis.weights import compute_base_svd
     from safelora.training.models import local_model_dir
+    from safelora.weights import compute_base_svd
 
     residuals = compute_base_svd(
         local_model_dir(args.base),

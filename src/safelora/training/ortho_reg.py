@@ -26,7 +26,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from trl import SFTTrainer
 
-from safelora.analysis.weights import SVDCache, truncated_svd
+from safelora.weights import SVDCache, truncated_svd
 
 Mode = Literal["col", "both"]
 Reduction = Literal["mean", "sum"]

@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from safelora.analysis.weights import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SVDCache, SVDFactors, lora_modules
 from safelora.io import atomic_dir, atomic_write_json
+from safelora.weights import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SVDCache, SVDFactors, lora_modules
 
 Variant = Literal["col", "both"]
 VARIANTS: tuple[str, ...] = ("col", "both")

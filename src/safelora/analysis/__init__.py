@@ -1,1 +1,0 @@
-"""Weight analysis stage (rules/weights.smk): stable rank and alignment of ΔW (`weights`)."""
