@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tiny_model import random_adapter
 
-from safelora.evaluation.engines import engine_dir, open_backend
+from safelora.evaluation.engines import engine_dir, engine_env, open_backend
 from safelora.evaluation.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, run_generation
 from safelora.io import read_jsonl
 
@@ -40,6 +40,12 @@ def texts(backend, adapter: Path | None) -> list[str]:
 
 def own_backend(tiny_model) -> TransformersBackend:
     return TransformersBackend(ModelRef(base=str(tiny_model), dtype="float32"), batch_size=2)
+
+
+def test_the_engine_process_imports_this_package_without_an_installed_one(monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    first = engine_env()["PYTHONPATH"].split(os.pathsep)[0]
+    assert (Path(first) / "safelora/evaluation/engines.py").resolve() == Path(engine_env.__code__.co_filename).resolve()
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
+import safelora
 from safelora.evaluation.generation import Backend, Completion, ModelRef, Sampling, make_backend, newest_file_time
 from safelora.io import stable_json
 
@@ -118,6 +119,14 @@ def _connect(socket: Path) -> Connection | None:
         return None
 
 
+def engine_env() -> dict[str, str]:
+    """The engine process's environment: it imports the same `safelora` as this process, installed
+    or not (a `--sdm conda` env has only the dependencies; the workflow scripts put the checkout's
+    src/ on sys.path, which a child process does not inherit)."""
+    src = str(Path(safelora.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+
+
 def _start(
     socket: Path, log: Path, backend_name: str, ref: ModelRef, seed: int, batch_size: int, idle_s: float
 ) -> Connection:
@@ -139,12 +148,8 @@ def _start(
         "--idle-s",
         str(idle_s),
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
-    }
     with open(log, "a") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=engine_env(), start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
