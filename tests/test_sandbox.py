@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from safelora.evaluation import sandbox
 from safelora.evaluation.sandbox import SandboxUnavailableError, run_sandboxed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +159,12 @@ def test_checkout_and_home_are_hidden() -> None:
     """)
     assert result.ok, result.stderr
     assert all(line.endswith("False") for line in result.stdout.strip().splitlines()), result.stdout
+
+
+def test_the_checkout_is_hidden_wherever_it_lies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only through the fixed list (/work, /home, ...): a checkout under /scratch is hidden too."""
+    monkeypatch.setattr("safelora.evaluation.sandbox.HIDDEN_DIRS", ())
+    assert os.path.realpath(REPO) in sandbox._hidden_dirs()
 
 
 def test_environment_secrets_do_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,7 +142,7 @@ def _python_install_dirs(python: str) -> list[str]:
 
 
 def _hidden_dirs() -> list[str]:
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]  # <checkout>/src/safelora/evaluation/sandbox.py
     extra = [str(checkout), os.path.expanduser("~")]
     dirs = {os.path.realpath(d) for d in (*HIDDEN_DIRS, *extra) if os.path.isdir(d)}
     dirs.discard("/")
