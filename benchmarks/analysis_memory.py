@@ -91,7 +91,9 @@ def measured(task: str, root: str, queue) -> None:
     baseline = rss_bytes()
     start = time.perf_counter()
     if task == "base_svd":
-        compute_base_svd(root_path / "base", root_path / "svd.safetensors", k=64)
+        compute_base_svd(
+            root_path / "base", root_path / "svd.safetensors", k=64, modules=[name.split(".")[-1] for name in SHAPES]
+        )
     else:
         ckpt = root_path / ("tuned" if task == "analyze full" else "lora")
         analyze_checkpoint(root_path / "base", ckpt, root_path / "svd.safetensors")

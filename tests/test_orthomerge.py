@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from tiny_model import PROJECTIONS
 
 from safelora.training.orthomerge import orthomerge_adapter, project_factors
 from safelora.weights import (
-    DEFAULT_MODULES,
     SafetensorsDir,
     SVDCache,
     SVDFactors,
@@ -65,9 +65,9 @@ def tiny_lora(tmp_path_factory):
     torch.manual_seed(0)
     base = transformers.Qwen2ForCausalLM(config)
     base.save_pretrained(root / "base", max_shard_size="100KB")
-    lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_MODULES), init_lora_weights=False)
+    lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False)
     peft.get_peft_model(base, lora_config).save_pretrained(root / "adapter")
-    compute_base_svd(root / "base", root / "svd.safetensors", k=64)
+    compute_base_svd(root / "base", root / "svd.safetensors", k=64, modules=PROJECTIONS)
     return root
 
 
@@ -96,7 +96,7 @@ def test_orthomerged_adapter_loads_in_peft_and_reproduces_projected_delta(tiny_l
     assert json.loads((out / "orthomerge.json").read_text())["variant"] == variant
 
     original, projected = peft_deltas(root, "adapter"), peft_deltas(root, out.name)
-    assert len(original) == 2 * len(DEFAULT_MODULES)
+    assert len(original) == 2 * len(PROJECTIONS)
     base = SafetensorsDir(root / "base")
     for name, delta in original.items():
         assert float(delta.abs().max()) > 1e-3  # random B: a real update
@@ -128,7 +128,7 @@ def test_factored_and_dense_analysis_agree_on_real_model(tiny_lora):
     for norm in ("fro", "spectral"):
         lora = analyze_checkpoint(root / "base", root / "adapter", root / "svd.safetensors", norm=norm, rtol=1e-6)
         full = analyze_checkpoint(root / "base", root / "merged", root / "svd.safetensors", norm=norm, rtol=1e-6)
-        assert len(lora) == len(full) == 2 * len(DEFAULT_MODULES)
+        assert len(lora) == len(full) == 2 * len(PROJECTIONS)
         for a, b in zip(lora, full, strict=True):
             assert (a["layer"], a["module"]) == (b["layer"], b["module"])
             assert a["stable_rank"] <= 4.0 + 1e-4

@@ -156,11 +156,13 @@ def test_adapter_rank_reads_rank_pattern(tmp_path):
 def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(models, tmp_path):
     """OrthoMerge writes an ordinary PEFT adapter: vLLM serves it unmerged and agrees with PEFT."""
     pytest.importorskip("vllm", reason=INSTALL)
+    from tiny_model import PROJECTIONS
+
     from safelora.training.orthomerge import orthomerge_adapter
     from safelora.weights import compute_base_svd
 
     svd = tmp_path / "svd.safetensors"
-    compute_base_svd(models["base"], svd, k=16)
+    compute_base_svd(models["base"], svd, k=16, modules=PROJECTIONS)
     merged_adapter = tmp_path / "om-both"
     orthomerge_adapter(models["adapter"], svd, merged_adapter, variant="both", lam=1.2, k=16)
     ref = ModelRef(base=str(models["base"]), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1)

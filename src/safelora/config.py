@@ -384,7 +384,7 @@ def checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
     for om in orthomerge_runs(config):
         source = run_by_name(config, om.source)
         for model in source["models"]:
-            for epoch in _select_epochs(merge.get("epochs", "all"), run_epochs(config, om.source)):
+            for epoch in _select_epochs(merge["epochs"], run_epochs(config, om.source)):
                 result.append(Checkpoint(model, om.name, epoch))
     return result
 
@@ -413,7 +413,7 @@ def analysis_checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
     for name in analysis["runs"]:
         run = run_by_name(config, name)
         for model in run["models"]:
-            for epoch in _select_epochs(analysis.get("epochs", "last"), run_epochs(config, name)):
+            for epoch in _select_epochs(analysis["epochs"], run_epochs(config, name)):
                 result.append(Checkpoint(model, name, epoch))
     return result
 
@@ -445,7 +445,7 @@ def training_recipe(config: dict[str, Any], model: str, run_name: str) -> dict[s
         "run": run_name,
         "method": run["method"],
         "model_source": model_cfg["source"],
-        "dtype": model_cfg.get("dtype", "bfloat16"),
+        "dtype": model_cfg["dtype"],
         "data": {"think": data["think"], "max_length": data["max_length"], **data["sources"][data["source"]]},
         "data_source": data["source"],
         "seed": config["seed"],

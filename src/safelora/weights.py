@@ -29,15 +29,6 @@ log = logging.getLogger(__name__)
 
 Norm = Literal["fro", "spectral"]
 
-DEFAULT_MODULES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -382,8 +373,8 @@ def compute_base_svd(
     base_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    k: int = 64,
-    modules: Sequence[str] = DEFAULT_MODULES,
+    k: int,
+    modules: Sequence[str],
     oversample: int = 64,
     res_tol: float = 1e-2,
     device: str = "cpu",

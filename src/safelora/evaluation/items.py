@@ -116,7 +116,7 @@ def gpqa_items(rows: list[dict[str, Any]], bench: dict[str, Any]) -> list[Benchm
     as sample ``meta.sample_offset + j`` of ``meta.question``, so scores see one problem per
     question with seeds x n samples.
     """
-    clean = clean_choice if bench.get("choice_cleaning", "paper_code") == "paper_code" else str.strip
+    clean = clean_choice if bench["choice_cleaning"] == "paper_code" else str.strip
     n = bench["sampling"]["n"]
     items = []
     for position, seed in enumerate(bench["shuffle_seeds"]):
