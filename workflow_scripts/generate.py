@@ -11,13 +11,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora.evaluation.engines import add_engine_arguments
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--base", required=True, help="model folder or hub id (a full fine-tuning checkpoint, or the base)"
     )
     parser.add_argument("--adapter", help="a LoRA adapter folder to serve unmerged on --base")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
-    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -30,13 +31,7 @@ def main() -> int:
         "--model-settings", required=True, help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
     )
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
-    parser.add_argument(
-        "--engine-idle-s",
-        type=float,
-        required=True,
-        help="share the node's engine for --base, which exits after this many idle seconds (0: own engine)",
-    )
+    add_engine_arguments(parser, "--base")
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard

@@ -10,22 +10,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora.evaluation.engines import add_engine_arguments
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", required=True, help="JSON: the judge's config entry (kind, hub/path, ...)")
     parser.add_argument("--kind", required=True, help="the benchmark's kind")
     parser.add_argument("--generations", required=True)
     parser.add_argument("--items", required=True)
     parser.add_argument("--fallback", help="verdicts of the grader this judge backs up (judged only where it failed)")
-    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
-    parser.add_argument(
-        "--engine-idle-s",
-        type=float,
-        required=True,
-        help="share the node's engine of this judge, which exits after this many idle seconds (0: own engine)",
-    )
+    add_engine_arguments(parser, "this judge")
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard

@@ -119,6 +119,18 @@ def _connect(socket: Path) -> Connection | None:
         return None
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser, served: str) -> None:
+    """The arguments of a job on an engine (generate.py, judge.py): backend, memory budget, sharing."""
+    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
+    parser.add_argument(
+        "--engine-idle-s",
+        type=float,
+        required=True,
+        help=f"share the node's engine of {served}, which exits after this many idle seconds (0: own engine)",
+    )
+
+
 def engine_env() -> dict[str, str]:
     """The engine process's environment: it imports the same `safelora` as this process, installed
     or not (a `--sdm conda` env has only the dependencies; the workflow scripts put the checkout's
