@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup setup-cuda demo test test-fast dryrun report clean
+.PHONY: setup setup-cuda demo test test-fast lint dryrun report clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,19 @@ test: setup
 
 test-fast: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (Python) and snakefmt (rules) from their own venv, Snakemake's linter from .venv; what CI runs.
+LINT := .venv-lint/bin
+.venv-lint/.installed: requirements-lint.txt
+	$(PYTHON) -m venv .venv-lint
+	$(LINT)/pip install --quiet -r requirements-lint.txt
+	touch $@
+
+lint: setup .venv-lint/.installed
+	$(LINT)/ruff check .
+	$(LINT)/ruff format --check .
+	$(LINT)/snakefmt --check --no-sort --line-length 120 Snakefile rules/
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 dryrun: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules
