@@ -11,6 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
+from safelora import gpu_hours  # noqa: E402
 from safelora.benchmarks import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
@@ -213,6 +214,12 @@ def benchmark_spec(wildcards):
     return stable_json({**spec, "sampling": {"n": bench(wildcards)["sampling"]["n"]}})
 
 
+def benchmark_problems(wildcards, input):
+    """`benchmarks.<b>.problems`, which build_benchmark checks the built file against. It takes
+    `input`, so it is a derived param (as `workflow_script`): a corrected count reruns nothing."""
+    return bench(wildcards)["problems"]
+
+
 def sampling(wildcards):
     return stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]})
 
@@ -246,6 +253,22 @@ def grader_version(wildcards):
 def generation_gpus(wildcards):
     """One GPU per tensor-parallel rank of the evaluated model."""
     return config["models"][wildcards.model]["tensor_parallel"]
+
+
+# SLURM runtime (minutes) per job, from the throughput assumptions of the GPU-hour estimate
+# (safelora.gpu_hours): it sizes a group job (profiles/slurm group-components, docs/engines.md).
+GENERATE_RUNTIME = {
+    (m, b): gpu_hours.generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
+}
+JUDGE_RUNTIME = {(j, b): gpu_hours.judge_runtime(config, j, b) for j in JUDGES for b in config["benchmarks"]}
+
+
+def generate_runtime(wildcards):
+    return GENERATE_RUNTIME[wildcards.model, wildcards.benchmark]
+
+
+def judge_runtime(wildcards):
+    return JUDGE_RUNTIME[wildcards.judge, wildcards.benchmark]
 
 
 def evalplus_dataset(wildcards):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safelora.gpu_hours import parse_dryrun
+from safelora import config as grid
+from safelora.gpu_hours import generate_runtime, judge_runtime, parse_dryrun
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
@@ -53,7 +54,7 @@ def planned_resources(*args: str) -> dict[tuple[str, ...], dict[str, int]]:
     keys = ("gpu", "nodes", "mem_mb", "runtime")
     return {
         (job.rule, *job.outputs): {"threads": n, **{k: int(job.resources.get(k, 0)) for k in keys}}
-        for job, n in zip(jobs, threads)
+        for job, n in zip(jobs, threads, strict=True)
     }
 
 
@@ -133,3 +134,34 @@ def test_paper_dry_run_gpus_only_on_gpu_rules_and_per_judge_size(paper_dry_run):
     # the small CPU jobs are local rules, never SLURM submissions (tests/test_slurm.py runs it)
     block = (REPO / "Snakefile").read_text().split("localrules:")[1].split("\n\n")[0]
     assert {"grade_text", "score", "aggregate", "figure"} <= {n.strip(" ,") for n in block.split()}
+
+
+PARTITION_LIMIT_MIN = 24 * 60  # the profile's stated bound on a group job
+
+
+def test_group_sizes_are_the_most_jobs_of_the_longest_runtime_that_fit_the_partition_limit(paper_dry_run):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    grid.validate_schema(config)
+    grid.complete_config(config, REPO)
+    _, jobs = paper_dry_run
+    for job in jobs:  # the rules reserve what safelora.gpu_hours derives
+        w = job.wildcards
+        if job.rule == "generate":
+            assert int(job.resources["runtime"]) == generate_runtime(config, w["model"], w["benchmark"]), job
+        if job.rule == "judge":
+            assert int(job.resources["runtime"]) == judge_runtime(config, w["judge"], w["benchmark"]), job
+    longest = {
+        "generate-{model}-{benchmark}": max(
+            generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
+        ),
+        "judge-{judge}": max(
+            judge_runtime(config, j, b)
+            for b, spec in config["benchmarks"].items()
+            for j in spec["graders"]
+            if j in config["judges"]
+        ),
+    }
+    sizes = {group: int(n) for group, n in (entry.rsplit("=", 1) for entry in PROFILE["group-components"])}
+    assert sizes.keys() == longest.keys()
+    for group, n in sizes.items():
+        assert n * longest[group] <= PARTITION_LIMIT_MIN < (n + 1) * longest[group], (group, n, longest[group])
