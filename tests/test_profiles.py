@@ -165,3 +165,15 @@ def test_group_sizes_are_the_most_jobs_of_the_longest_runtime_that_fit_the_parti
     assert sizes.keys() == longest.keys()
     for group, n in sizes.items():
         assert n * longest[group] <= PARTITION_LIMIT_MIN < (n + 1) * longest[group], (group, n, longest[group])
+
+
+def test_every_function_a_rule_calls_per_job_stores_its_signature():
+    # Snakemake reads a job function's signature 2-3 times per job; rules/common.smk's
+    # `job_function` stores it once (planning cost, docs/cluster.md)
+    common = (REPO / "rules/common.smk").read_text()
+    rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk") if p.name != "common.smk")
+    defined = re.findall(r"^(@job_function\n)?def (\w+)\(", common, re.M)
+    used = {name for _, name in defined if re.search(rf"(=\s*|unpack\(|^\s+){name}(,|\)|$)", rules, re.M)}
+    assert len(used) > 40
+    assert {name for decorated, name in defined if decorated} == used
+    assert "return job_function(lambda wildcards, input: path)" in common  # workflow_script's
