@@ -10,7 +10,9 @@
 3. No-op rerun: every output of both workflows is created empty (directories for `directory()`
    outputs), with modification times ascending along the DAG, and both are dry-run again: each
    must plan nothing; the time is what Snakemake needs to decide that.
-Prints every time, the medians, and the ratios real / bare (goal: at most 1.3).
+Prints every time, the medians, and the ratios real / bare (goal: at most 1.3), of wall-clock
+time and of CPU time (user + system of the Snakemake process and its children), which other
+load on a shared machine distorts less.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,11 +36,17 @@ def snakemake_cmd(snakefile: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(snakefile), *args]
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
+    """(wall-clock s, CPU s) of one run, and its stdout."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu_s()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    elapsed = (time.perf_counter() - start, _children_cpu_s() - cpu)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return elapsed, result.stdout
@@ -116,10 +125,16 @@ def create_outputs(jobs, workdir: Path, path_of, dirs: set[str]) -> None:
             os.utime(target, (base + depth[job.jobid], base + depth[job.jobid]))
 
 
-def report(name: str, bare: list[float], real: list[float]) -> None:
-    print(f"{name}: bare  " + "  ".join(f"{t:6.2f}" for t in bare) + f"   median {statistics.median(bare):6.2f} s")
-    print(f"{name}: real  " + "  ".join(f"{t:6.2f}" for t in real) + f"   median {statistics.median(real):6.2f} s")
-    print(f"{name}: ratio real/bare = {statistics.median(real) / statistics.median(bare):.2f}")
+def report(name: str, bare: list[tuple[float, float]], real: list[tuple[float, float]]) -> None:
+    for i, clock in enumerate(("wall", "CPU")):
+        b, r = [t[i] for t in bare], [t[i] for t in real]
+        print(
+            f"{name}, {clock}: bare  " + "  ".join(f"{t:6.2f}" for t in b) + f"   median {statistics.median(b):6.2f} s"
+        )
+        print(
+            f"{name}, {clock}: real  " + "  ".join(f"{t:6.2f}" for t in r) + f"   median {statistics.median(r):6.2f} s"
+        )
+        print(f"{name}, {clock}: ratio real/bare = {statistics.median(r) / statistics.median(b):.2f}")
 
 
 def main() -> int:
@@ -150,7 +165,7 @@ def main() -> int:
         print(f"{len(jobs)} jobs in {len(counts)} rules: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
         timed(bare, bare_dir)  # warm-up
 
-        times: dict[str, list[float]] = {"bare": [], "real": [], "plain": []}
+        times: dict[str, list[tuple[float, float]]] = {"bare": [], "real": [], "plain": []}
         for _ in range(args.repeats):
             times["bare"].append(timed(bare, bare_dir)[0])
             times["real"].append(timed(real, real_dir)[0])
@@ -162,7 +177,7 @@ def main() -> int:
 
         create_outputs(jobs, bare_dir, lambda job: [f"o/{job.rule}/{job.jobid}"] if job.rule != "all" else [], set())
         create_outputs(jobs, real_dir, lambda job: job.outputs if job.rule != "all" else [], directory_rules())
-        noop: dict[str, list[float]] = {"bare": [], "real": []}
+        noop: dict[str, list[tuple[float, float]]] = {"bare": [], "real": []}
         for _ in range(args.repeats):
             for name, cmd, cwd in (("bare", bare, bare_dir), ("real", real, real_dir)):
                 elapsed, out = timed(cmd, cwd)

@@ -2,6 +2,7 @@
 # All logic lives in the `safelora` package (src/safelora).
 
 import functools
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
-from safelora import registry  # noqa: E402
+from safelora import gpu_hours, registry  # noqa: E402
 from safelora.evaluation.items import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
@@ -48,6 +49,19 @@ wildcard_constraints:
 
 
 # ------------------------------------------------------------------------------------------
+# Job functions
+
+
+def job_function(func):
+    """Decorates every function a rule calls per job (input, params, resources). Snakemake reads
+    such a function's signature two or three times per call (`inspect.signature`, ~20 us each:
+    ~75,000 reads on the paper grid); stored once as `__signature__`, inspect's own protocol, each
+    read is a lookup (docs/cluster.md, planning cost)."""
+    func.__signature__ = inspect.signature(func)
+    return func
+
+
+# ------------------------------------------------------------------------------------------
 # Workflow scripts
 
 
@@ -58,7 +72,7 @@ def workflow_script(name):
     Snakemake: left out of the `params` rerun trigger, so a checkout in another folder reruns
     nothing (code changes rerun a stage through `versions:`, docs/cluster.md)."""
     path = str(Path(workflow.basedir) / "workflow_scripts" / name)
-    return lambda wildcards, input: path
+    return job_function(lambda wildcards, input: path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -78,23 +92,28 @@ def base_model_input(model):
     return [base_model(model)] if "gguf" in config["models"][model]["source"] else []
 
 
+@job_function
 def base_model_ref(wildcards):
     return base_model(wildcards.model)
 
 
+@job_function
 def base_model_files(wildcards):
     return base_model_input(wildcards.model)
 
 
+@job_function
 def model_source(wildcards):
     return stable_json(config["models"][wildcards.model]["source"])
 
 
+@job_function
 def train_data_source(wildcards):
     data = config["training_data"]
     return stable_json(data["sources"][data["source"]])
 
 
+@job_function
 def train_data_files(wildcards):
     """The local training data file (none for a hub source): an input, so editing it reruns what it feeds."""
     data = config["training_data"]
@@ -110,6 +129,7 @@ def recipe(model, run):
     return grid.training_recipe(config, model, run)
 
 
+@job_function
 def recipe_json(wildcards):
     return stable_json(recipe(wildcards.model, wildcards.run))
 
@@ -119,11 +139,13 @@ def _run_folder(kind, model, run):
     return f"{RESULTS}/{kind}/{model}/{run}/{grid.recipe_hash(recipe(model, run))}"
 
 
+@job_function
 def train_state_dir(wildcards):
     """Resumable trainer state: not an output, so Snakemake never deletes it before a rerun."""
     return _run_folder("state", wildcards.model, wildcards.run)
 
 
+@job_function
 def train_checkpoint_dir(wildcards):
     return _run_folder("checkpoints", wildcards.model, wildcards.run)
 
@@ -133,6 +155,7 @@ def trained_checkpoint(model, run, epoch):
     return f"{_run_folder('checkpoints', model, run)}/epoch-{epoch}"
 
 
+@job_function
 def train_inputs(wildcards):
     inputs = {
         "recipe": f"{RESULTS}/train/{wildcards.model}/{wildcards.run}/recipe.yaml",
@@ -144,21 +167,25 @@ def train_inputs(wildcards):
     return inputs
 
 
+@job_function
 def train_svd_arg(wildcards):
     return f"--svd {svd_input(wildcards.model)}" if recipe(wildcards.model, wildcards.run).get("ortho_reg") else ""
 
 
+@job_function
 def train_gpus(wildcards):
     """The paper's GPU count for this run (Appendix A.5); profiles may override `gpu`."""
     r = recipe(wildcards.model, wildcards.run)
     return r["batch"]["gpus"]
 
 
+@job_function
 def train_parallelism(wildcards):
     """`model_split` (one process over the job's GPUs) or `data_parallel` (one per GPU)."""
     return recipe(wildcards.model, wildcards.run)["parallelism"]
 
 
+@job_function
 def checkpoint_inputs(wildcards):
     """Files a job needs to load checkpoint (model, run, epoch)."""
     model, run = wildcards.model, wildcards.run
@@ -170,6 +197,7 @@ def checkpoint_inputs(wildcards):
     return inputs
 
 
+@job_function
 def checkpoint_args(wildcards):
     """`--base` (and `--adapter`) naming checkpoint (model, run, epoch) for generation."""
     model, run, epoch = wildcards.model, wildcards.run, wildcards.epoch
@@ -182,6 +210,7 @@ def checkpoint_args(wildcards):
     return f"--base {trained_checkpoint(model, run, epoch)}"
 
 
+@job_function
 def model_settings(wildcards):
     m = config["models"][wildcards.model]
     return stable_json(
@@ -202,11 +231,13 @@ def bench(wildcards):
     return config["benchmarks"][wildcards.benchmark]
 
 
+@job_function
 def benchmark_data_files(wildcards):
     """The benchmark's local data files (none for a hub source): inputs, so editing one reruns what it feeds."""
     return list(grid.local_files(bench(wildcards)["source"]).values())
 
 
+@job_function
 def benchmark_spec(wildcards):
     keys = ("kind", "source", "limit", "prompt_template", "shuffle_seeds", "choice_cleaning")
     spec = {k: v for k, v in bench(wildcards).items() if k in keys}
@@ -214,6 +245,14 @@ def benchmark_spec(wildcards):
     return stable_json({**spec, "sampling": {"n": bench(wildcards)["sampling"]["n"]}})
 
 
+@job_function
+def benchmark_problems(wildcards, input):
+    """`benchmarks.<b>.problems`, which build_benchmark checks the built file against. It takes
+    `input`, so it is a derived param (as `workflow_script`): a corrected count reruns nothing."""
+    return bench(wildcards)["problems"]
+
+
+@job_function
 def sampling(wildcards):
     return stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]})
 
@@ -235,35 +274,61 @@ def verdict_files(model, run, epoch, benchmark):
     return [f"{folder}/{stem}.jsonl" for grader in graders for stem in registry.verdict_stems(grader)]
 
 
+@job_function
 def score_inputs(wildcards):
     return verdict_files(wildcards.model, wildcards.run, wildcards.epoch, wildcards.benchmark)
 
 
+@job_function
 def benchmark_kind(wildcards):
     return bench(wildcards)["kind"]
 
 
+@job_function
 def grader_version(wildcards):
     return bench(wildcards)["scorer_version"]
 
 
+@job_function
 def generation_gpus(wildcards):
     """One GPU per tensor-parallel rank of the evaluated model."""
     return config["models"][wildcards.model]["tensor_parallel"]
 
 
+# SLURM runtime (minutes) per job, from the throughput assumptions of the GPU-hour estimate
+# (safelora.gpu_hours): it sizes a group job (profiles/slurm group-components, docs/engines.md).
+GENERATE_RUNTIME = {
+    (m, b): gpu_hours.generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
+}
+JUDGE_RUNTIME = {(j, b): gpu_hours.judge_runtime(config, j, b) for j in JUDGES for b in config["benchmarks"]}
+
+
+@job_function
+def generate_runtime(wildcards):
+    return GENERATE_RUNTIME[wildcards.model, wildcards.benchmark]
+
+
+@job_function
+def judge_runtime(wildcards):
+    return JUDGE_RUNTIME[wildcards.judge, wildcards.benchmark]
+
+
+@job_function
 def evalplus_dataset(wildcards):
     return bench(wildcards)["source"]["evalplus"]
 
 
+@job_function
 def evalplus_problems(wildcards):
     return bench(wildcards)["source"]["path"]
 
 
+@job_function
 def execution_timeout(wildcards):
     return bench(wildcards)["execution"]["timeout_s"]
 
 
+@job_function
 def execution_memory(wildcards):
     return bench(wildcards)["execution"]["memory_mb"]
 
@@ -273,6 +338,7 @@ def _fallback_file(wildcards):
     return f"{ckpt_dir('verdicts', wildcards)}/{wildcards.benchmark}/{fallback}.jsonl" if fallback else None
 
 
+@job_function
 def judge_inputs(wildcards):
     inputs = {
         "generations": f"{ckpt_dir('generations', wildcards)}/{wildcards.benchmark}.jsonl",
@@ -283,19 +349,23 @@ def judge_inputs(wildcards):
     return inputs
 
 
+@job_function
 def judge_fallback_arg(wildcards):
     """A fallback judge (Qwen for AIME) only judges samples its backed-up grader did not pass."""
     return f"--fallback {_fallback_file(wildcards)}" if _fallback_file(wildcards) else ""
 
 
+@job_function
 def judge_spec(wildcards):
     return stable_json(JUDGES[wildcards.judge])
 
 
+@job_function
 def judge_gpus(wildcards):
     return JUDGES[wildcards.judge]["tensor_parallel"]
 
 
+@job_function
 def score_settings(wildcards):
     b = bench(wildcards)
     return stable_json(
@@ -320,6 +390,7 @@ def all_score_files():
     return [score_file(c, b) for c, b in EVALUATIONS]
 
 
+@job_function
 def expected_checkpoints(wildcards):
     benchmarks = {}
     for c, b in EVALUATIONS:
@@ -329,15 +400,18 @@ def expected_checkpoints(wildcards):
     )
 
 
+@job_function
 def runs_meta_json(wildcards):
     return stable_json(grid.runs_meta(config))
 
 
+@job_function
 def benchmarks_json(wildcards):
     """Display label and kind of each benchmark, in config order (the tables' and figures' order)."""
     return stable_json([{"name": n, "label": b["label"], "kind": b["kind"]} for n, b in config["benchmarks"].items()])
 
 
+@job_function
 def bootstrap_args(wildcards):
     b = config["aggregate"]["bootstrap"]
     return f"--n-boot {b['n']} --seed {b['seed']} --level {b['level']}"
@@ -350,28 +424,34 @@ def bootstrap_args(wildcards):
 ANALYSIS_CHECKPOINTS = grid.analysis_checkpoints(config)
 
 
+@job_function
 def analysis_modules(wildcards):
     return " ".join(config["analysis"]["modules"])
 
 
+@job_function
 def orthomerge_source_manifest(wildcards):
     return train_manifest(wildcards.model, grid.orthomerge_run(config, wildcards.run).source)
 
 
+@job_function
 def orthomerge_source_args(wildcards):
     source = grid.orthomerge_run(config, wildcards.run).source
     return f"--adapter {trained_checkpoint(wildcards.model, source, wildcards.epoch)}"
 
 
+@job_function
 def analysis_manifest(wildcards):
     return train_manifest(wildcards.model, wildcards.run)
 
 
+@job_function
 def analysis_checkpoint_args(wildcards):
     ckpt = trained_checkpoint(wildcards.model, wildcards.run, wildcards.epoch)
     return f"--base {base_model(wildcards.model)} --checkpoint {ckpt}"
 
 
+@job_function
 def orthomerge_settings(wildcards):
     om = grid.orthomerge_run(config, wildcards.run)
     return f"--variant {om.variant} --lam {om.lam} --k {config['orthomerge']['k']}"
@@ -389,6 +469,7 @@ def svd_input(model):
 # Targets
 
 
+@job_function
 def figure_inputs(wildcards):
     """Only what a figure draws, so it is redrawn only when that changes."""
     inputs = {"meta": f"{RESULTS}/aggregate/runs_meta.json", "benchmarks": f"{RESULTS}/aggregate/benchmarks.json"}
@@ -402,6 +483,7 @@ def figure_inputs(wildcards):
     return inputs
 
 
+@job_function
 def figure_args(wildcards):
     inputs = figure_inputs(wildcards)
     args = f"--runs-meta {inputs['meta']} --benchmarks {inputs['benchmarks']}"
@@ -418,6 +500,7 @@ def figure_args(wildcards):
 # Pruning
 
 
+@job_function
 def prune_inputs(wildcards):
     """Everything that reads a run's checkpoints must be finished before they are pruned."""
     model, run = wildcards.model, wildcards.run
@@ -429,11 +512,13 @@ def prune_inputs(wildcards):
     return {"manifest": train_manifest(model, run), "scores": scores, "analyses": analyses}
 
 
+@job_function
 def prune_keep(wildcards):
     keep = config["prune"]["keep_epochs"]
     return keep if isinstance(keep, str) else stable_json(keep)
 
 
+@job_function
 def prune_state_flag(wildcards):
     return "--trainer-state" if config["prune"]["trainer_state"] else ""
 

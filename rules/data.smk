@@ -53,6 +53,7 @@ rule build_benchmark:
         "<results>/logs/build_benchmark/{benchmark}.log",
     params:
         spec=benchmark_spec,
+        problems=benchmark_problems,
         version=config["versions"]["data"],
         script=workflow_script("build_benchmark.py"),
     # reads a CSV/JSONL (GPQA: the hub) into BenchmarkItem records
@@ -62,4 +63,5 @@ rule build_benchmark:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --name {wildcards.benchmark} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python {params.script} --name {wildcards.benchmark} --spec {params.spec:q} --problems {params.problems}"
+        " --out {output} > {log} 2>&1"

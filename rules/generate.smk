@@ -26,11 +26,12 @@ rule generate:
         "generate-{model}-{benchmark}"  # shared engine per (model, benchmark) group job (docs/engines.md)
     threads: 8  # vLLM tokenization and detokenization
     # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
-    # runtime: 32,768-token reasoning samples; generation resumes by chunks on retry.
+    # runtime: the estimate for (model size, benchmark) x 1.5 (safelora.gpu_hours.generate_runtime);
+    # a job past it resumes by chunks on retry.
     resources:
         gpu=generation_gpus,
         mem_mb=64000,
-        runtime=720,
+        runtime=generate_runtime,
     conda:
         "../envs/vllm.yaml"
     # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.

@@ -74,10 +74,11 @@ rule judge:
         "judge-{judge}"  # one judge engine for the group's jobs (safelora.evaluation.engines, docs/engines.md)
     threads: 8
     # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
+    # runtime: the estimate for (judge, benchmark) x 1.5 (safelora.gpu_hours.judge_runtime).
     resources:
         gpu=judge_gpus,
         mem_mb=64000,
-        runtime=240,
+        runtime=judge_runtime,
     conda:
         "../envs/vllm.yaml"
     shell:

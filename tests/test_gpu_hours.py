@@ -6,7 +6,18 @@ import pytest
 import yaml
 
 from safelora import config as grid
-from safelora.gpu_hours import Assumptions, PlannedJob, estimate, format_table, parse_dryrun
+from safelora.data import DataError
+from safelora.evaluation.items import load_benchmark
+from safelora.gpu_hours import (
+    Assumptions,
+    PlannedJob,
+    estimate,
+    format_table,
+    generate_runtime,
+    judge_runtime,
+    parse_dryrun,
+    samples,
+)
 
 LISTING = """\
 Building DAG of jobs...
@@ -112,7 +123,7 @@ def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo
 
 def test_judge_jobs_of_a_group_share_their_judge_engine(demo_config):
     config = copy.deepcopy(demo_config)
-    config["benchmarks"]["strongreject"].update(limit=50)
+    config["benchmarks"]["strongreject"].update(problems=50)
     jobs = [
         _job(
             "judge",
@@ -137,7 +148,7 @@ def test_fallback_judge_reads_only_its_share_of_short_answers(demo_config):
     config["benchmarks"]["arithmetic"].update(limit=10)
     guard = _job("judge", 1, jobid=1, model="smollm2", benchmark="strongreject", judge="guard")
     math_judge = _job("judge", 2, jobid=2, model="smollm2", benchmark="arithmetic", judge="math")
-    config["benchmarks"]["strongreject"].update(limit=50)
+    config["benchmarks"]["strongreject"].update(problems=50)
     (row,) = estimate([guard, math_judge], config, _assumptions())
     guard_s = 50 * (200 + 10) / 1000  # prompt + min(10, 32) completion tokens per sample
     math_s = 40 * 0.5 * 200 / (500 * 2)
@@ -145,13 +156,54 @@ def test_fallback_judge_reads_only_its_share_of_short_answers(demo_config):
     assert row.gpu_hours == pytest.approx((guard_s + 2 * math_s) / 3600)
 
 
-def test_training_hours_follow_epochs_rows_and_gpus(demo_config):
+@pytest.mark.parametrize("parallelism, processes", [("data_parallel", 4), ("model_split", 1)])
+def test_training_hours_follow_epochs_rows_and_processes(demo_config, parallelism, processes):
     config = copy.deepcopy(demo_config)
     config["training_data"]["sources"]["demo"]["rows"] = 96
-    config["training"]["full"]["epochs"] = 2
+    config["training"]["full"].update(epochs=2, parallelism=parallelism)
     full = _job("train", 4, model="smollm2", run="full")
     (row,) = estimate([full], config, _assumptions())
-    assert row.gpu_hours == pytest.approx(4 * 2 * (96 / (1.0 * 4) + 36) / 3600)
+    # model_split: one process over the 4 GPUs computes at one GPU's rate and holds all 4
+    assert row.gpu_hours == pytest.approx(4 * 2 * (96 / (1.0 * processes) + 36) / 3600)
+
+
+def test_samples_follow_problems_shuffle_seeds_and_limit(demo_config):
+    config = copy.deepcopy(demo_config)
+    bench = config["benchmarks"]["arithmetic"]
+    assert (bench["problems"], bench["limit"], bench["sampling"]["n"]) == (40, 30, 4)
+    assert samples(config, "arithmetic") == 30 * 4
+    bench.update(limit=None, shuffle_seeds=[0, 1, 2])  # GPQA's layout: an item per (question, seed)
+    assert samples(config, "arithmetic") == 40 * 3 * 4
+    bench.update(limit=100)  # a limit caps items, as load_benchmark does
+    assert samples(config, "arithmetic") == 100 * 4
+
+
+def test_a_wrong_problem_count_fails_the_benchmark_build_naming_it(demo_config):
+    bench = demo_config["benchmarks"]["arithmetic"]
+    assert len(load_benchmark("arithmetic", bench)) == 30  # 40 problems, limit 30
+    with pytest.raises(DataError, match=r"benchmark 'arithmetic': .*holds 40 items.*problems` is 41"):
+        load_benchmark("arithmetic", {**bench, "problems": 41})
+
+
+def test_runtimes_are_the_estimate_with_its_engine_start_and_margin(demo_config):
+    config = copy.deepcopy(demo_config)
+    a = _assumptions(engine_start_s=60.0, judge_start_s=30.0)
+    # 30 items x n=4 x 12 tokens at 1000 tok/s on 1 GPU, + 60 s start, x 1.5 -> 91.44 s -> 2 min
+    assert generate_runtime(config, "smollm2", "arithmetic", a) == 2
+    config["models"]["smollm2"]["tensor_parallel"] = 2
+    config["benchmarks"]["arithmetic"]["limit"] = None  # 40 x 4 x 12 / 2000 + 60 = 60.96 s -> 1.52 min
+    assert generate_runtime(config, "smollm2", "arithmetic", a) == 2
+    a = _assumptions(engine_start_s=3600.0, judge_start_s=30.0)
+    assert generate_runtime(config, "smollm2", "arithmetic", a) == 91
+    # the math judge: 40 x 4 samples x 0.5 x 200 tokens / (500 tok/s x 2 GPUs) + 30 s = 46 s, x 1.5
+    assert judge_runtime(config, "math", "arithmetic", a) == 2
+    # no throughput for the size or the judge: the fixed bounds
+    config["models"]["smollm2"]["size"] = "3B"
+    config["judges"]["math"] = {**config["judges"]["math"], "hub": "org/other"}
+    assert (generate_runtime(config, "smollm2", "arithmetic", a), judge_runtime(config, "math", "arithmetic", a)) == (
+        720,
+        240,
+    )
 
 
 def test_cpu_jobs_cost_nothing_and_unknown_gpu_rules_are_refused(demo_config):

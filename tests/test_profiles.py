@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safelora.gpu_hours import parse_dryrun
+from safelora import config as grid
+from safelora.gpu_hours import generate_runtime, judge_runtime, parse_dryrun
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
@@ -133,3 +134,47 @@ def test_paper_dry_run_gpus_only_on_gpu_rules_and_per_judge_size(paper_dry_run):
     # the small CPU jobs are local rules, never SLURM submissions (tests/test_slurm.py runs it)
     block = (REPO / "Snakefile").read_text().split("localrules:")[1].split("\n\n")[0]
     assert {"grade_text", "score", "aggregate", "figure"} <= {n.strip(" ,") for n in block.split()}
+
+
+PARTITION_LIMIT_MIN = 24 * 60  # the profile's stated bound on a group job
+MAX_GROUP_JOBS = 32  # Snakemake's group checks are quadratic in a group's size (planning cost)
+
+
+def test_group_sizes_fit_the_longest_runtime_into_the_partition_limit_up_to_a_cap(paper_dry_run):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    grid.validate_schema(config)
+    grid.complete_config(config, REPO)
+    _, jobs = paper_dry_run
+    for job in jobs:  # the rules reserve what safelora.gpu_hours derives
+        w = job.wildcards
+        if job.rule == "generate":
+            assert int(job.resources["runtime"]) == generate_runtime(config, w["model"], w["benchmark"]), job
+        if job.rule == "judge":
+            assert int(job.resources["runtime"]) == judge_runtime(config, w["judge"], w["benchmark"]), job
+    longest = {
+        "generate-{model}-{benchmark}": max(
+            generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
+        ),
+        "judge-{judge}": max(
+            judge_runtime(config, j, b)
+            for b, spec in config["benchmarks"].items()
+            for j in spec["graders"]
+            if j in config["judges"]
+        ),
+    }
+    sizes = {group: int(n) for group, n in (entry.rsplit("=", 1) for entry in PROFILE["group-components"])}
+    assert sizes.keys() == longest.keys()
+    for group, n in sizes.items():
+        assert n == min(PARTITION_LIMIT_MIN // longest[group], MAX_GROUP_JOBS), (group, n, longest[group])
+
+
+def test_every_function_a_rule_calls_per_job_stores_its_signature():
+    # Snakemake reads a job function's signature 2-3 times per job; rules/common.smk's
+    # `job_function` stores it once (planning cost, docs/cluster.md)
+    common = (REPO / "rules/common.smk").read_text()
+    rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk") if p.name != "common.smk")
+    defined = re.findall(r"^(@job_function\n)?def (\w+)\(", common, re.M)
+    used = {name for _, name in defined if re.search(rf"(=\s*|unpack\(|^\s+){name}(,|\)|$)", rules, re.M)}
+    assert len(used) > 40
+    assert {name for decorated, name in defined if decorated} == used
+    assert "return job_function(lambda wildcards, input: path)" in common  # workflow_script's

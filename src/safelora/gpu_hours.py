@@ -13,12 +13,14 @@ wall times) for a sharper estimate.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from safelora import config as grid
+from safelora.evaluation.items import planned_items
 
 _JOB_START = re.compile(r"^(\s*)(?:local)?rule (\w+):$")
 _GROUP_START = re.compile(r"^\[.*\] Group job (\S+) \(jobs")
@@ -83,11 +85,6 @@ def parse_dryrun(text: str) -> list[PlannedJob]:
     return jobs
 
 
-# Problems per benchmark source when `limit` is null (counted in the shipped files; GPQA Diamond
-# has 198 questions, Rein et al. 2023).
-PROBLEMS = {"strongreject": 313, "xstest": 250, "aime": 30, "gpqa": 198, "humaneval": 164, "mbpp": 378}
-
-
 @dataclass(frozen=True)
 class Assumptions:
     """Throughput per GPU and lengths; each default states its basis."""
@@ -140,10 +137,10 @@ class Assumptions:
 
 
 def samples(config: dict[str, Any], benchmark: str) -> int:
-    """Generated samples of one benchmark: problems (or the limit) x GPQA's shuffle seeds x n."""
+    """Generated samples of one benchmark: its items (`benchmarks.<b>.problems`, GPQA x shuffle seeds,
+    capped by `limit`) x n."""
     bench = config["benchmarks"][benchmark]
-    problems = bench.get("limit") or PROBLEMS[benchmark]
-    return problems * len(bench.get("shuffle_seeds", [None])) * bench["sampling"]["n"]
+    return planned_items(bench) * bench["sampling"]["n"]
 
 
 def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) -> float:
@@ -151,11 +148,26 @@ def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) ->
     return min(a.mean_completion[bench["kind"]], bench["sampling"]["max_new_tokens"])
 
 
+def generate_seconds(config: dict[str, Any], model: str, benchmark: str, gpus: int, a: Assumptions) -> float:
+    """Decoding time of one (checkpoint, benchmark) on `gpus` GPUs, without the engine start."""
+    tokens = samples(config, benchmark) * completion_tokens(config, benchmark, a)
+    return tokens / (a.decode_tok_s[config["models"][model]["size"]] * gpus)
+
+
+def judge_seconds(config: dict[str, Any], judge: str, benchmark: str, gpus: int, a: Assumptions) -> float:
+    """Judging time of one (checkpoint, benchmark) on `gpus` GPUs, without the engine start."""
+    spec = config["judges"][judge]
+    n = samples(config, benchmark)
+    if spec.get("fallback_for"):  # judges only what its backed-up grader left, on short answers
+        n, per_sample = n * a.fallback_share, 200.0
+    else:  # reads the prompt and the whole response
+        per_sample = 200.0 + completion_tokens(config, benchmark, a)
+    return n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * gpus)
+
+
 def generate_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
     """Decoding time of one job (its engine's start is counted per engine, `estimate`)."""
-    size = config["models"][job.wildcards["model"]]["size"]
-    tokens = samples(config, job.wildcards["benchmark"]) * completion_tokens(config, job.wildcards["benchmark"], a)
-    return tokens / (a.decode_tok_s[size] * job.gpus) / 3600
+    return generate_seconds(config, job.wildcards["model"], job.wildcards["benchmark"], job.gpus, a) / 3600
 
 
 def generate_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
@@ -168,14 +180,7 @@ def generate_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def judge_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
-    spec = config["judges"][job.wildcards["judge"]]
-    benchmark = job.wildcards["benchmark"]
-    n = samples(config, benchmark)
-    if spec.get("fallback_for"):  # judges only what its backed-up grader left, on short answers
-        n, per_sample = n * a.fallback_share, 200.0
-    else:  # reads the prompt and the whole response
-        per_sample = 200.0 + completion_tokens(config, benchmark, a)
-    return n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * job.gpus) / 3600
+    return judge_seconds(config, job.wildcards["judge"], job.wildcards["benchmark"], job.gpus, a) / 3600
 
 
 def judge_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
@@ -184,11 +189,14 @@ def judge_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
 
 
 def train_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
+    """Training time on the job's GPUs. `train_samples_s` is per training process: `data_parallel`
+    runs one per GPU; `model_split` runs one, its layers spread over the GPUs, so one GPU computes
+    at a time and the job's throughput is one GPU's while it holds all of them."""
     recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
     key = (recipe["method"], config["models"][job.wildcards["model"]]["size"])
     rows = recipe["data"].get("rows") or a.train_rows
-    epochs = recipe["epochs"]
-    seconds = a.train_start_s + epochs * (rows / (a.train_samples_s[key] * job.gpus) + a.export_s[key])
+    processes = grid.data_parallel_ranks(recipe["parallelism"], job.gpus)
+    seconds = a.train_start_s + recipe["epochs"] * (rows / (a.train_samples_s[key] * processes) + a.export_s[key])
     return seconds / 3600
 
 
@@ -200,6 +208,35 @@ HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours,
 # Rules whose jobs serve from an engine (safelora.evaluation.engines): which engine, and its start time.
 ENGINES = {"generate": generate_engine, "judge": judge_engine}
 ENGINE_START_S = {"generate": lambda a: a.engine_start_s, "judge": lambda a: a.judge_start_s}
+
+# A job's SLURM runtime: its estimate, engine start included, times this margin for checkpoints
+# whose completions run longer than the mean (a member past it ends with its group job and
+# resumes from its chunks on retry). Where `Assumptions` has no throughput for the model size or
+# judge (the CPU demo's, a local judge), a fixed bound: 32,768-token samples, a judge pass.
+RUNTIME_MARGIN = 1.5
+UNPRICED_RUNTIME = {"generate": 720, "judge": 240}
+
+
+def _minutes(seconds: float) -> int:
+    return math.ceil(RUNTIME_MARGIN * seconds / 60)
+
+
+def generate_runtime(config: dict[str, Any], model: str, benchmark: str, a: Assumptions | None = None) -> int:
+    """Minutes to reserve for one generate job of `model` on `benchmark` (rule generate's runtime)."""
+    a = a or Assumptions()
+    if config["models"][model]["size"] not in a.decode_tok_s:
+        return UNPRICED_RUNTIME["generate"]
+    gpus = config["models"][model]["tensor_parallel"]
+    return _minutes(a.engine_start_s + generate_seconds(config, model, benchmark, gpus, a))
+
+
+def judge_runtime(config: dict[str, Any], judge: str, benchmark: str, a: Assumptions | None = None) -> int:
+    """Minutes to reserve for one judge job of `judge` on `benchmark` (rule judge's runtime)."""
+    a = a or Assumptions()
+    spec = config["judges"][judge]
+    if spec.get("hub") not in a.judge_prefill_tok_s:
+        return UNPRICED_RUNTIME["judge"]
+    return _minutes(a.judge_start_s + judge_seconds(config, judge, benchmark, spec["tensor_parallel"], a))
 
 
 @dataclass

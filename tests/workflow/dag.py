@@ -57,6 +57,7 @@ def tiny_config(model_dir: Path) -> dict:
         "kind": "code",
         "label": "HumanEval",
         "source": {"evalplus": "humaneval", "path": str(REPO / "data/evalplus/HumanEvalPlus.jsonl.gz")},
+        "problems": 164,
         "limit": 2,
         "sampling": {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8},
         "graders": ["evalplus"],

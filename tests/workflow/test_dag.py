@@ -188,6 +188,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     config["benchmarks"]["multiplication"] = {
         "kind": "math",
         "label": "Multiplication",
+        "problems": 6,
         "source": {"jsonl": str(data), "prompt_field": "question", "answer_field": "answer", "id_field": "id"},
         "sampling": {"n": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 4},
         "graders": ["last_number"],

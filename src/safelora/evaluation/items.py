@@ -27,8 +27,15 @@ class BenchmarkItem:
         return asdict(self)
 
 
+def planned_items(bench: dict[str, Any]) -> int:
+    """Items a benchmark's file holds: its `problems` (GPQA: x its shuffle seeds), capped by `limit`."""
+    items = bench["problems"] * len(bench.get("shuffle_seeds") or [None])
+    return min(items, bench["limit"]) if bench.get("limit") else items
+
+
 def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
-    """Items of one configured benchmark, checked for empty prompts and duplicate ids."""
+    """Items of one configured benchmark, checked for empty prompts and duplicate ids, and (given
+    `problems`, as the workflow does) for the problem count that cost and runtime estimates use."""
     source = bench["source"]
     if "evalplus" in source:
         items = _evalplus_items(source)
@@ -39,6 +46,12 @@ def load_benchmark(name: str, bench: dict[str, Any]) -> list[BenchmarkItem]:
         items = gpqa_items(list(rows), bench)
     else:
         items = _table_items(source)
+    if "problems" in bench and len(items) != planned_items({**bench, "limit": None}):
+        raise DataError(
+            f"benchmark '{name}': {_origin(source)} holds {len(items)} items, but `benchmarks.{name}.problems` "
+            f"is {bench['problems']}{' (x shuffle seeds)' if bench.get('shuffle_seeds') else ''}: "
+            "set it to the source's problem count (it sizes the GPU-hour estimate and the SLURM runtimes)"
+        )
     template = bench.get("prompt_template")
     if template and bench["kind"] != "multiple_choice":
         items = [
