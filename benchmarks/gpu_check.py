@@ -369,6 +369,8 @@ def main() -> int:
                 "strongreject",
                 "--spec",
                 json.dumps(spec),
+                "--problems",
+                str(config["benchmarks"]["strongreject"]["problems"]),
                 "--out",
                 str(items),
             ],
