@@ -263,7 +263,7 @@ def ckpt_dir(kind, wildcards):
 
 def verdict_output(grader, variant=None):
     """A verdict file of one (checkpoint, benchmark), as a rule output (named in safelora/registry.py)."""
-    stem = registry.GRADERS[grader].verdict_stem(variant) if grader in registry.GRADERS else grader
+    stem = registry.verdict_stem(grader, variant)
     return f"<results>/verdicts/{{model}}/{{run}}/epoch-{{epoch}}/{{benchmark}}/{stem}.jsonl"
 
 

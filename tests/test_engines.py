@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tiny_model import random_adapter
 
+from safelora.evaluation import engines
 from safelora.evaluation.engines import engine_dir, engine_env, open_backend
 from safelora.evaluation.generation import GenerationJob, ModelRef, Sampling, TransformersBackend, run_generation
 from safelora.io import read_jsonl
@@ -45,7 +46,7 @@ def own_backend(tiny_model) -> TransformersBackend:
 def test_the_engine_process_imports_this_package_without_an_installed_one(monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     first = engine_env()["PYTHONPATH"].split(os.pathsep)[0]
-    assert (Path(first) / "safelora/evaluation/engines.py").resolve() == Path(engine_env.__code__.co_filename).resolve()
+    assert (Path(first) / "safelora/evaluation/engines.py").resolve() == Path(engines.__file__).resolve()
 
 
 @pytest.mark.slow

@@ -87,6 +87,11 @@ def graders_by_kind() -> dict[str, set[str]]:
     return allowed
 
 
+def verdict_stem(grader: str, variant: str | None = None) -> str:
+    """The name (without `.jsonl`) of one verdict file of a grader or a judge (judges have no variants)."""
+    return GRADERS[grader].verdict_stem(variant) if grader in GRADERS else grader
+
+
 def verdict_stems(grader: str) -> list[str]:
     """The verdict file names (without `.jsonl`) a grader or judge writes per (checkpoint, benchmark)."""
     return GRADERS[grader].verdict_stems() if grader in GRADERS else [grader]

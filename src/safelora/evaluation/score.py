@@ -105,11 +105,9 @@ def agreement(files: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return result
 
 
-def check_graders(verdict_paths: list[str | Path], primary: str) -> None:
+def check_graders(keys: list[tuple[str, str | None]], primary: str, source: str) -> None:
     """Each (grader, variant) has one verdict file and every variant its primary grader's: so a Score
     record has one entry per (metric, variant, grader) and one primary grader per (metric, variant)."""
-    keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
-    source = ", ".join(map(str, verdict_paths))
     repeated = sorted({key for key in keys if keys.count(key) > 1}, key=str)
     if repeated:
         raise ValueError(f"{source}: more than one verdict file for (grader, variant) {repeated}")
@@ -121,10 +119,10 @@ def check_graders(verdict_paths: list[str | Path], primary: str) -> None:
 def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]) -> dict[str, Any]:
     """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and benchmark."""
     metric_name = registry.KIND_METRICS[settings["kind"]]
-    check_graders(verdict_paths, settings["primary"])
+    keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
+    check_graders(keys, settings["primary"], ", ".join(map(str, verdict_paths)))
     metrics, by_grader = [], {}
-    for path in verdict_paths:
-        grader, variant = registry.grader_and_variant(Path(path).stem)
+    for path, (grader, variant) in zip(verdict_paths, keys, strict=True):
         verdicts = read_jsonl(path)
         metric = metric_from_verdicts(verdicts, settings["max_unparseable_share"], str(path))
         metrics.append(
