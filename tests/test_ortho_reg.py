@@ -391,6 +391,9 @@ def test_trainer_logs_penalty_and_counts_it_once_per_optimizer_step(tmp_path):
     split, _ = penalty_update(batch=2, accumulation=2)
     logged = [h["ortho_penalty"] for h in trainer.state.log_history if "ortho_penalty" in h]
     assert len(logged) == 1 and logged[0] > 0
-    assert max(d.abs().max().item() for d in whole.values()) > 1e-2
+    largest = max(d.abs().max().item() for d in whole.values())
+    assert largest > 1e-2
+    # float32 sums the micro-batches in another order (differences ~1e-5 on some CPUs); a penalty
+    # counted per micro-batch would differ by about half the update, ~1e3 times this tolerance
     for name in whole:
-        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-3 * largest)
