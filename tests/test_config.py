@@ -38,9 +38,11 @@ def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     assert config["orthomerge"]["variants"] == {"col": [1.0], "both": [1.0, 1.15, 1.175, 1.2, 1.25]}
     checkpoints = grid.checkpoints(config)
     # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10
-    # + OrthoMerge 2 models x (col at lambda 1 + both at 5 lambdas) x 10 epochs
-    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 120
+    # + OrthoMerge 2 models x (col at lambda 1 + both at 5 lambdas) of the last epoch (Section 5.2)
+    assert config["orthomerge"]["epochs"] == "last"
+    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 12
     assert grid.Checkpoint("r1-14b", "lora-r4-mlp.om-both-l1.175", 10) in checkpoints
+    assert not any(c.epoch != 10 for c in checkpoints if ".om-" in c.run)
     assert {c.run for c in checkpoints if ".om-col" in c.run} == {"lora-r4-mlp.om-col-l1"}
 
 
