@@ -44,6 +44,8 @@ def _children_cpu_s() -> float:
 def timed(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
     """(wall-clock s, CPU s) of one run, and its stdout."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    # as on a user's machine, bytecode is cached after the first plan (some sandboxes disable it)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     start, cpu = time.perf_counter(), _children_cpu_s()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = (time.perf_counter() - start, _children_cpu_s() - cpu)

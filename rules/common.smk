@@ -7,8 +7,6 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from safelora import config as grid  # noqa: E402
@@ -16,9 +14,10 @@ from safelora import gpu_hours, registry  # noqa: E402
 from safelora.evaluation.items import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
-validate(config, grid.SCHEMA_PATH, set_default=False)
-grid.complete_config(config)
-check_local_data(config)
+# One schema pass (JSON Schema, then defaults, then cross-checks): a ConfigError names the file and key.
+grid.validate_schema(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+grid.check_config(config)
+check_local_data(config, cache=".snakemake/safelora/local-data-checks.json")
 
 # Every output of this config lives under results/<experiment>/: rule directives name it
 # `<results>` (a Snakemake path variable), Python code here RESULTS.

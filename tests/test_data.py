@@ -137,6 +137,31 @@ def test_benchmark_checks_duplicates_and_empty_prompts(tmp_path):
         load_benchmark("d", {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "question"}})
 
 
+def test_plan_time_data_check_is_remembered_until_the_file_or_its_settings_change(tmp_path, monkeypatch):
+    from safelora.evaluation import items
+
+    path = write_jsonl(tmp_path / "b.jsonl", [{"id": i, "q": f"question {i}"} for i in range(3)])
+    bench = {"kind": "math", "source": {"jsonl": str(path), "prompt_field": "q", "id_field": "id"}, "problems": 3}
+    config = {"training_data": {"source": "hub", "sources": {}}, "benchmarks": {"b": bench}}
+    loads = []
+    real_load = items.load_benchmark
+    monkeypatch.setattr(items, "load_benchmark", lambda name, b: loads.append(name) or real_load(name, b))
+    cache = tmp_path / ".snakemake" / "checks.json"
+
+    items.check_local_data(config, cache=cache)
+    items.check_local_data(config, cache=cache)
+    assert loads == ["b"] and cache.exists()  # the second plan did not parse the unchanged file
+
+    with pytest.raises(DataError, match="holds 3 items, but `benchmarks.b.problems` is 4"):
+        items.check_local_data({**config, "benchmarks": {"b": {**bench, "problems": 4}}}, cache=cache)
+    write_jsonl(path, [{"id": 0, "q": "question 0"}, {"id": 0, "q": "again"}, {"id": 2, "q": "x"}])
+    with pytest.raises(DataError, match="duplicate item id '0'"):  # same size class, new content
+        items.check_local_data(config, cache=cache)
+    cache.write_text("not json")
+    with pytest.raises(DataError, match="duplicate item id '0'"):  # an unreadable cache checks again
+        items.check_local_data(config, cache=cache)
+
+
 def csv_module_rows(path):
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

@@ -7,6 +7,7 @@ calls `check_config`; the CLIs call `load_config`. Every error names the key it 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -69,16 +70,24 @@ def load_config(path: str | Path, workdir: str | Path = ".") -> dict[str, Any]:
 
 
 def complete_config(config: dict[str, Any], workdir: str | Path = ".") -> dict[str, Any]:
-    """After `snakemake.utils.validate`: fill schema defaults everywhere, then cross-check."""
+    """After `validate_schema`: fill schema defaults everywhere, then cross-check."""
     schema = load_schema()
     _fill_defaults(config, schema, schema)
     check_config(config, workdir)
     return config
 
 
-def load_schema() -> dict[str, Any]:
+@functools.cache
+def _cached_schema() -> dict[str, Any]:
+    # libyaml's loader where PyYAML has it: the schema is read at every plan (docs/cluster.md)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=loader)
+
+
+def load_schema() -> dict[str, Any]:
+    """The config schema (a fresh copy: callers may not change the cached one)."""
+    return copy.deepcopy(_cached_schema())
 
 
 def validate_schema(config: dict[str, Any], source: str = "config") -> None:

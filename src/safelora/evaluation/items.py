@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from safelora.data import DataError, read_table
 from safelora.evaluation.parsers import clean_choice, gpqa_prompt, shuffle_choices
+from safelora.io import atomic_write_json, stable_json
 
 
 @dataclass(frozen=True)
@@ -162,16 +165,47 @@ def _check_items(name: str, items: list[BenchmarkItem]) -> None:
         seen.add(item.id)
 
 
-def check_local_data(config: dict[str, Any]) -> None:
+def check_local_data(config: dict[str, Any], cache: str | os.PathLike[str] | None = None) -> None:
     """Load every local data file the config names, so bad data fails before any job is planned.
 
-    Hub sources are checked when their job loads them (no network at planning time).
+    Hub sources are checked when their job loads them (no network at planning time). With `cache`
+    (a JSON file; the Snakefile's is in `.snakemake/`), a check that passed is remembered by the
+    file's path, size and modification time and the settings it was loaded with, so an unchanged
+    file is not parsed again at every plan (the EvalPlus files took ~0.4 s); a changed file or
+    setting is checked again.
     """
     from safelora.data import load_refusal_rows
 
+    checks = []
     for name, source in config["training_data"]["sources"].items():
         if "path" in source and name == config["training_data"]["source"]:
-            load_refusal_rows(source, name=f"training_data.sources.{name}")
+            label = f"training_data.sources.{name}"
+            checks.append((label, source, source["path"], lambda s=source, n=label: load_refusal_rows(s, name=n)))
     for name, bench in config["benchmarks"].items():
         if "hub" not in bench["source"]:
-            load_benchmark(name, bench)
+            checks.append((name, bench, _origin(bench["source"]), lambda n=name, b=bench: load_benchmark(n, b)))
+    passed = _read_passed(cache)
+    now = set()
+    for label, settings, path, check in checks:
+        key = _check_key(label, settings, path)
+        if key is None or key not in passed:
+            check()
+        if key is not None:
+            now.add(key)
+    if cache is not None and now != passed:
+        atomic_write_json(cache, sorted(now))
+
+
+def _check_key(label: str, settings: dict[str, Any], path: str) -> str | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # the check itself reports the missing file
+    return stable_json([label, settings, os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+
+
+def _read_passed(cache: str | os.PathLike[str] | None) -> set[str]:
+    try:
+        return set(json.loads(Path(cache).read_text(encoding="utf-8"))) if cache else set()
+    except (OSError, ValueError, TypeError):
+        return set()  # absent or unreadable: check everything
