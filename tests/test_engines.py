@@ -94,3 +94,29 @@ def test_jobs_share_one_engine_process_with_the_records_of_their_own(
         time.sleep(0.5)
     assert not list(engine_dir().glob("*.sock")), "the engine exits after its idle time"
     assert "idle for 3 s: engine exits" in log.read_text()
+
+
+@pytest.mark.slow
+def test_an_idle_engine_is_stopped_for_another_and_a_busy_one_is_not(tiny_model, tmp_path_factory, monkeypatch):
+    """What a vLLM job does before starting its engine (two cannot share a GPU's memory):
+    the scope's idle engines exit, with their processes, and an engine a job still uses stays."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("t")))
+    monkeypatch.setattr(engines, "BUSY_GRACE_S", 1.0)
+    ref = ModelRef(base=str(tiny_model), dtype="float32")
+    busy = open_backend("transformers", ref, 1, 2, idle_s=600)  # its job is still connected
+    (busy_socket,) = engine_dir().glob("*.sock")
+    idle = open_backend("transformers", ref, 2, 2, idle_s=600)  # another seed: another engine
+    (idle_socket,) = set(engine_dir().glob("*.sock")) - {busy_socket}
+    idle.conn.close()  # its job ended
+    deadline = time.monotonic() + 30  # the engine sees the job's end asynchronously
+    stopped = engines.stop_idle_engines(engine_dir())
+    while not stopped and time.monotonic() < deadline:
+        stopped = engines.stop_idle_engines(engine_dir())
+    assert stopped == [idle_socket] and not idle_socket.exists() and busy_socket.exists()
+    assert "stopped on request" in idle_socket.with_suffix(".log").read_text()
+    assert texts(busy, None) == texts(own_backend(tiny_model), None)  # the busy engine serves on
+    busy.conn.close()
+    deadline = time.monotonic() + 30
+    while busy_socket.exists() and time.monotonic() < deadline:
+        engines.stop_idle_engines(engine_dir())
+    assert not busy_socket.exists()

@@ -102,7 +102,7 @@ def test_generation_hours_are_tokens_over_throughput_times_gpus(demo_config):
     assert row.gpu_hours == pytest.approx(2 * (36 + 480 / 2000) / 3600)
 
 
-def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo_config):
+def test_a_group_job_starts_an_engine_when_its_next_member_needs_other_weights(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)
     checkpoints = [("base", 0), ("lora-r4-mlp", 1), ("lora-r4-mlp", 2), ("full", 1), ("full", 2)]
@@ -119,6 +119,10 @@ def test_a_group_job_starts_one_engine_per_base_and_one_per_full_checkpoint(demo
     assert row.gpu_hours == pytest.approx((6 * decode_s + 4 * 36) / 3600)
     (per_job,) = estimate([*grouped, alone], config, a, shared_engines=False)
     assert per_job.engine_starts == 6 and per_job.gpu_hours == pytest.approx(6 * (decode_s + 36) / 3600)
+    # a LoRA epoch after a full one: the base engine was stopped for the full one's, so it starts again
+    order = [grouped[1], grouped[3], grouped[2]]
+    (row,) = estimate(order, config, a)
+    assert row.engine_starts == 3
 
 
 def test_judge_jobs_of_a_group_share_their_judge_engine(demo_config):

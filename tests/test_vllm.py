@@ -4,7 +4,8 @@ A LoRA request that silently returns base-model output is a known vLLM failure, 
 here has random (non-zero) lora_B weights and its unmerged output must equal the merged model's
 and differ from the base model's. vLLM's greedy text must also equal transformers' in float32.
 One engine serving several adapters (more than its GPU LoRA slots) must give each adapter the
-text an engine of its own gives it.
+text an engine of its own gives it. A shared vLLM engine first stops the job's idle engines: vLLM
+refuses to start where another engine holds its GPU's memory.
 """
 
 import json
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_model import random_adapter
 
+from safelora.evaluation import engines
+from safelora.evaluation.engines import engine_dir, open_backend
 from safelora.evaluation.generation import (
     GenerationJob,
     ModelRef,
@@ -169,3 +172,22 @@ def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(model
     vllm_texts = greedy_texts(VLLMBackend(ref, seed=0), merged_adapter)
     hf_texts = greedy_texts(TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32")), merged_adapter)
     assert [t for t, _, _ in vllm_texts] == [t for t, _, _ in hf_texts]
+
+
+@pytest.mark.slow
+def test_a_shared_vllm_engine_starts_after_stopping_the_idle_engine_of_other_weights(
+    served, models, tmp_path_factory, monkeypatch
+):
+    """A group job's full fine-tuning checkpoint after its LoRA checkpoints: the base's engine is
+    idle, and must go before the checkpoint's own engine can take the GPU."""
+    pytest.importorskip("vllm", reason=INSTALL)
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("t")))  # a short path: Unix sockets allow 107 bytes
+    earlier = open_backend("transformers", ModelRef(base=str(models["base"]), dtype="float32"), 0, 2, idle_s=600)
+    (earlier_socket,) = engine_dir().glob("*.sock")
+    earlier.conn.close()  # its job ended; the engine would idle for 600 s
+    shared = open_backend("vllm", ModelRef(base=str(models["merged"]), max_model_len=MAX_MODEL_LEN), 0, 2, idle_s=600)
+    assert not earlier_socket.exists()
+    assert "stopped on request" in earlier_socket.with_suffix(".log").read_text()
+    assert greedy_texts(shared) == greedy_texts(served("merged"))
+    shared.conn.close()
+    assert engines.stop_idle_engines(engine_dir()) and not list(engine_dir().glob("*.sock"))

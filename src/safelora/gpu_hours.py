@@ -2,9 +2,11 @@
 
 The planned jobs (rule, wildcards, resources, group job) are parsed from Snakemake's dry-run
 listing, so the estimate counts exactly what a run would execute, with the GPU counts the profile
-gives each job. Engine starts are counted as the plan makes them: the jobs of one group job share
-one engine per set of weights (docs/engines.md), so a group of LoRA checkpoints of one base starts
-one engine, and a full fine-tuning checkpoint in it one more; a job outside a group starts its own.
+gives each job. Engine starts are counted as the plan makes them: consecutive jobs of one group
+job on the same weights share one engine (docs/engines.md), so a group of LoRA checkpoints of one
+base starts one engine, a full fine-tuning checkpoint after them one more (the idle base engine is
+stopped to free the GPU), and a LoRA checkpoint after that the base's again; a job outside a
+group starts its own.
 Hours per job come from the config (prompts, samples, token budgets, epochs) and `Assumptions`,
 whose defaults are stated for H100/H200-class 80 GB GPUs with their basis; replace them with
 figures from a pilot run (generation records carry `completion_tokens`; `benchmark:` files carry
@@ -253,11 +255,14 @@ def estimate(
 ) -> list[RuleEstimate]:
     """GPU-hours per rule; a job without GPUs costs none (its CPU time is not counted).
 
-    An engine start costs its GPUs' start time once per (group job, engine); with
-    `shared_engines` False every job starts its own (an engine per job, as before issue 15)."""
+    An engine start costs its GPUs' start time whenever a member of a group job needs other
+    weights than the member before it (in listed order): a vLLM engine takes its GPU's memory, so
+    the engine of the previous weights is stopped first (`engines.stop_idle_engines`), and a group
+    of base, full, LoRA checkpoints starts three. A job outside a group starts its own, and with
+    `shared_engines` False every job does (an engine per job, as before issue 15)."""
     a = a or Assumptions()
     rules: dict[str, RuleEstimate] = defaultdict(lambda: RuleEstimate(""))
-    started: set[tuple[Any, ...]] = set()
+    serving: dict[Any, tuple[Any, ...]] = {}  # per group job: the engine its last member used
     for job in jobs:
         row = rules[job.rule]
         row.rule = job.rule
@@ -270,9 +275,10 @@ def estimate(
         row.gpu_hours += job.gpus * HOURS[job.rule](job, config, a)
         if job.rule in ENGINES:
             shared = shared_engines and job.group is not None
-            engine = (job.rule, job.group if shared else f"job {job.jobid}", *ENGINES[job.rule](job, config))
-            if engine not in started:
-                started.add(engine)
+            slot = (job.rule, job.group if shared else f"job {job.jobid}")
+            engine = tuple(ENGINES[job.rule](job, config))
+            if serving.get(slot) != engine:
+                serving[slot] = engine
                 row.engine_starts += 1
                 row.gpu_hours += job.gpus * ENGINE_START_S[job.rule](a) / 3600
     return sorted(rules.values(), key=lambda r: (-r.gpu_hours, r.rule))

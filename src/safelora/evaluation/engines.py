@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -36,11 +37,20 @@ from safelora.evaluation.generation import Backend, Completion, ModelRef, Sampli
 from safelora.io import stable_json
 
 START_TIMEOUT_S = 3600.0  # loading a 32B judge from a cold shared filesystem takes minutes
+STOP_TIMEOUT_S = 300.0
+BUSY_GRACE_S = 10.0
+# Backends that reserve a fixed share of GPU memory at start: one at a time per job (stop_idle_engines).
+EXCLUSIVE_BACKENDS = frozenset({"vllm"})
 
 
 def engine_dir() -> Path:
-    """The user's engine folder under the node-local temporary directory (SLURM sets TMPDIR)."""
-    folder = Path(os.environ.get("TMPDIR") or "/tmp") / f"safelora-engines-{os.getuid()}"
+    """The user's engine folder under the node-local temporary directory, one per SLURM job: the
+    members of a group job share engines, and another SLURM job on the node (other GPUs, and a
+    TMPDIR that need not be its own) never connects to them."""
+    scope = f"safelora-engines-{os.getuid()}"
+    if os.environ.get("SLURM_JOB_ID"):
+        scope += f"-job{os.environ['SLURM_JOB_ID']}"
+    folder = Path(os.environ.get("TMPDIR") or "/tmp") / scope
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -60,6 +70,7 @@ def engine_key(backend_name: str, ref: ModelRef, seed: int, batch_size: int) -> 
         "batch_size": batch_size,
         "weights": weights,
         "code": str(Path(__file__).resolve()),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),  # an engine serves on its own GPUs only
     }
     return hashlib.sha256(stable_json(fields).encode()).hexdigest()[:20]
 
@@ -102,6 +113,8 @@ def open_backend(backend_name: str, ref: ModelRef, seed: int, batch_size: int, i
             fcntl.flock(lock, fcntl.LOCK_EX)
             conn = _connect(socket)
             if conn is None:
+                if backend_name in EXCLUSIVE_BACKENDS:
+                    stop_idle_engines(folder, keep=socket)
                 conn = _start(socket, log, backend_name, ref, seed, batch_size, idle_s)
         try:
             engine = conn.recv()
@@ -110,6 +123,69 @@ def open_backend(backend_name: str, ref: ModelRef, seed: int, batch_size: int, i
         print(f"shared engine {key} ({engine}, log {log})", flush=True)
         return RemoteBackend(conn, engine, AutoTokenizer.from_pretrained(ref.base))
     raise RuntimeError(f"the shared engine {key} closed every connection at once ({log})")
+
+
+def stop_idle_engines(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Stop the folder's engines that serve no job (all but `keep`) and wait until their processes
+    are gone; return their sockets. A vLLM engine takes a fixed share of its GPU's memory
+    (`gpu_memory_utilization`) and refuses to start where less is free, so the base model's engine,
+    idle after the LoRA checkpoints of a group job, must go before a full fine-tuning checkpoint's
+    engine can start on that GPU. A busy engine is left alone."""
+    stopped = []
+    for socket in sorted(folder.glob("*.sock")):
+        if socket == keep:
+            continue
+        status, group = _ask_to_stop(socket)
+        if status == "stopping":
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _group_alive(group) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_alive(group):
+                raise TimeoutError(f"the idle engine {socket.stem} did not exit within {STOP_TIMEOUT_S:.0f} s")
+            print(f"stopped the idle engine {socket.stem}: its GPU memory is free for this job's engine", flush=True)
+            stopped.append(socket)
+    return stopped
+
+
+def _ask_to_stop(socket: Path) -> tuple[str, int | None]:
+    """("stopping", its process group), ("busy", None) or ("gone", None). A job that just ended
+    may still count as connected for a moment, so a busy engine is asked again for BUSY_GRACE_S."""
+    deadline = time.monotonic() + BUSY_GRACE_S
+    while True:
+        conn = _connect(socket)
+        if conn is None:
+            return "gone", None
+        try:
+            conn.recv()  # the engine's name, sent on connect
+            conn.send(("stop_if_idle",))
+            status, group = conn.recv()
+        except (EOFError, OSError):  # it reached its idle exit meanwhile
+            return "gone", None
+        finally:
+            conn.close()
+        if status != "busy" or time.monotonic() > deadline:
+            return status, group
+        time.sleep(0.5)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the engine's process group still runs (vLLM's engine core is a child
+    process that holds the GPU memory; a zombie holds none)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
 
 
 def _connect(socket: Path) -> Connection | None:
@@ -196,7 +272,11 @@ class _Server:
         try:
             conn.send(self.backend.engine)
             while True:
-                _, prompts, sampling, seeds, adapter = conn.recv()
+                request = conn.recv()
+                if request[0] == "stop_if_idle":
+                    self._stop_if_idle(conn)
+                    continue
+                _, prompts, sampling, seeds, adapter = request
                 with self.lock:
                     try:
                         reply = ("ok", self.backend.generate(prompts, sampling, seeds, adapter))
@@ -211,6 +291,21 @@ class _Server:
                 self.connected -= 1
                 self.last_seen = time.monotonic()
 
+    def _stop_if_idle(self, conn: Connection) -> None:
+        """Exit, with every process of this engine's group, if no job but the asking one is
+        connected; a request being served holds the lock, so the engine is busy then."""
+        if not self.lock.acquire(timeout=0):
+            conn.send(("busy", None))
+            return
+        if self.connected > 1:
+            self.lock.release()
+            conn.send(("busy", None))
+            return
+        self.socket.unlink(missing_ok=True)
+        print("stopped on request of a job that starts another engine", flush=True)
+        conn.send(("stopping", os.getpgid(0)))
+        _exit_group()
+
     def _exit_when_idle(self) -> None:
         while True:
             time.sleep(min(1.0, self.idle_s))
@@ -218,11 +313,18 @@ class _Server:
                 if self.connected == 0 and time.monotonic() - self.last_seen > self.idle_s:
                     self.socket.unlink(missing_ok=True)
                     print(f"idle for {self.idle_s:.0f} s: engine exits", flush=True)
-                    os._exit(0)
+                    _exit_group()
+
+
+def _exit_group() -> None:
+    """End the engine and its child processes (vLLM's engine core): the group `serve` leads."""
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def serve(backend_name: str, ref: ModelRef, seed: int, batch_size: int, socket: Path, idle_s: float) -> None:
     started = time.monotonic()
+    if os.getpgid(0) != os.getpid():  # lead a process group, so that _exit_group ends only this engine
+        os.setpgid(0, 0)
     backend = make_backend(backend_name, ref, seed, batch_size)
     listener = Listener(str(socket), family="AF_UNIX")
     print(f"engine {backend.engine} for {ref.base} up in {time.monotonic() - started:.1f} s on {socket}", flush=True)
