@@ -61,7 +61,6 @@ sys.path.insert(0, str(REPO / "tests"))
 from safelora.housekeeping import process_tree_rss_mb  # noqa: E402
 
 # (hidden, intermediate, layers, attention heads, key-value heads)
-SHAPES = {"qwen2.5-0.5b": (896, 4864, 24, 14, 2), "tiny": (128, 256, 2, 4, 2)}
 ZERO3 = {"stage": 3, "offload_optimizer": False, "offload_params": False}
 
 
@@ -120,20 +119,10 @@ class PeakMemory:
 
 def build_model(root: Path, shape: str, dtype: str) -> Path:
     import torch
-    from tiny_model import build_tokenizer, random_qwen2
+    from tiny_model import SHAPES, build_tokenizer, random_qwen2
 
-    hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
     tokenizer = build_tokenizer(REPO)
-    model = random_qwen2(
-        tokenizer,
-        hidden=hidden,
-        intermediate=intermediate,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        max_positions=2048,
-        seed=0,
-    )
+    model = random_qwen2(tokenizer, **SHAPES[shape], max_positions=2048, seed=0)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     path = root / "base"
     model.to(getattr(torch, dtype)).save_pretrained(path)

@@ -8,31 +8,10 @@ engines shared within the plan's group jobs, as the workflow runs them (docs/eng
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def dry_run(configfile: Path, profile: Path, targets: list[str]) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        *targets,
-        "--configfile",
-        str(configfile),
-        "--profile",
-        str(profile),
-    ]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
-    return result.stdout
 
 
 def main() -> int:
@@ -47,9 +26,11 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO / "src"))
     from safelora import config as grid
-    from safelora.gpu_hours import estimate, format_table, parse_dryrun
+    from safelora.gpu_hours import dry_run, estimate, format_table, parse_dryrun
 
-    text = args.dryrun_file.read_text() if args.dryrun_file else dry_run(args.configfile, args.profile, args.targets)
+    text = (
+        args.dryrun_file.read_text() if args.dryrun_file else dry_run(REPO, args.configfile, args.profile, args.targets)
+    )
     config = yaml.safe_load(args.configfile.read_text())
     grid.validate_schema(config)
     grid.complete_config(config, REPO)

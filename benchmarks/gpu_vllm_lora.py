@@ -26,7 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # (hidden, intermediate, layers, attention heads, key-value heads)
-SHAPES = {"qwen2.5-0.5b": (896, 4864, 24, 14, 2), "tiny": (128, 256, 2, 4, 2)}
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
 
@@ -49,20 +48,10 @@ def build_models(root: Path, shape: str, rank: int, dtype: str) -> dict[str, str
     sys.path.insert(0, str(REPO / "tests"))
     import torch
     from peft import LoraConfig, get_peft_model
-    from tiny_model import build_tokenizer, random_qwen2
+    from tiny_model import SHAPES, build_tokenizer, random_qwen2
 
-    hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
     tokenizer = build_tokenizer(REPO)
-    model = random_qwen2(
-        tokenizer,
-        hidden=hidden,
-        intermediate=intermediate,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        max_positions=4096,
-        seed=0,
-    )
+    model = random_qwen2(tokenizer, **SHAPES[shape], max_positions=4096, seed=0)
     paths = {name: root / name for name in ("base", "adapter", "merged")}
     model.to(getattr(torch, dtype)).save_pretrained(paths["base"])
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from safelora import config as grid
-from safelora.gpu_hours import generate_runtime, judge_runtime, parse_dryrun
+from safelora.gpu_hours import dry_run, generate_runtime, judge_runtime, parse_dryrun
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
@@ -94,21 +94,8 @@ TARGETS = [
 
 @pytest.fixture(scope="module")
 def paper_dry_run():
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        *TARGETS,
-        "--configfile",
-        str(REPO / "config.yaml"),
-        "--profile",
-        str(REPO / "profiles/slurm"),
-    ]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout, parse_dryrun(result.stdout)
+    stdout = dry_run(REPO, REPO / "config.yaml", REPO / "profiles/slurm", TARGETS, timeout=600)
+    return stdout, parse_dryrun(stdout)
 
 
 def test_paper_dry_run_gives_training_jobs_the_papers_gpu_counts(paper_dry_run):

@@ -46,6 +46,13 @@ def build_tokenizer(repo: Path):
     )
 
 
+# The GPU checks' random models (benchmarks/gpu_check.py, gpu_vllm_lora.py): Qwen2.5-0.5B's shape, and a tiny one.
+SHAPES = {
+    "qwen2.5-0.5b": {"hidden": 896, "intermediate": 4864, "layers": 24, "heads": 14, "kv_heads": 2},
+    "tiny": {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 4, "kv_heads": 2},
+}
+
+
 def random_qwen2(
     tokenizer, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, max_positions: int, seed: int
 ):

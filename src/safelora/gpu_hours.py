@@ -16,9 +16,14 @@ wall times) for a sharper estimate.
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from safelora import config as grid
@@ -27,6 +32,28 @@ from safelora.evaluation.items import planned_items
 _JOB_START = re.compile(r"^(\s*)(?:local)?rule (\w+):$")
 _GROUP_START = re.compile(r"^\[.*\] Group job (\S+) \(jobs")
 _FIELD = re.compile(r"^\s*(input|output|jobid|wildcards|resources): (.*)$")
+
+
+def dry_run(
+    workdir: Path, configfile: Path, profile: Path, targets: Sequence[str] = (), timeout: float | None = None
+) -> str:
+    """The listing of `snakemake -n` (this interpreter's Snakemake) in the checkout `workdir`."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        *targets,
+        "--configfile",
+        str(configfile),
+        "--profile",
+        str(profile),
+    ]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:5])} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result.stdout
 
 
 @dataclass(frozen=True)
