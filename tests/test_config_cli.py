@@ -18,7 +18,7 @@ DEMO_TARGET = "results/demo/generations/smollm2/base/epoch-0/strongreject.jsonl"
 
 def dry_run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", *args]
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", *args]  # also where the demo has run
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

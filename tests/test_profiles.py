@@ -41,11 +41,11 @@ def test_profiles_repeat_no_resource_of_a_rule():
 
 
 def planned_resources(*args: str) -> dict[tuple[str, ...], dict[str, int]]:
-    """Threads and resources of every job of a dry run, by the job's outputs."""
+    """Threads and resources of every job of a dry run, by the job's outputs (--forceall: the whole
+    DAG, also in a checkout where the demo has run)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     blocks = re.split(r"^\s*(?:local)?rule \w+:$", result.stdout, flags=re.M)[1:]
     threads = [int(m.group(1)) if (m := re.search(r"^\s*threads: (\d+)$", b, re.M)) else 1 for b in blocks]

@@ -100,8 +100,12 @@ def ci_config(model_dir: Path) -> dict:
     return config
 
 
+# The processes that do a job's work: its workflow script and the engine it starts.
+WORKLOAD = (b"workflow_scripts/", b"safelora.evaluation.engines")
+
+
 class JobEnvironments:
-    """Samples CUDA_VISIBLE_DEVICES from /proc of every process SLURM tracks, while jobs run."""
+    """Samples CUDA_VISIBLE_DEVICES from /proc of every workload process SLURM tracks, while jobs run."""
 
     def __init__(self) -> None:
         self.seen: dict[str, set[str]] = {}
@@ -122,9 +126,12 @@ class JobEnvironments:
             for line in listing.splitlines()[1:]:
                 pid, jobid = line.split()[:2]
                 try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 except OSError:
                     continue
+                if not any(part in cmdline for part in WORKLOAD):
+                    continue  # SLURM's and Snakemake's own helpers (sampled mid-start under load)
                 value = next((v[21:].decode() for v in environ if v.startswith(b"CUDA_VISIBLE_DEVICES=")), "")
                 self.seen.setdefault(jobid, set()).add(value)
 
@@ -197,6 +204,7 @@ def test_workflow_jobs_run_as_slurm_jobs_with_the_requested_gpus(slurm_cluster, 
             if kind == "generate":
                 assert gres == f"gpu:{GENERATE_GPUS}", jobs[jobid]
                 # the job's processes saw exactly the GPUs SLURM bound to it, e.g. "0,1" or "2,3"
+                assert len(environments.seen[jobid]) == 1, environments.seen
                 (devices,) = environments.seen[jobid]
                 assert len(set(devices.split(","))) == GENERATE_GPUS, environments.seen
             else:
