@@ -60,7 +60,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from safelora.housekeeping import process_tree_rss_mb  # noqa: E402
 
-# (hidden, intermediate, layers, attention heads, key-value heads)
 ZERO3 = {"stage": 3, "offload_optimizer": False, "offload_params": False}
 
 

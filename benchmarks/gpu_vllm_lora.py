@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# (hidden, intermediate, layers, attention heads, key-value heads)
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
 

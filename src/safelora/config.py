@@ -70,7 +70,8 @@ def load_config(path: str | Path, workdir: str | Path = ".") -> dict[str, Any]:
 
 
 def complete_config(config: dict[str, Any], workdir: str | Path = ".") -> dict[str, Any]:
-    """After `validate_schema`: fill schema defaults everywhere, then cross-check."""
+    """Fill schema defaults everywhere, then cross-check: for a config not read through `validate_schema`
+    (which fills defaults itself), e.g. a benchmark script's or a test's edited copy."""
     schema = load_schema()
     _fill_defaults(config, schema, schema)
     check_config(config, workdir)
