@@ -12,7 +12,10 @@
    must plan nothing; the time is what Snakemake needs to decide that.
 Prints every time, the medians, and the ratios real / bare (goal: at most 1.3), of wall-clock
 time and of CPU time (user + system of the Snakemake process and its children), which other
-load on a shared machine distorts less.
+load on a shared machine distorts less. Each repetition runs the two back to back, in alternating
+order, so the headline ratio is the median of the repetitions' own ratios: a machine whose speed
+drifts between repetitions (tens of percent within minutes on a shared host) moves both runs of
+one repetition alike. The ratio of the two medians is printed beside it.
 """
 
 from __future__ import annotations
@@ -136,7 +139,20 @@ def report(name: str, bare: list[tuple[float, float]], real: list[tuple[float, f
         print(
             f"{name}, {clock}: real  " + "  ".join(f"{t:6.2f}" for t in r) + f"   median {statistics.median(r):6.2f} s"
         )
-        print(f"{name}, {clock}: ratio real/bare = {statistics.median(r) / statistics.median(b):.2f}")
+        paired = statistics.median(x / y for x, y in zip(r, b, strict=True))
+        print(
+            f"{name}, {clock}: ratio real/bare = {paired:.2f} (median of paired ratios;"
+            f" ratio of medians {statistics.median(r) / statistics.median(b):.2f})"
+        )
+
+
+def repeat(runs: list[tuple[str, list[str], Path]], repeats: int) -> dict[str, list[tuple[tuple[float, float], str]]]:
+    """Every run once per repetition, back to back, reversed every other repetition (drift cancels)."""
+    results: dict[str, list[tuple[tuple[float, float], str]]] = {name: [] for name, _, _ in runs}
+    for repetition in range(repeats):
+        for name, cmd, cwd in runs if repetition % 2 == 0 else runs[::-1]:
+            results[name].append(timed(cmd, cwd))
+    return results
 
 
 def main() -> int:
@@ -167,25 +183,22 @@ def main() -> int:
         print(f"{len(jobs)} jobs in {len(counts)} rules: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
         timed(bare, bare_dir)  # warm-up
 
-        times: dict[str, list[tuple[float, float]]] = {"bare": [], "real": [], "plain": []}
-        for _ in range(args.repeats):
-            times["bare"].append(timed(bare, bare_dir)[0])
-            times["real"].append(timed(real, real_dir)[0])
-            if args.no_profile:
-                times["plain"].append(timed(plain, real_dir)[0])
+        runs = [("bare", bare, bare_dir), ("real", real, real_dir)]
+        if args.no_profile:
+            runs.append(("plain", plain, real_dir))
+        times = {name: [elapsed for elapsed, _ in results] for name, results in repeat(runs, args.repeats).items()}
         report("dry run", times["bare"], times["real"])
         if args.no_profile:
             report("dry run, real without profile", times["bare"], times["plain"])
 
         create_outputs(jobs, bare_dir, lambda job: [f"o/{job.rule}/{job.jobid}"] if job.rule != "all" else [], set())
         create_outputs(jobs, real_dir, lambda job: job.outputs if job.rule != "all" else [], directory_rules())
-        noop: dict[str, list[tuple[float, float]]] = {"bare": [], "real": []}
-        for _ in range(args.repeats):
-            for name, cmd, cwd in (("bare", bare, bare_dir), ("real", real, real_dir)):
-                elapsed, out = timed(cmd, cwd)
+        noop = {}
+        for name, results in repeat(runs[:2], args.repeats).items():
+            for _, out in results:
                 if "Nothing to be done" not in out:
                     sys.exit(f"no-op run of the {name} workflow planned jobs:\n{out[-3000:]}")
-                noop[name].append(elapsed)
+            noop[name] = [elapsed for elapsed, _ in results]
         report("no-op rerun", noop["bare"], noop["real"])
     return 0
 

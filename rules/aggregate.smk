@@ -13,16 +13,15 @@ rule describe_grid:
         meta=runs_meta_json,
         expected=expected_checkpoints,
         benchmarks=benchmarks_json,
-        script=workflow_script("write_json.py"),
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --kind runs_meta --json {params.meta:q} --out {output.meta} > {log} 2>&1"
-        " && python {params.script} --kind expected --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
-        " && python {params.script} --kind benchmarks --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
+        "python {SCRIPTS}/write_json.py --kind runs_meta --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        " && python {SCRIPTS}/write_json.py --kind expected --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        " && python {SCRIPTS}/write_json.py --kind benchmarks --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
 
 
 rule aggregate:
@@ -41,7 +40,6 @@ rule aggregate:
     params:
         bootstrap=bootstrap_args,
         version=config["versions"]["aggregate"],
-        script=workflow_script("aggregate.py"),
     # results table with 2,000 bootstrap resamples
     resources:
         mem_mb=4000,
@@ -49,7 +47,7 @@ rule aggregate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --scores {input.scores} --runs-meta {input.meta}"
+        "python {SCRIPTS}/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
         " --expected {input.expected} --benchmarks {input.benchmarks} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
@@ -64,11 +62,10 @@ rule figure:
     params:
         args=figure_args,
         version=config["versions"]["aggregate"],
-        script=workflow_script("plot.py"),
     resources:
         mem_mb=4000,
         runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"

@@ -4,6 +4,7 @@
 import functools
 import inspect
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -60,18 +61,25 @@ def job_function(func):
     return func
 
 
+def cli_args(**options):
+    """`--name value` pairs (`_` -> `-`), values quoted for the shell; None leaves an option out.
+    A rule passes a stage's settings as one such param: Snakemake expands each param and formats
+    each shell field of every job, so one field instead of four saves planning time on 2,500
+    jobs, and the param still reruns the job when any setting changes (docs/cluster.md)."""
+    return " ".join(
+        f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items() if value is not None
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # Workflow scripts
 
 
-def workflow_script(name):
-    """`params: script=workflow_script("x.py")`: the path of a workflow script, for `shell:`.
-
-    A path names code, not data. The function takes `input`, which makes it a derived param for
-    Snakemake: left out of the `params` rerun trigger, so a checkout in another folder reruns
-    nothing (code changes rerun a stage through `versions:`, docs/cluster.md)."""
-    path = str(Path(workflow.basedir) / "workflow_scripts" / name)
-    return job_function(lambda wildcards, input: path)
+# Shell commands name a script `{SCRIPTS}/<name>`: a global that Snakemake fills into the command,
+# not a param. A path names code, not data, so it is no rerun trigger (a checkout in another folder
+# reruns nothing; code changes rerun a stage through `versions:`), and it costs no per-job param
+# expansion (docs/cluster.md, planning cost).
+SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,15 +218,20 @@ def checkpoint_args(wildcards):
 
 
 @job_function
-def model_settings(wildcards):
+def generation_args(wildcards):
+    """Everything of a generate job but its checkpoint and files: backend, batch, sampling, model."""
     m = config["models"][wildcards.model]
-    return stable_json(
-        {
-            "dtype": m["dtype"],
-            "max_model_len": m["max_model_len"],
-            "tensor_parallel": m["tensor_parallel"],
-            "max_lora_rank": grid.max_lora_rank(config, wildcards.model),
-        }
+    model_settings = {
+        "dtype": m["dtype"],
+        "max_model_len": m["max_model_len"],
+        "tensor_parallel": m["tensor_parallel"],
+        "max_lora_rank": grid.max_lora_rank(config, wildcards.model),
+    }
+    return cli_args(
+        backend=config["generation"]["backend"],
+        batch_size=config["generation"]["batch_size"],
+        sampling=stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]}),
+        model_settings=stable_json(model_settings),
     )
 
 
@@ -247,13 +260,8 @@ def benchmark_spec(wildcards):
 @job_function
 def benchmark_problems(wildcards, input):
     """`benchmarks.<b>.problems`, which build_benchmark checks the built file against. It takes
-    `input`, so it is a derived param (as `workflow_script`): a corrected count reruns nothing."""
+    `input`, so it is a derived param: a corrected count reruns nothing."""
     return bench(wildcards)["problems"]
-
-
-@job_function
-def sampling(wildcards):
-    return stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]})
 
 
 def ckpt_dir(kind, wildcards):
@@ -313,23 +321,14 @@ def judge_runtime(wildcards):
 
 
 @job_function
-def evalplus_dataset(wildcards):
-    return bench(wildcards)["source"]["evalplus"]
-
-
-@job_function
-def evalplus_problems(wildcards):
-    return bench(wildcards)["source"]["path"]
-
-
-@job_function
-def execution_timeout(wildcards):
-    return bench(wildcards)["execution"]["timeout_s"]
-
-
-@job_function
-def execution_memory(wildcards):
-    return bench(wildcards)["execution"]["memory_mb"]
+def execution_args(wildcards):
+    b = bench(wildcards)
+    return cli_args(
+        dataset=b["source"]["evalplus"],
+        problems=b["source"]["path"],
+        timeout=b["execution"]["timeout_s"],
+        memory_mb=b["execution"]["memory_mb"],
+    )
 
 
 def _fallback_file(wildcards):
@@ -349,14 +348,15 @@ def judge_inputs(wildcards):
 
 
 @job_function
-def judge_fallback_arg(wildcards):
-    """A fallback judge (Qwen for AIME) only judges samples its backed-up grader did not pass."""
-    return f"--fallback {_fallback_file(wildcards)}" if _fallback_file(wildcards) else ""
-
-
-@job_function
-def judge_spec(wildcards):
-    return stable_json(JUDGES[wildcards.judge])
+def judge_args(wildcards):
+    """The judge, the benchmark kind, the backend, and a fallback judge's verdicts to read: a
+    fallback judge (Qwen for AIME) only judges samples its backed-up grader did not pass."""
+    return cli_args(
+        judge=stable_json(JUDGES[wildcards.judge]),
+        kind=bench(wildcards)["kind"],
+        backend=config["generation"]["backend"],
+        fallback=_fallback_file(wildcards),
+    )
 
 
 @job_function

@@ -8,7 +8,6 @@ rule prepare_model:
         "<results>/logs/prepare_model/{model}.log",
     params:
         source=model_source,
-        script=workflow_script("prepare_model.py"),
     # GGUF -> transformers (demo model only)
     resources:
         mem_mb=8000,
@@ -16,7 +15,7 @@ rule prepare_model:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} --source {params.source:q} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule build_train_set:
@@ -32,7 +31,6 @@ rule build_train_set:
         source=train_data_source,
         think=config["training_data"]["think"],
         version=config["versions"]["data"],
-        script=workflow_script("build_train_set.py"),
     # tokenizer + chat template over ~1,000 DirectRefusal rows
     resources:
         mem_mb=8000,
@@ -40,7 +38,7 @@ rule build_train_set:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} --tokenizer {params.tokenizer} --source {params.source:q}"
+        "python {SCRIPTS}/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
         " --think {params.think:q} --out {output} > {log} 2>&1"
 
 
@@ -55,7 +53,6 @@ rule build_benchmark:
         spec=benchmark_spec,
         problems=benchmark_problems,
         version=config["versions"]["data"],
-        script=workflow_script("build_benchmark.py"),
     # reads a CSV/JSONL (GPQA: the hub) into BenchmarkItem records
     resources:
         mem_mb=4000,
@@ -63,5 +60,5 @@ rule build_benchmark:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --name {wildcards.benchmark} --spec {params.spec:q} --problems {params.problems}"
+        "python {SCRIPTS}/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q} --problems {params.problems}"
         " --out {output} > {log} 2>&1"

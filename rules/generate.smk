@@ -16,12 +16,8 @@ rule generate:
         "<results>/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
     params:
         checkpoint=checkpoint_args,
-        backend=config["generation"]["backend"],
-        batch_size=config["generation"]["batch_size"],
-        sampling=sampling,
-        model_settings=model_settings,
+        settings=generation_args,  # --backend --batch-size --sampling --model-settings
         version=config["versions"]["generate"],
-        script=workflow_script("generate.py"),
     group:
         "generate-{model}-{benchmark}"  # shared engine per (model, benchmark) group job (docs/engines.md)
     threads: 8  # vLLM tokenization and detokenization
@@ -36,7 +32,6 @@ rule generate:
         "../envs/vllm.yaml"
     # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
-        "python {params.script} {params.checkpoint} --items {input.prompts}"
-        " --backend {params.backend} --batch-size {params.batch_size} --sampling {params.sampling:q}"
-        " --model-settings {params.model_settings:q} --mem-mb {resources.mem_mb} --out {output}"
+        "python {SCRIPTS}/generate.py {params.checkpoint} --items {input.prompts} {params.settings}"
+        " --mem-mb {resources.mem_mb} --out {output}"
         f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"

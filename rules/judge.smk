@@ -13,7 +13,6 @@ rule grade_text:
     params:
         kind=benchmark_kind,
         version=grader_version,
-        script=workflow_script("grade.py"),
     # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
@@ -22,7 +21,7 @@ rule grade_text:
         "../envs/eval.yaml"
     # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
-        "python {params.script} --grader {wildcards.text_grader} --kind {params.kind}"
+        "python {SCRIPTS}/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -36,12 +35,8 @@ rule execute_code:
     log:
         "<results>/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
-        dataset=evalplus_dataset,
-        problems=evalplus_problems,
-        timeout=execution_timeout,
-        memory=execution_memory,
+        settings=execution_args,  # --dataset --problems --timeout --memory-mb
         version=grader_version,
-        script=workflow_script("execute_code.py"),
     threads: 4  # EvalPlus workers (one sandboxed process each)
     # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
@@ -50,9 +45,8 @@ rule execute_code:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --dataset {params.dataset} --problems {params.problems}"
-        " --generations {input.generations} --items {input.prompts} --out {output.plus} --out-base {output.base}"
-        " --timeout {params.timeout} --memory-mb {params.memory} --workers {threads} > {log} 2>&1"
+        "python {SCRIPTS}/execute_code.py {params.settings} --generations {input.generations} --items {input.prompts}"
+        " --out {output.plus} --out-base {output.base} --workers {threads} > {log} 2>&1"
 
 
 rule judge:
@@ -65,11 +59,7 @@ rule judge:
     benchmark:
         "<results>/benchmarks/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.tsv"
     params:
-        judge=judge_spec,
-        kind=benchmark_kind,
-        backend=config["generation"]["backend"],
-        fallback=judge_fallback_arg,
-        script=workflow_script("judge.py"),
+        settings=judge_args,  # --judge --kind --backend [--fallback]
     group:
         "judge-{judge}"  # one judge engine for the group's jobs (safelora.evaluation.engines, docs/engines.md)
     threads: 8
@@ -82,7 +72,6 @@ rule judge:
     conda:
         "../envs/vllm.yaml"
     shell:
-        "python {params.script} --judge {params.judge:q} --kind {params.kind}"
-        " --generations {input.generations} --items {input.prompts} {params.fallback}"
-        " --backend {params.backend} --mem-mb {resources.mem_mb} --out {output}"
+        "python {SCRIPTS}/judge.py {params.settings} --generations {input.generations} --items {input.prompts}"
+        " --mem-mb {resources.mem_mb} --out {output}"
         f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"

@@ -14,7 +14,6 @@ rule orthomerge:
         settings=orthomerge_settings,
         source=orthomerge_source_args,
         version=config["versions"]["orthomerge"],
-        script=workflow_script("orthomerge.py"),
     # LoRA factors and a cached rank-64 SVD: CPU only
     resources:
         mem_mb=16000,
@@ -22,4 +21,4 @@ rule orthomerge:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} {params.source} --svd {input.svd} {params.settings} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/orthomerge.py {params.source} --svd {input.svd} {params.settings} --out {output} > {log} 2>&1"

@@ -14,7 +14,6 @@ rule prune:
         state=train_state_dir,
         keep=prune_keep,
         trainer_state=prune_state_flag,
-        script=workflow_script("prune.py"),
     # deletes pruned checkpoints and trainer state
     resources:
         mem_mb=1000,
@@ -22,5 +21,5 @@ rule prune:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} --manifest {input.manifest} --state-dir {params.state}"
+        "python {SCRIPTS}/prune.py --manifest {input.manifest} --state-dir {params.state}"
         " --keep-epochs {params.keep:q} {params.trainer_state} --out {output} > {log} 2>&1"

@@ -10,13 +10,12 @@ rule score:
         "<results>/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
         settings=score_settings,
-        script=workflow_script("score.py"),
     resources:
         mem_mb=2000,
         runtime=10,
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {params.script} --model {wildcards.model} --run {wildcards.run}"
+        "python {SCRIPTS}/score.py --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
         " --verdicts {input} --out {output} > {log} 2>&1"

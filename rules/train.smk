@@ -10,14 +10,13 @@ rule write_recipe:
         "<results>/logs/write_recipe/{model}/{run}.log",
     params:
         recipe=recipe_json,
-        script=workflow_script("write_recipe.py"),
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} --recipe {params.recipe:q} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -34,8 +33,6 @@ rule train:
         state=train_state_dir,
         checkpoints=train_checkpoint_dir,
         svd=train_svd_arg,
-        launcher=workflow_script("launch_train.sh"),
-        script=workflow_script("train.py"),
         parallelism=train_parallelism,
     threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
     # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.
@@ -50,7 +47,7 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "bash {params.launcher} {resources.gpu} {resources.nodes} {params.parallelism}"
-        " {params.script} --recipe {input.recipe} --train-data {input.data} --base {params.base}"
+        "bash {SCRIPTS}/launch_train.sh {resources.gpu} {resources.nodes} {params.parallelism}"
+        " {SCRIPTS}/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

@@ -16,7 +16,6 @@ rule base_svd:
         rank=config["analysis"]["svd_rank"],
         modules=analysis_modules,
         version=config["versions"]["analysis"],
-        script=workflow_script("base_svd.py"),
     threads: 8  # reading safetensors shards while the GPU factorizes
     # gpu: the SVDs run on cuda; `gpu: 0` in a profile's set-resources runs them on CPU.
     # truncated SVD of every base weight, tensor by tensor (14B: 48 layers)
@@ -27,7 +26,7 @@ rule base_svd:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} --base {params.base} --out {output} --k {params.rank}"
+        "python {SCRIPTS}/base_svd.py --base {params.base} --out {output} --k {params.rank}"
         " --modules {params.modules} --device $( [ {resources.gpu} -gt 0 ] && echo cuda || echo cpu ) > {log} 2>&1"
 
 
@@ -45,7 +44,6 @@ rule analyze_weights:
         norm=config["analysis"]["norm"],
         top=config["analysis"]["top_k"],
         version=config["versions"]["analysis"],
-        script=workflow_script("analyze_weights.py"),
     threads: 8
     # torch.linalg on CPU, one tensor at a time
     resources:
@@ -54,5 +52,5 @@ rule analyze_weights:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {params.script} {params.checkpoint} --svd {input.svd}"
+        "python {SCRIPTS}/analyze_weights.py {params.checkpoint} --svd {input.svd}"
         " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"

@@ -164,4 +164,3 @@ def test_every_function_a_rule_calls_per_job_stores_its_signature():
     used = {name for _, name in defined if re.search(rf"(=\s*|unpack\(|^\s+){name}(,|\)|$)", rules, re.M)}
     assert len(used) > 40
     assert {name for decorated, name in defined if decorated} == used
-    assert "return job_function(lambda wildcards, input: path)" in common  # workflow_script's
