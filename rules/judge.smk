@@ -19,7 +19,6 @@ rule grade_text:
         runtime=15,
     conda:
         "../envs/eval.yaml"
-    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
         "python {SCRIPTS}/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
@@ -71,6 +70,7 @@ rule judge:
         runtime=judge_runtime,
     conda:
         "../envs/vllm.yaml"
+    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
         "python {SCRIPTS}/judge.py {params.settings} --generations {input.generations} --items {input.prompts}"
         " --mem-mb {resources.mem_mb} --out {output}"
