@@ -19,9 +19,12 @@ rule describe_grid:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/write_json.py --kind runs_meta --json {params.meta:q} --out {output.meta} > {log} 2>&1"
-        " && python {SCRIPTS}/write_json.py --kind expected --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
-        " && python {SCRIPTS}/write_json.py --kind benchmarks --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
+        f"python {SCRIPTS}/write_json.py"
+        " --kind runs_meta --json {params.meta:q} --out {output.meta} > {log} 2>&1"
+        f" && python {SCRIPTS}/write_json.py"
+        " --kind expected --json {params.expected:q} --out {output.expected} >> {log} 2>&1"
+        f" && python {SCRIPTS}/write_json.py"
+        " --kind benchmarks --json {params.benchmarks:q} --out {output.benchmarks} >> {log} 2>&1"
 
 
 rule aggregate:
@@ -47,7 +50,8 @@ rule aggregate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/aggregate.py --scores {input.scores} --runs-meta {input.meta}"
+        f"python {SCRIPTS}/aggregate.py"
+        " --scores {input.scores} --runs-meta {input.meta}"
         " --expected {input.expected} --benchmarks {input.benchmarks} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
@@ -68,4 +72,4 @@ rule figure:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/plot.py --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/plot.py" " --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"

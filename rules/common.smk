@@ -63,9 +63,9 @@ def job_function(func):
 
 def cli_args(**options):
     """`--name value` pairs (`_` -> `-`), values quoted for the shell; None leaves an option out.
-    A rule passes a stage's settings as one such param: Snakemake expands each param and formats
-    each shell field of every job, so one field instead of four saves planning time on 2,500
-    jobs, and the param still reruns the job when any setting changes (docs/cluster.md)."""
+    A stage's settings go to its shell command as one such param. Snakemake expands each param
+    and formats each shell field of every job, so one field instead of four saves planning time
+    on 2,500 jobs, and the param still reruns the job when any setting changes (docs/cluster.md)."""
     return " ".join(
         f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items() if value is not None
     )
@@ -75,10 +75,12 @@ def cli_args(**options):
 # Workflow scripts
 
 
-# Shell commands name a script `{SCRIPTS}/<name>`: a global that Snakemake fills into the command,
-# not a param. A path names code, not data, so it is no rerun trigger (a checkout in another folder
-# reruns nothing; code changes rerun a stage through `versions:`), and it costs no per-job param
-# expansion (docs/cluster.md, planning cost).
+# Shell commands name a script with an f-string, `f"python {SCRIPTS}/<name>"`, joined to a plain
+# string that holds the `{input}`-style fields: the path is filled in when the rule is parsed, so
+# it is neither a param nor a per-job field (no per-job expansion: docs/cluster.md, planning cost)
+# and `snakemake --lint` sees no outside variable. A path names code, not data, so it is no rerun
+# trigger: `code` is not among the profiles' rerun-triggers, so a checkout in another folder reruns
+# nothing; code changes rerun a stage through `versions:`.
 SCRIPTS = str(Path(workflow.basedir) / "workflow_scripts")
 
 

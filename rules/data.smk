@@ -15,7 +15,7 @@ rule prepare_model:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/prepare_model.py --source {params.source:q} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/prepare_model.py" " --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule build_train_set:
@@ -38,7 +38,8 @@ rule build_train_set:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/build_train_set.py --tokenizer {params.tokenizer} --source {params.source:q}"
+        f"python {SCRIPTS}/build_train_set.py"
+        " --tokenizer {params.tokenizer} --source {params.source:q}"
         " --think {params.think:q} --out {output} > {log} 2>&1"
 
 
@@ -60,5 +61,6 @@ rule build_benchmark:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/build_benchmark.py --name {wildcards.benchmark} --spec {params.spec:q} --problems {params.problems}"
+        f"python {SCRIPTS}/build_benchmark.py"
+        " --name {wildcards.benchmark} --spec {params.spec:q} --problems {params.problems}"
         " --out {output} > {log} 2>&1"

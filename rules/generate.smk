@@ -32,6 +32,7 @@ rule generate:
         "../envs/vllm.yaml"
     # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
-        "python {SCRIPTS}/generate.py {params.checkpoint} --items {input.prompts} {params.settings}"
+        f"python {SCRIPTS}/generate.py"
+        " {params.checkpoint} --items {input.prompts} {params.settings}"
         " --mem-mb {resources.mem_mb} --out {output}"
         f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"

@@ -20,7 +20,8 @@ rule grade_text:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/grade.py --grader {wildcards.text_grader} --kind {params.kind}"
+        f"python {SCRIPTS}/grade.py"
+        " --grader {wildcards.text_grader} --kind {params.kind}"
         " --generations {input.generations} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
@@ -44,7 +45,8 @@ rule execute_code:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/execute_code.py {params.settings} --generations {input.generations} --items {input.prompts}"
+        f"python {SCRIPTS}/execute_code.py"
+        " {params.settings} --generations {input.generations} --items {input.prompts}"
         " --out {output.plus} --out-base {output.base} --workers {threads} > {log} 2>&1"
 
 
@@ -72,6 +74,7 @@ rule judge:
         "../envs/vllm.yaml"
     # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
-        "python {SCRIPTS}/judge.py {params.settings} --generations {input.generations} --items {input.prompts}"
+        f"python {SCRIPTS}/judge.py"
+        " {params.settings} --generations {input.generations} --items {input.prompts}"
         " --mem-mb {resources.mem_mb} --out {output}"
         f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"

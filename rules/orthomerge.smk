@@ -21,4 +21,5 @@ rule orthomerge:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/orthomerge.py {params.source} --svd {input.svd} {params.settings} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/orthomerge.py"
+        " {params.source} --svd {input.svd} {params.settings} --out {output} > {log} 2>&1"

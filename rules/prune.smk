@@ -21,5 +21,6 @@ rule prune:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/prune.py --manifest {input.manifest} --state-dir {params.state}"
+        f"python {SCRIPTS}/prune.py"
+        " --manifest {input.manifest} --state-dir {params.state}"
         " --keep-epochs {params.keep:q} {params.trainer_state} --out {output} > {log} 2>&1"

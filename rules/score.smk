@@ -16,6 +16,7 @@ rule score:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python {SCRIPTS}/score.py --model {wildcards.model} --run {wildcards.run}"
+        f"python {SCRIPTS}/score.py"
+        " --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
         " --verdicts {input} --out {output} > {log} 2>&1"

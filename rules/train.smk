@@ -16,7 +16,7 @@ rule write_recipe:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/write_recipe.py --recipe {params.recipe:q} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/write_recipe.py" " --recipe {params.recipe:q} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -47,7 +47,9 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "bash {SCRIPTS}/launch_train.sh {resources.gpu} {resources.nodes} {params.parallelism}"
-        " {SCRIPTS}/train.py --recipe {input.recipe} --train-data {input.data} --base {params.base}"
+        f"bash {SCRIPTS}/launch_train.sh"
+        " {resources.gpu} {resources.nodes} {params.parallelism}"
+        f" {SCRIPTS}/train.py"
+        " --recipe {input.recipe} --train-data {input.data} --base {params.base}"
         " --state-dir {params.state} --checkpoint-dir {params.checkpoints} {params.svd}"
         " --mem-mb {resources.mem_mb} --manifest {output.manifest} > {log} 2>&1"

@@ -26,7 +26,8 @@ rule base_svd:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/base_svd.py --base {params.base} --out {output} --k {params.rank}"
+        f"python {SCRIPTS}/base_svd.py"
+        " --base {params.base} --out {output} --k {params.rank}"
         " --modules {params.modules} --device $( [ {resources.gpu} -gt 0 ] && echo cuda || echo cpu ) > {log} 2>&1"
 
 
@@ -52,5 +53,6 @@ rule analyze_weights:
     conda:
         "../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/analyze_weights.py {params.checkpoint} --svd {input.svd}"
+        f"python {SCRIPTS}/analyze_weights.py"
+        " {params.checkpoint} --svd {input.svd}"
         " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"
