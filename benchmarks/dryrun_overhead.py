@@ -16,6 +16,8 @@ load on a shared machine distorts less. Each repetition runs the two back to bac
 order, so the headline ratio is the median of the repetitions' own ratios: a machine whose speed
 drifts between repetitions (tens of percent within minutes on a shared host) moves both runs of
 one repetition alike. The ratio of the two medians is printed beside it.
+`--instructions` runs each once under valgrind (`apt install valgrind`) instead and prints the
+machine instructions executed: a count no other load moves, for a ratio on a shared machine.
 """
 
 from __future__ import annotations
@@ -44,17 +46,34 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
-    """(wall-clock s, CPU s) of one run, and its stdout."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+def _run(cmd: list[str], cwd: Path, **env: str) -> str:
+    """Run one Snakemake command (exit on failure) and return its stdout."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", **env}
     # as on a user's machine, bytecode is cached after the first plan (some sandboxes disable it)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    start, cpu = time.perf_counter(), _children_cpu_s()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = (time.perf_counter() - start, _children_cpu_s() - cpu)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return elapsed, result.stdout
+    return result.stdout
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
+    """(wall-clock s, CPU s) of one run, and its stdout."""
+    start, cpu = time.perf_counter(), _children_cpu_s()
+    stdout = _run(cmd, cwd)
+    return (time.perf_counter() - start, _children_cpu_s() - cpu), stdout
+
+
+def instructions(cmd: list[str], cwd: Path) -> tuple[int, str]:
+    """Machine instructions one run executes (valgrind's cachegrind, child processes included),
+    and its stdout. Unlike time, the count does not move with the host's load (±0.1 % between
+    runs: dict and set order), so it can check a ratio on a shared machine; it is ~50x slower."""
+    with tempfile.TemporaryDirectory() as logs:
+        valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+        valgrind += ["--trace-children=yes", f"--log-file={logs}/%p.log"]
+        stdout = _run(valgrind + cmd, cwd, PYTHONHASHSEED="0")
+        counts = [re.search(r"I\s+refs:\s+([\d,]+)", log.read_text()) for log in Path(logs).glob("*.log")]
+    return sum(int(c.group(1).replace(",", "")) for c in counts if c), stdout
 
 
 def bare_snakefile(jobs, workdir: Path) -> Path:
@@ -155,12 +174,25 @@ def repeat(runs: list[tuple[str, list[str], Path]], repeats: int) -> dict[str, l
     return results
 
 
+def counted(runs: list[tuple[str, list[str], Path]]) -> dict[str, list[tuple[int, str]]]:
+    """Every run once, under valgrind: the count needs no repetitions."""
+    return {name: [instructions(cmd, cwd)] for name, cmd, cwd in runs}
+
+
+def report_instructions(name: str, results: dict[str, list[tuple[int, str]]]) -> None:
+    (bare, _), (real, _) = results["bare"][0], results["real"][0]
+    print(f"{name}, instructions: bare {bare:,}  real {real:,}  ratio real/bare = {real / bare:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configfile", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--profile", type=Path, default=REPO / "profiles/slurm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-profile", action="store_true", help="also time the real workflow without the profile")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions (valgrind) instead of timing: load-independent"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     from safelora.gpu_hours import parse_dryrun
@@ -186,20 +218,25 @@ def main() -> int:
         runs = [("bare", bare, bare_dir), ("real", real, real_dir)]
         if args.no_profile:
             runs.append(("plain", plain, real_dir))
-        times = {name: [elapsed for elapsed, _ in results] for name, results in repeat(runs, args.repeats).items()}
-        report("dry run", times["bare"], times["real"])
-        if args.no_profile:
-            report("dry run, real without profile", times["bare"], times["plain"])
+        if args.instructions:
+            report_instructions("dry run", counted(runs[:2]))
+        else:
+            times = {name: [elapsed for elapsed, _ in results] for name, results in repeat(runs, args.repeats).items()}
+            report("dry run", times["bare"], times["real"])
+            if args.no_profile:
+                report("dry run, real without profile", times["bare"], times["plain"])
 
         create_outputs(jobs, bare_dir, lambda job: [f"o/{job.rule}/{job.jobid}"] if job.rule != "all" else [], set())
         create_outputs(jobs, real_dir, lambda job: job.outputs if job.rule != "all" else [], directory_rules())
-        noop = {}
-        for name, results in repeat(runs[:2], args.repeats).items():
+        noop = counted(runs[:2]) if args.instructions else repeat(runs[:2], args.repeats)
+        for name, results in noop.items():
             for _, out in results:
                 if "Nothing to be done" not in out:
                     sys.exit(f"no-op run of the {name} workflow planned jobs:\n{out[-3000:]}")
-            noop[name] = [elapsed for elapsed, _ in results]
-        report("no-op rerun", noop["bare"], noop["real"])
+        if args.instructions:
+            report_instructions("no-op rerun", noop)
+        else:
+            report("no-op rerun", *([elapsed for elapsed, _ in noop[name]] for name in ("bare", "real")))
     return 0
 
 
