@@ -27,6 +27,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +195,8 @@ def main() -> int:
         "--instructions", action="store_true", help="count instructions (valgrind) instead of timing: load-independent"
     )
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        sys.exit("--instructions runs Snakemake under valgrind, which is not installed (apt install valgrind)")
     sys.path.insert(0, str(REPO / "src"))
     from safelora.gpu_hours import parse_dryrun
 
