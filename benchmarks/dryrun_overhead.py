@@ -67,8 +67,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[tuple[float, float], str]:
 
 def instructions(cmd: list[str], cwd: Path) -> tuple[int, str]:
     """Machine instructions one run executes (valgrind's cachegrind, child processes included),
-    and its stdout. Unlike time, the count does not move with the host's load (±0.1 % between
-    runs: dict and set order), so it can check a ratio on a shared machine; it is ~50x slower."""
+    and its stdout. Unlike time, the count does not move with the host's load (two runs of the
+    bare dry run differed by 0.01 %), so it can check a ratio on a shared machine; ~10x slower."""
     with tempfile.TemporaryDirectory() as logs:
         valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
         valgrind += ["--trace-children=yes", f"--log-file={logs}/%p.log"]
@@ -197,6 +197,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.instructions and shutil.which("valgrind") is None:
         sys.exit("--instructions runs Snakemake under valgrind, which is not installed (apt install valgrind)")
+    if args.instructions and args.no_profile:
+        sys.exit("--no-profile is a timed comparison; --instructions counts the real and bare workflows only")
     sys.path.insert(0, str(REPO / "src"))
     from safelora.gpu_hours import parse_dryrun
 
@@ -239,7 +241,8 @@ def main() -> int:
         if args.instructions:
             report_instructions("no-op rerun", noop)
         else:
-            report("no-op rerun", *([elapsed for elapsed, _ in noop[name]] for name in ("bare", "real")))
+            times = {name: [elapsed for elapsed, _ in results] for name, results in noop.items()}
+            report("no-op rerun", times["bare"], times["real"])
     return 0
 
 

@@ -415,7 +415,7 @@ def benchmarks_json(wildcards):
 @job_function
 def bootstrap_args(wildcards):
     b = config["aggregate"]["bootstrap"]
-    return f"--n-boot {b['n']} --seed {b['seed']} --level {b['level']}"
+    return cli_args(n_boot=b["n"], seed=b["seed"], level=b["level"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ def analysis_checkpoint_args(wildcards):
 @job_function
 def orthomerge_settings(wildcards):
     om = grid.orthomerge_run(config, wildcards.run)
-    return f"--variant {om.variant} --lam {om.lam} --k {config['orthomerge']['k']}"
+    return cli_args(variant=om.variant, lam=om.lam, k=config["orthomerge"]["k"])
 
 
 def analysis_files():
