@@ -189,6 +189,15 @@ def train_gpus(wildcards):
 
 
 @job_function
+def train_mem_mb(wildcards):
+    """Host memory of a training job: `training.<method>.per_model.<size>.mem_mb` (32B under ZeRO-3
+    offload keeps its fp32 master weights and Adam moments in host memory)."""
+    run = grid.run_by_name(config, wildcards.run)
+    size = config["models"][wildcards.model]["size"]
+    return grid.method_settings(config, run)["per_model"][size]["mem_mb"]
+
+
+@job_function
 def train_parallelism(wildcards):
     """`model_split` (one process over the job's GPUs) or `data_parallel` (one per GPU)."""
     return recipe(wildcards.model, wildcards.run)["parallelism"]

@@ -36,13 +36,13 @@ rule train:
         parallelism=train_parallelism,
     threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
     # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.
-    # mem_mb: sized for the data_parallel option, where every rank loads the bf16 weights (14B full:
-    # 8 ranks x 28 GB = 224 GB); the default model split loads them once.
+    # mem_mb: config.yaml `training.<method>.per_model.<size>.mem_mb`, by default 256 GB, sized for the
+    # data_parallel option, where every rank loads the bf16 weights (14B full: 8 ranks x 28 GB = 224 GB).
     # runtime: a longer run is preempted cleanly (SIGTERM -> save -> exit 75 -> retry resumes).
     resources:
         gpu=train_gpus,
         nodes=1,
-        mem_mb=256000,
+        mem_mb=train_mem_mb,
         runtime=1440,
     conda:
         "../envs/train.yaml"

@@ -1,7 +1,9 @@
 """profiles/slurm: cluster settings only; every job's threads, memory and runtime from its rule; GPUs where the paper puts them."""
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +166,26 @@ def test_every_function_a_rule_calls_per_job_stores_its_signature():
     used = {name for _, name in defined if re.search(rf"(=\s*|unpack\(|^\s+){name}(,|\)|$)", rules, re.M)}
     assert len(used) > 40
     assert {name for decorated, name in defined if decorated} == used
+
+
+def test_the_paper_codes_32b_recipe_plans_as_an_overlay_of_config_yaml():
+    """config/r1-32b.yaml on config.yaml (the paper code's README recipe): one full fine-tuning job of
+    R1-Distill-Qwen-32B on 2 GPUs, one process each, ZeRO-3 with optimizer and parameters offloaded,
+    fp16, gradient checkpointing, 1 epoch, per-device batch 1, and host memory for the offload."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--profile", "profiles/slurm"]
+    cmd += ["--configfile", "config.yaml", "config/r1-32b.yaml"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    train = [job for job in parse_dryrun(result.stdout) if job.rule == "train"]
+    assert [job.wildcards for job in train] == [{"model": "r1-32b", "run": "full"}]
+    assert (train[0].gpus, int(train[0].resources["mem_mb"])) == (2, 640000)
+    assert "launch_train.sh 2 1 data_parallel" in result.stdout
+    recipe_cmd = next(line for line in result.stdout.splitlines() if "write_recipe.py" in line)
+    words = shlex.split(recipe_cmd)
+    recipe = json.loads(words[words.index("--recipe") + 1])
+    assert recipe["model_source"] == {"hub": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"}
+    assert recipe["deepspeed"] == {"stage": 3, "offload_optimizer": True, "offload_params": True}
+    assert (recipe["mixed_precision"], recipe["gradient_checkpointing"], recipe["epochs"]) == ("fp16", True, 1)
+    assert recipe["batch"] == {"gpus": 2, "per_device_batch": 1, "global_batch": 2}  # mem_mb is no recipe key
+    assert "results/paper-32b/generations/r1-32b/full/epoch-1/aime.jsonl" in result.stdout

@@ -234,3 +234,12 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
     trained, initial = model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
     assert trained.shape == initial.shape == (256, 128)
     assert not torch.equal(trained, initial)
+
+
+def test_the_32b_recipes_zero3_config_offloads_to_cpu_in_fp16():
+    """The paper code's ds_config_zero3_32b.json: ZeRO-3, optimizer and parameters on the CPU, fp16
+    with DeepSpeed's loss scaler ("auto": the Trainer's fp16 flag fills it)."""
+    ds = sft.deepspeed_config({"stage": 3, "offload_optimizer": True, "offload_params": True}, bf16=False, fp16=True)
+    zero = ds["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert (ds["fp16"]["enabled"], ds["bf16"]["enabled"]) == ("auto", False)

@@ -194,8 +194,6 @@ def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> Non
     where = f"training.{run['method']}"
     if settings.get("deepspeed") and settings["parallelism"] != "data_parallel":
         raise ConfigError(f"{key}: {where}.deepspeed needs parallelism 'data_parallel' (one process per GPU)")
-    if settings.get("deepspeed") and settings["mixed_precision"] != "bf16":
-        raise ConfigError(f"{key}: {where}.deepspeed runs bf16 only; set mixed_precision 'bf16'")
     for model in run["models"]:
         size = config["models"][model]["size"]
         if size not in per_model:
@@ -448,7 +446,8 @@ def training_recipe(config: dict[str, Any], model: str, run_name: str) -> dict[s
     run = run_by_name(config, run_name)
     settings = method_settings(config, run)
     model_cfg = config["models"][model]
-    batch = settings.pop("per_model")[model_cfg["size"]]
+    # mem_mb is the job's memory request, not a setting of the weights: left out of the recipe (and its hash)
+    batch = {k: v for k, v in settings.pop("per_model")[model_cfg["size"]].items() if k != "mem_mb"}
     data = config["training_data"]
     recipe: dict[str, Any] = {
         "model": model,

@@ -57,8 +57,9 @@ class WorldInfo:
         )
 
 
-def deepspeed_config(settings: dict[str, Any], bf16: bool) -> dict[str, Any]:
-    """ZeRO config; 16-bit weights are gathered on save so checkpoints load without DeepSpeed."""
+def deepspeed_config(settings: dict[str, Any], bf16: bool, fp16: bool = False) -> dict[str, Any]:
+    """ZeRO config; 16-bit weights are gathered on save so checkpoints load without DeepSpeed.
+    fp16 (the paper code's 32B recipe, ds_config_zero3_32b.json) adds DeepSpeed's dynamic loss scaler."""
     zero: dict[str, Any] = {"stage": settings["stage"], "overlap_comm": True, "contiguous_gradients": True}
     if settings.get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -69,6 +70,7 @@ def deepspeed_config(settings: dict[str, Any], bf16: bool) -> dict[str, Any]:
     return {
         "zero_optimization": zero,
         "bf16": {"enabled": "auto" if bf16 else False},
+        "fp16": {"enabled": "auto" if fp16 else False},
         "train_batch_size": "auto",
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
@@ -122,7 +124,7 @@ def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_g
     bf16 = on_gpu and recipe["mixed_precision"] == "bf16"
     fp16 = on_gpu and recipe["mixed_precision"] == "fp16"
     # A dict, built by every rank from the recipe: no file that rank 0 writes while the others read it.
-    deepspeed = deepspeed_config(recipe["deepspeed"], bf16) if recipe.get("deepspeed") else None
+    deepspeed = deepspeed_config(recipe["deepspeed"], bf16, fp16) if recipe.get("deepspeed") else None
     return SFTConfig(
         output_dir=str(paths.state_dir),
         num_train_epochs=recipe["epochs"],
