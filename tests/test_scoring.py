@@ -15,6 +15,7 @@ from safelora.evaluation.parsers import (
     clean_choice,
     extract_boxed,
     extract_choice_letter,
+    extract_choice_letter_paper_code,
     extract_last_number,
     gpqa_prompt,
     is_refusal,
@@ -211,6 +212,48 @@ def test_gpqa_letter_is_found_by_value_as_in_the_code() -> None:
 )
 def test_extract_choice_letter(text: str, letter: str | None) -> None:
     assert extract_choice_letter(text) == letter
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        # the whole response is read, thinking included
+        ("<think>So the answer is (B).</think>I am not sure.", "B"),
+        # the last box beats any phrase, even a later one; within a step the last match wins
+        (r"Final Answer: \boxed{C}. Answer: D", "C"),
+        (r"<think>\boxed{A}</think> Final Answer: \boxed{B}", "B"),
+        ("Answer: A ... no. Answer: D", "D"),
+        ("ANSWER:(D)", "D"),
+        # a box is upper-cased and its first letter read: (B) and b count, \text{B} reads T
+        (r"\boxed{(B) 4.2 eV}", "B"),
+        (r"\boxed{b}", "B"),
+        (r"\boxed{answer B}", "A"),
+        (r"Final Answer: \boxed{\text{B}}", None),
+        # a box without a letter A-D falls through to the phrases
+        (r"\boxed{42}, so Answer: C", "C"),
+        (r"\boxed{x = 5}, so Answer: C", "C"),
+        (r"\fbox{D}", "D"),
+        # a brace-less box wins wherever it is; it ends at a $
+        (r"\boxed A and later \boxed{C}", "A"),
+        (r"$\boxed D$ (B)", "D"),
+        # only the last phrase match counts, and only as a capital A-D: "answered" reads "e",
+        # "answer is **B**" reads "i", a lower-case letter reads as itself
+        ("Answer: B. I have answered it.", None),
+        ("The answer is B. I answered it.", "B"),
+        ("The correct answer is **B**.", None),
+        ("answer: b", None),
+        ("Answer: B, or the answer is c", None),
+        ("The final answer is (C)", "C"),
+        # no bare "(X)"
+        ("Considering (A) and (B), I pick (D).", None),
+        # where the code's remove_boxed fails its assertion (an \fbox{ inside \boxed), its scorer
+        # stops; the port skips the box
+        (r"\boxed{\fbox{B}} Answer: C", "C"),
+        ("no letter here", None),
+    ],
+)
+def test_extract_choice_letter_paper_code(text: str, letter: str | None) -> None:
+    assert extract_choice_letter_paper_code(text) == letter
 
 
 @pytest.mark.parametrize(
