@@ -165,23 +165,30 @@ GPQA_ROWS = [
 ]
 
 
-def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters() -> None:
+@pytest.mark.parametrize("choice_order", ["shared", "per_seed"])
+def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters(choice_order: str) -> None:
+    """Every seed's items are the code's process_docs after random.seed(s), rendered into its
+    doc_to_text, with s the first seed (`shared`, the default) or the item's own seed (`per_seed`)."""
     config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
-    bench = config["benchmarks"]["gpqa"]
+    bench = {**config["benchmarks"]["gpqa"], "choice_order": choice_order}
+    assert config["benchmarks"]["gpqa"]["choice_order"] == "shared"
     items = gpqa_items(GPQA_ROWS, bench)
     assert len(items) == len(GPQA_ROWS) * len(bench["shuffle_seeds"]) == 96
     by_id = {item.id: item for item in items}
     for seed in bench["shuffle_seeds"]:
-        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, seed), strict=True):
+        order_seed = seed if choice_order == "per_seed" else bench["shuffle_seeds"][0]
+        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, order_seed), strict=True):
             item = by_id[f"{row['Record ID']}@{seed}"]
             expected = PAPER_CODE_GPQA.replace("{{Question}}", doc["Question"])
             for k, choice in enumerate(doc["choices"], start=1):
                 expected = expected.replace(f"{{{{choice{k}}}}}", choice)
             assert item.prompt == expected
             assert item.answer == doc["answer"]
-            assert item.meta == {"question": row["Record ID"], "shuffle_seed": seed, "sample_offset": seed}
+            assert item.meta == {"question": row["Record ID"], "shuffle_seed": order_seed, "sample_offset": seed}
     assert "spirodecane 0\n" in items[0].prompt and not any("[4.5]" in i.prompt for i in items)  # the code drops [4.5]
     assert {item.answer for item in items} == set("ABCD")
+    orders = {tuple(i.answer for i in items if i.id.endswith(f"@{seed}")) for seed in bench["shuffle_seeds"]}
+    assert len(orders) == (1 if choice_order == "shared" else len(bench["shuffle_seeds"]))
     stripped = gpqa_items(GPQA_ROWS, {**bench, "choice_cleaning": "strip"})
     assert "spiro[4.5]decane 0" in stripped[0].prompt
 
