@@ -262,7 +262,7 @@ def benchmark_data_files(wildcards):
 
 @job_function
 def benchmark_spec(wildcards):
-    keys = ("kind", "source", "limit", "prompt_template", "shuffle_seeds", "choice_cleaning")
+    keys = ("kind", "source", "limit", "prompt_template", "shuffle_seeds", "choice_cleaning", "choice_order")
     spec = {k: v for k, v in bench(wildcards).items() if k in keys}
     # samples per item: GPQA numbers a question's samples across its shuffle seeds
     return stable_json({**spec, "sampling": {"n": bench(wildcards)["sampling"]["n"]}})

@@ -267,6 +267,8 @@ BAD_CONFIGS = [
         "file not found: nope.jsonl",
     ),
     ("unknown training source", _set(["training_data", "source"], "beavertails"), "training_data.source"),
+    ("unknown GPQA choice order", _set(["benchmarks", "gpqa", "choice_order"], "per_run"), "choice_order"),
+    ("GPQA without a choice order", _delete(["benchmarks", "gpqa", "choice_order"]), "choice_order"),
     ("unknown grader", _set(["benchmarks", "gpqa", "graders"], ["regex"]), "unknown grader 'regex'"),
     (
         "grader of the wrong kind",

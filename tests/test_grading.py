@@ -41,6 +41,18 @@ def test_choice_grader_uses_the_final_letter():
     assert v["value"] == 1.0 and v["raw"] == "C"
 
 
+def test_choice_paper_code_reads_the_thinking_and_no_bare_parenthesis():
+    items = [{"id": "q", "prompt": "p", "answer": "B"}]
+    gens = [gen("q", "<think>Answer: B</think>I am not sure."), gen("q", "I rule out (A) and pick (B).", 1)]
+    paper = grade_text("choice_paper_code", "multiple_choice", gens, items)
+    regex = grade_text("choice_regex", "multiple_choice", gens, items)
+    assert [(v["grader"], v["label"], v["raw"]) for v in paper] == [
+        ("choice_paper_code", "correct", "B"),
+        ("choice_paper_code", "no_answer", ""),
+    ]
+    assert [(v["label"], v["raw"]) for v in regex] == [("no_answer", ""), ("correct", "B")]
+
+
 def test_gpqa_verdicts_are_samples_of_the_question():
     """Items are question x shuffle seed; verdicts are filed as seeds x n samples of the question."""
     items = [

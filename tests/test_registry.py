@@ -32,7 +32,7 @@ def test_graders_by_kind() -> None:
         "safety": {"refusal_match", "llama_guard", "refusal_judge"},
         "over_refusal": {"refusal_match", "refusal_judge"},
         "math": {"math_verify", "last_number", "math_judge"},
-        "multiple_choice": {"choice_regex"},
+        "multiple_choice": {"choice_regex", "choice_paper_code"},
         "code": {"evalplus"},
     }
 

@@ -15,6 +15,7 @@ from safelora.evaluation.parsers import (
     clean_choice,
     extract_boxed,
     extract_choice_letter,
+    extract_choice_letter_paper_code,
     extract_last_number,
     gpqa_prompt,
     is_refusal,
@@ -164,23 +165,30 @@ GPQA_ROWS = [
 ]
 
 
-def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters() -> None:
+@pytest.mark.parametrize("choice_order", ["shared", "per_seed"])
+def test_gpqa_items_reproduce_the_paper_codes_prompts_shuffles_and_letters(choice_order: str) -> None:
+    """Every seed's items are the code's process_docs after random.seed(s), rendered into its
+    doc_to_text, with s the first seed (`shared`, the default) or the item's own seed (`per_seed`)."""
     config = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
-    bench = config["benchmarks"]["gpqa"]
+    bench = {**config["benchmarks"]["gpqa"], "choice_order": choice_order}
+    assert config["benchmarks"]["gpqa"]["choice_order"] == "shared"
     items = gpqa_items(GPQA_ROWS, bench)
     assert len(items) == len(GPQA_ROWS) * len(bench["shuffle_seeds"]) == 96
     by_id = {item.id: item for item in items}
     for seed in bench["shuffle_seeds"]:
-        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, seed), strict=True):
+        order_seed = seed if choice_order == "per_seed" else bench["shuffle_seeds"][0]
+        for row, doc in zip(GPQA_ROWS, _paper_code_process_docs(GPQA_ROWS, order_seed), strict=True):
             item = by_id[f"{row['Record ID']}@{seed}"]
             expected = PAPER_CODE_GPQA.replace("{{Question}}", doc["Question"])
             for k, choice in enumerate(doc["choices"], start=1):
                 expected = expected.replace(f"{{{{choice{k}}}}}", choice)
             assert item.prompt == expected
             assert item.answer == doc["answer"]
-            assert item.meta == {"question": row["Record ID"], "shuffle_seed": seed, "sample_offset": seed}
+            assert item.meta == {"question": row["Record ID"], "shuffle_seed": order_seed, "sample_offset": seed}
     assert "spirodecane 0\n" in items[0].prompt and not any("[4.5]" in i.prompt for i in items)  # the code drops [4.5]
     assert {item.answer for item in items} == set("ABCD")
+    orders = {tuple(i.answer for i in items if i.id.endswith(f"@{seed}")) for seed in bench["shuffle_seeds"]}
+    assert len(orders) == (1 if choice_order == "shared" else len(bench["shuffle_seeds"]))
     stripped = gpqa_items(GPQA_ROWS, {**bench, "choice_cleaning": "strip"})
     assert "spiro[4.5]decane 0" in stripped[0].prompt
 
@@ -211,6 +219,48 @@ def test_gpqa_letter_is_found_by_value_as_in_the_code() -> None:
 )
 def test_extract_choice_letter(text: str, letter: str | None) -> None:
     assert extract_choice_letter(text) == letter
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        # the whole response is read, thinking included
+        ("<think>So the answer is (B).</think>I am not sure.", "B"),
+        # the last box beats any phrase, even a later one; within a step the last match wins
+        (r"Final Answer: \boxed{C}. Answer: D", "C"),
+        (r"<think>\boxed{A}</think> Final Answer: \boxed{B}", "B"),
+        ("Answer: A ... no. Answer: D", "D"),
+        ("ANSWER:(D)", "D"),
+        # a box is upper-cased and its first letter read: (B) and b count, \text{B} reads T
+        (r"\boxed{(B) 4.2 eV}", "B"),
+        (r"\boxed{b}", "B"),
+        (r"\boxed{answer B}", "A"),
+        (r"Final Answer: \boxed{\text{B}}", None),
+        # a box without a letter A-D falls through to the phrases
+        (r"\boxed{42}, so Answer: C", "C"),
+        (r"\boxed{x = 5}, so Answer: C", "C"),
+        (r"\fbox{D}", "D"),
+        # a brace-less box wins wherever it is; it ends at a $
+        (r"\boxed A and later \boxed{C}", "A"),
+        (r"$\boxed D$ (B)", "D"),
+        # only the last phrase match counts, and only as a capital A-D: "answered" reads "e",
+        # "answer is **B**" reads "i", a lower-case letter reads as itself
+        ("Answer: B. I have answered it.", None),
+        ("The answer is B. I answered it.", "B"),
+        ("The correct answer is **B**.", None),
+        ("answer: b", None),
+        ("Answer: B, or the answer is c", None),
+        ("The final answer is (C)", "C"),
+        # no bare "(X)"
+        ("Considering (A) and (B), I pick (D).", None),
+        # where the code's remove_boxed fails its assertion (an \fbox{ inside \boxed), its scorer
+        # stops; the port skips the box
+        (r"\boxed{\fbox{B}} Answer: C", "C"),
+        ("no letter here", None),
+    ],
+)
+def test_extract_choice_letter_paper_code(text: str, letter: str | None) -> None:
+    assert extract_choice_letter_paper_code(text) == letter
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ GRADERS = {
         Grader("math_verify", ("math",), "grade_text"),
         Grader("last_number", ("math",), "grade_text"),
         Grader("choice_regex", ("multiple_choice",), "grade_text"),
+        Grader("choice_paper_code", ("multiple_choice",), "grade_text"),
         Grader("evalplus", ("code",), "execute_code", variants=("base", "plus")),
     )
 }

@@ -75,19 +75,27 @@ def _last_number(text: str) -> str | None:
     return parsers.extract_last_number(parsers.strip_thinking(text))
 
 
-def _grade_choice(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
-    letter = parsers.extract_choice_letter(gen["text"])
-    if letter is None:
-        return 0.0, "no_answer", ""
-    correct = letter == item["answer"]
-    return (1.0 if correct else 0.0), "correct" if correct else "incorrect", letter
+def _choice_grader(
+    extract: Callable[[str], str | None],
+) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
+    """A grader comparing the letter `extract` finds in a completion with the item's letter."""
+
+    def grade(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
+        letter = extract(gen["text"])
+        if letter is None:
+            return 0.0, "no_answer", ""
+        correct = letter == item["answer"]
+        return (1.0 if correct else 0.0), "correct" if correct else "incorrect", letter
+
+    return grade
 
 
 TEXT_GRADERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]] = {
     "refusal_match": _grade_refusal,
     "math_verify": _answer_grader(_boxed_answer),
     "last_number": _answer_grader(_last_number),
-    "choice_regex": _grade_choice,
+    "choice_regex": _choice_grader(parsers.extract_choice_letter),
+    "choice_paper_code": _choice_grader(parsers.extract_choice_letter_paper_code),
 }
 registry.check_implemented("text graders", registry.text_graders(), TEXT_GRADERS)
 

@@ -122,35 +122,44 @@ def _evalplus_items(source: dict[str, Any]) -> list[BenchmarkItem]:
 
 
 def gpqa_items(rows: list[dict[str, Any]], bench: dict[str, Any]) -> list[BenchmarkItem]:
-    """One item per (question, shuffle seed), as the paper code's lm-eval GPQA task builds them.
+    """One item per (question, shuffle seed): the seed is one of the paper code's lm-eval runs.
 
-    For each seed in ``shuffle_seeds`` (the code: its sampling seeds, one lm-eval run each), one
-    ``random.Random(seed)`` shuffles the choices of every question in dataset order, as
-    ``random.seed(seed)`` followed by the task's ``process_docs`` does. The question is used as
-    stored; the choices are cleaned by ``clean_choice`` (``choice_cleaning: paper_code``) or only
-    stripped (``strip``). Item ids are ``<Record ID>@<seed>``; graders file sample j of an item
-    as sample ``meta.sample_offset + j`` of ``meta.question``, so scores see one problem per
-    question with seeds x n samples.
+    A shuffle is the code's ``process_docs`` after ``random.seed(seed)``: one ``random.Random``
+    shuffles the choices of every question in dataset order. With ``choice_order: shared`` every
+    run asks the order of the first seed's shuffle (the code's runs most likely shared one order,
+    served by `datasets`' map cache); with ``per_seed`` each run shuffles by its own seed. The
+    question is used as stored; the choices are cleaned by ``clean_choice``
+    (``choice_cleaning: paper_code``) or only stripped (``strip``). Item ids are
+    ``<Record ID>@<seed>``, ``meta.shuffle_seed`` is the seed whose order the prompt shows; graders
+    file sample j of an item as sample ``meta.sample_offset + j`` of ``meta.question``, so scores
+    see one problem per question with seeds x n samples.
     """
-    clean = clean_choice if bench["choice_cleaning"] == "paper_code" else str.strip
+    seeds = bench["shuffle_seeds"]
     n = bench["sampling"]["n"]
+    orders: dict[int, list[tuple[str, str, str]]] = {}
     items = []
-    for position, seed in enumerate(bench["shuffle_seeds"]):
-        rng = random.Random(seed)
-        for index, row in enumerate(rows):
-            question_id = str(row.get("Record ID", index))
-            incorrect = [clean(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
-            choices, letter = shuffle_choices(rng, clean(row["Correct Answer"]), incorrect)
-            prompt = gpqa_prompt(bench["prompt_template"], row["Question"], choices)
-            items.append(
-                BenchmarkItem(
-                    id=f"{question_id}@{seed}",
-                    prompt=prompt,
-                    answer=letter,
-                    meta={"question": question_id, "shuffle_seed": seed, "sample_offset": position * n},
-                )
-            )
+    for position, seed in enumerate(seeds):
+        order_seed = seed if bench["choice_order"] == "per_seed" else seeds[0]
+        if order_seed not in orders:
+            orders[order_seed] = _shuffled_questions(rows, bench, order_seed)
+        for question_id, prompt, letter in orders[order_seed]:
+            meta = {"question": question_id, "shuffle_seed": order_seed, "sample_offset": position * n}
+            items.append(BenchmarkItem(id=f"{question_id}@{seed}", prompt=prompt, answer=letter, meta=meta))
     return items
+
+
+def _shuffled_questions(rows: list[dict[str, Any]], bench: dict[str, Any], seed: int) -> list[tuple[str, str, str]]:
+    """(question id, prompt, correct letter) of every row, its choices shuffled by one
+    ``random.Random(seed)`` in dataset order."""
+    clean = clean_choice if bench["choice_cleaning"] == "paper_code" else str.strip
+    rng = random.Random(seed)
+    questions = []
+    for index, row in enumerate(rows):
+        incorrect = [clean(row[f"Incorrect Answer {k}"]) for k in (1, 2, 3)]
+        choices, letter = shuffle_choices(rng, clean(row["Correct Answer"]), incorrect)
+        prompt = gpqa_prompt(bench["prompt_template"], row["Question"], choices)
+        questions.append((str(row.get("Record ID", index)), prompt, letter))
+    return questions
 
 
 def _check_items(name: str, items: list[BenchmarkItem]) -> None:

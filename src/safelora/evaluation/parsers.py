@@ -200,6 +200,75 @@ def extract_choice_letter(text: str) -> str | None:
     return parens[-1] if parens else None
 
 
+# The paper code's GPQA scorer (lm-evaluation-harness/mcq_metric_gpqa.py, `extract_answer`
+# l.74-107, with its `last_boxed_only_string` l.39-66, `remove_boxed` l.22-36, `unwrap_letter`
+# l.68-72), ported: it reads the whole response, thinking included.
+_PAPER_CODE_PHRASES = (
+    # "Answer:", "Answer is", "Final Answer" with an optional colon, then the letter: no space is
+    # needed, so "answered" reads as the letter "e" (l.88).
+    re.compile(r"(?:Final Answer|Answer(?: is)?):?\s*\(?([A-Z])", re.IGNORECASE),
+    *(re.compile(rf"The {kind}answer is\s+\(?([A-Z])", re.IGNORECASE) for kind in ("", "correct ", "final ")),
+)
+
+
+def _paper_code_box(text: str) -> str | None:
+    """The box the code reads: ``\\boxed `` + the text after the last ``\\boxed `` up to a ``$``
+    wherever a brace-less box occurs, else the last ``\\boxed`` (or, with none, ``\\fbox``) up to
+    the brace that closes the first one opened after it; None if there is none or it never closes."""
+    if "\\boxed " in text:
+        return "\\boxed " + text.rsplit("\\boxed ", 1)[1].split("$", 1)[0]
+    start = text.rfind("\\boxed")
+    if start < 0:
+        start = text.rfind("\\fbox")
+    if start < 0:
+        return None
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return None
+
+
+def _paper_code_box_content(box: str) -> str | None:
+    """The box without its command, cut by the code's fixed lengths (``\\boxed{`` is 7 characters
+    whatever follows ``\\boxed``). None where the code's assertion fails (an ``\\fbox{`` that does
+    not start the box): its scorer stops there; here the box step finds nothing."""
+    if "\\fbox{" in box:
+        return box[len("\\fbox{") : -1] if box.startswith("\\fbox{") else None
+    if "\\boxed " in box:
+        return box[len("\\boxed ") :]
+    return box[len("\\boxed{") : -1]
+
+
+def extract_choice_letter_paper_code(text: str) -> str | None:
+    """The GPQA letter as the paper code's scorer reads it, on the whole response.
+
+    1. the last box: its content upper-cased, and its first capital letter counts if it is A-D
+       (``\\boxed{b}`` and ``\\boxed{(B) 4.2 eV}`` read B, ``\\boxed{\\text{B}}`` reads T: none);
+    2. the last match of "Final Answer", "Answer" or "Answer is", an optional colon, spaces and
+       an optional "(", then one letter;
+    3.-5. the last "The answer is X", "The correct answer is X", "The final answer is X".
+    The phrases ignore case, so a lower-case or other letter can be the last match, and then the
+    step finds nothing: only a last match that is a capital A-D counts, earlier ones are never
+    looked at. No bare "(X)".
+    """
+    box = _paper_code_box(text)
+    content = _paper_code_box_content(box) if box is not None else None
+    if content is not None:
+        letter = re.search("[A-Z]", content.strip().upper())
+        if letter and letter.group() in LETTERS:
+            return letter.group()
+    for phrase in _PAPER_CODE_PHRASES:
+        found = phrase.findall(text)
+        if found and found[-1] in LETTERS:
+            return found[-1]
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Safety judge (Llama Guard) and refusal matching
 

@@ -134,7 +134,9 @@ def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: 
                 **metric,
             }
         )
-        if metric_name != registry.REASONING_METRIC:  # reasoning graders are single or fallbacks: no agreement
+        # No agreement on reasoning benchmarks: a fallback judge's verdicts copy its grader's passes
+        # (AIME); GPQA's two regex graders are compared in tests/test_peer_extraction.py.
+        if metric_name != registry.REASONING_METRIC:
             by_grader[grader] = verdicts
     return {
         **ids,
