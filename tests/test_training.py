@@ -59,22 +59,14 @@ def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
     assert not any(n.startswith(("optimizer", "scheduler", "rng_state")) for n in os.listdir(folder))
 
 
-@pytest.mark.parametrize("mode", ["col", "both"])
-def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
+PAPER_TEXT = {"formula": "paper", "weighted": True, "normalize": False, "k_schedule": "fixed", "eps": 1e-12}
+PAPER_CODE = {"formula": "span", "weighted": True, "normalize": True, "k_schedule": "paper_code", "eps": 1e-8}
+
+
+@pytest.mark.parametrize(("mode", "penalty"), [("col", PAPER_TEXT), ("both", PAPER_CODE)])
+def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode, penalty):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe(
-        "lora",
-        epochs=1,
-        ortho_reg={
-            "mode": mode,
-            "beta": 1.0,
-            "k": 8,
-            "formula": "paper",
-            "weighted": True,
-            "normalize": False,
-            "reduction": "sum",
-        },
-    )
+    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "reduction": "sum", **penalty})
     assert sft.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
