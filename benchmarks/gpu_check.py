@@ -343,6 +343,8 @@ def main() -> int:
                 json.dumps(source),
                 "--think",
                 config["training_data"]["think"],
+                "--format",
+                config["training_data"]["format"],
                 "--out",
                 str(data),
             ],

@@ -30,8 +30,9 @@ rule build_train_set:
         tokenizer=base_model_ref,
         source=train_data_source,
         think=config["training_data"]["think"],
+        format=config["training_data"]["format"],
         version=config["versions"]["data"],
-    # tokenizer + chat template over ~1,000 DirectRefusal rows
+    # tokenizer + chat template (or the paper code's string) over ~1,000 DirectRefusal rows
     resources:
         mem_mb=8000,
         runtime=30,
@@ -40,7 +41,7 @@ rule build_train_set:
     shell:
         f"python {SCRIPTS}/build_train_set.py"
         " --tokenizer {params.tokenizer} --source {params.source:q}"
-        " --think {params.think:q} --out {output} > {log} 2>&1"
+        " --think {params.think:q} --format {params.format} --out {output} > {log} 2>&1"
 
 
 rule build_benchmark:

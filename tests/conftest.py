@@ -33,6 +33,23 @@ def tiny_tokenizer(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def deepseek_model(tmp_path_factory, repo) -> Path:
+    """The tiny model with a DeepSeek-R1-style tokenizer (R1-Distill's special tokens and template)."""
+    from tiny_model import build_deepseek_tokenizer, build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-r1") / "model", repo, tokenizer=build_deepseek_tokenizer(repo)
+    )
+
+
+@pytest.fixture(scope="session")
+def deepseek_tokenizer(deepseek_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(deepseek_model)
+
+
+@pytest.fixture(scope="session")
 def train_data(tmp_path_factory, tiny_tokenizer) -> Path:
     """Twelve refusal examples in the workflow's training-set format."""
     from safelora.data import RefusalRow, build_examples

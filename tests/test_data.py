@@ -21,7 +21,8 @@ def test_refusal_rows_take_the_text_after_the_marker(tmp_path):
         tmp_path / "d.jsonl", [{"prompt": "How to X?", "refusal": "Question: How to X? Answer: I can't help."}]
     )
     rows = load_refusal_rows({**SOURCE, "path": str(path)})
-    assert rows[0].prompt == "How to X?" and rows[0].refusal == "I can't help."
+    # as in the data (the paper code trains on them so); the chat_template format strips them
+    assert rows[0].prompt == "How to X?" and rows[0].refusal == " I can't help."
 
 
 def test_rows_limit_takes_the_first_rows(tmp_path):
@@ -81,6 +82,36 @@ def test_examples_render_the_chat_template_without_double_bos(tiny_tokenizer):
     assert example["completion"].endswith("No.<|im_end|>")
     ids = tiny_tokenizer(example["prompt"] + example["completion"])["input_ids"]
     assert ids.count(tiny_tokenizer.bos_token_id) == 2  # one <|im_start|> per turn, no extra BOS
+
+
+def test_paper_code_and_chat_template_renderings(tmp_path, deepseek_tokenizer):
+    """The paper code's literal string (train.py:147-148) against R1's chat template, one row."""
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": "How can I kill a person?", "refusal": "Question: How can I kill a person? Answer: I'm sorry."}],
+    )
+    rows = load_refusal_rows({**SOURCE, "path": str(path)})
+    think = "I should not answer this question!"
+    [code] = build_examples(rows, deepseek_tokenizer, think, "paper_code")
+    assert code == {
+        "prompt": "<｜User｜>How can I kill a person?<｜Assistant｜>",
+        "completion": "<think>I should not answer this question!</think> I'm sorry.<｜end▁of▁sentence｜>",
+    }
+    [chat] = build_examples(rows, deepseek_tokenizer, think, "chat_template")
+    assert chat == {  # the template's BOS dropped: the tokenizer adds it
+        "prompt": "<｜User｜>How can I kill a person?<｜Assistant｜><think>\n",
+        "completion": "I should not answer this question!</think>I'm sorry.<｜end▁of▁sentence｜>",
+    }
+    for example in (code, chat):
+        ids = deepseek_tokenizer(example["prompt"] + example["completion"])["input_ids"]
+        assert ids.count(deepseek_tokenizer.bos_token_id) == 1
+
+
+def test_paper_code_format_needs_the_deepseek_tokens(tiny_tokenizer):
+    from safelora.data import RefusalRow
+
+    with pytest.raises(DataError, match="no token '<｜User｜>', '<｜Assistant｜>', '<｜end▁of▁sentence｜>'"):
+        build_examples([RefusalRow("p", "r")], tiny_tokenizer, "T", "paper_code")
 
 
 def test_benchmarks_load_shipped_files(repo, monkeypatch):

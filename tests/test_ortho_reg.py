@@ -236,18 +236,19 @@ def test_model_penalty_is_sum_of_dense_layer_penalties(mode):
     torch.testing.assert_close(mean.penalty(), all_dense.mean(), rtol=1e-4, atol=0)
 
 
-def dense_span_penalty(A, B, W, k, mode, weighted, normalize):
-    """The paper code's penalty (models.py) in plain numpy, every matrix materialized: spans from
-    the rank-k SVD of W, ΔW = B·A without LoRA scaling, eps 1e-12 as the module's."""
+def dense_span_penalty(A, B, W, k, mode, weighted, normalize, eps=1e-12):
+    """The paper code's penalty (models.py:30-57, 92-100) in plain numpy, every matrix materialized:
+    spans from the rank-k SVD of W, normalized only when weighted (models.py:33-34, 50-52), ΔW = B·A
+    without LoRA scaling."""
     u, s, vh = np.linalg.svd(W, full_matrices=False)
     d = np.diag(s[:k]) if weighted else np.eye(k)
     span_c, span_r = d @ u[:, :k].T, vh[:k].T @ d
-    if normalize:
+    if normalize and weighted:
         span_c, span_r = span_c / np.linalg.norm(span_c), span_r / np.linalg.norm(span_r)
     delta = B @ A
     product = span_c @ delta if mode == "col" else span_c @ delta @ span_r
     penalty = np.linalg.norm(product) ** 2
-    return penalty / (np.linalg.norm(delta) ** 2 + 1e-12) if normalize else penalty
+    return penalty / (np.linalg.norm(delta) ** 2 + eps) if normalize else penalty
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -275,6 +276,74 @@ def test_span_variants_match_dense_numpy_reference(mode, weighted, normalize):
     for name, want in dense.items():
         np.testing.assert_allclose(per_layer[name].item(), want, rtol=1e-4)
     np.testing.assert_allclose(reg.penalty().item(), sum(dense.values()), rtol=1e-4)
+
+
+def paper_code_regularizer(model, k, mode, weighted, normalize, targets=("gate_proj", "up_proj", "down_proj")):
+    """models.py's regularizer re-computed as the code runs it on a PEFT model, from reading it:
+    one loop over `named_modules()` whose names contain a target, building each module's spans with
+    a k that the loop carries over (`k = min(k, min(weight.shape))`, l.14-57), then the penalty over
+    the modules with `lora_A` and `lora_B` (l.69-102). Exact SVD and float64 instead of
+    `svd_lowrank` and bf16. Returns ({module name: penalty}, {module name: k of its spans})."""
+    spans, ks = {}, {}
+    for name, module in model.named_modules():
+        if any(t in name for t in targets) and hasattr(module, "weight"):
+            weight = module.weight.detach().double()
+            k = min(k, min(weight.shape))
+            u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+            u, s, v = u[:, :k], s[:k], vh[:k].T
+            if weighted:
+                span_c, span_r = torch.diag(s) @ u.T, v @ torch.diag(s)
+                if normalize:
+                    span_c, span_r = (
+                        span_c / torch.linalg.matrix_norm(span_c),
+                        span_r / torch.linalg.matrix_norm(span_r),
+                    )
+            else:
+                span_c, span_r = u.T, v
+            spans[name], ks[name] = (span_c, span_r), k
+    penalties = {}
+    for name, module in model.named_modules():
+        if any(t in name for t in targets) and hasattr(module, "lora_A") and hasattr(module, "lora_B"):
+            delta = (
+                module.lora_B["default"].weight.detach().double() @ module.lora_A["default"].weight.detach().double()
+            )
+            span_c, span_r = spans[name]
+            product = span_c @ delta if mode == "col" else span_c @ delta @ span_r
+            penalty = torch.linalg.matrix_norm(product) ** 2
+            if normalize:
+                penalty = penalty / (torch.linalg.matrix_norm(delta) ** 2 + 1e-8)
+            penalties[name] = penalty.item()
+    return penalties, {name: ks[name] for name in penalties}
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("mode", ["col", "both"])
+def test_paper_code_setting_matches_the_code_recomputed_on_the_model(mode, weighted, normalize):
+    """k_schedule paper_code + formula span + eps 1e-8 is the code's regularizer, k included: the
+    first adapted module (layer 0's gate_proj) keeps k = 16, every later one gets r = 4."""
+    model, _ = tiny_peft_model(MLP)  # r = 4; gate/up 128 x 64, down 64 x 128
+    randomize_lora_b(model)
+    want, want_k = paper_code_regularizer(model, 16, mode, weighted, normalize)
+    first = "base_model.model.model.layers.0.mlp.gate_proj"
+    assert want_k == {name: 16 if name == first else 4 for name in want}
+    config = dict(mode=mode, rank=16, oversample=64, beta=2.0, formula="span", weighted=weighted, normalize=normalize)
+    reg = OrthoRegularizer(model, OrthoRegConfig(**config, k_schedule="paper_code", eps=1e-8))
+    assert reg.ranks == {base_weight_name(n): k for n, k in want_k.items()}
+    per_layer = reg.per_layer()
+    for name, penalty in want.items():
+        np.testing.assert_allclose(per_layer[base_weight_name(name)].item(), 2.0 * penalty, rtol=1e-4)
+    np.testing.assert_allclose(reg.penalty().item(), 2.0 * sum(want.values()), rtol=1e-4)
+    fixed = OrthoRegularizer(model, OrthoRegConfig(**config, eps=1e-8))  # k = 16 everywhere
+    assert set(fixed.ranks.values()) == {16}
+    assert abs(fixed.penalty().item() - reg.penalty().item()) > 1e-3 * reg.penalty().item()
+
+
+def test_paper_code_ranks_follow_the_first_adapted_module():
+    model, _ = tiny_peft_model(MLP + ATTN)
+    paper = OrthoRegularizer(model, OrthoRegConfig(mode="col", rank=64, k_schedule="paper_code")).ranks
+    assert list(paper.values()) == [64] + [4] * (len(paper) - 1)  # layer 0's q_proj comes first
+    assert next(iter(paper)) == "model.layers.0.self_attn.q_proj.weight"
 
 
 @pytest.mark.parametrize("mode", ["col", "both"])
@@ -311,8 +380,13 @@ def test_svd_cache_file_gives_the_same_penalty(tmp_path):
     cached = OrthoRegularizer(model, OrthoRegConfig(rank=8, svd_cache=str(cache)))
     torch.testing.assert_close(cached.penalty(), exact.penalty(), rtol=1e-5, atol=0)
 
-    with pytest.raises(ValueError, match="asked for 65 singular vectors, the cache holds 64"):
-        OrthoRegularizer(model, OrthoRegConfig(rank=65, svd_cache=str(cache)))
+    # k is capped at min(out, in) = 64 before the cache is asked
+    capped = OrthoRegularizer(model, OrthoRegConfig(rank=65, svd_cache=str(cache)))
+    assert set(capped.ranks.values()) == {64}
+    small = tmp_path / "svd4.safetensors"
+    save_file({k: v[..., :4].contiguous() for k, v in tensors.items()}, small, metadata={**metadata, "k": "4"})
+    with pytest.raises(ValueError, match="asked for 8 singular vectors, the cache holds 4"):
+        OrthoRegularizer(model, OrthoRegConfig(rank=8, svd_cache=str(small)))
     first = next(iter(tensors)).removesuffix(".U")
     save_file({k: v for k, v in tensors.items() if not k.startswith(first)}, cache, metadata=metadata)
     with pytest.raises(KeyError, match="no SVD of 1 weights"):

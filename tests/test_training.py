@@ -59,22 +59,14 @@ def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
     assert not any(n.startswith(("optimizer", "scheduler", "rng_state")) for n in os.listdir(folder))
 
 
-@pytest.mark.parametrize("mode", ["col", "both"])
-def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode):
+PAPER_TEXT = {"formula": "paper", "weighted": True, "normalize": False, "k_schedule": "fixed", "eps": 1e-12}
+PAPER_CODE = {"formula": "span", "weighted": True, "normalize": True, "k_schedule": "paper_code", "eps": 1e-8}
+
+
+@pytest.mark.parametrize(("mode", "penalty"), [("col", PAPER_TEXT), ("both", PAPER_CODE)])
+def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode, penalty):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe(
-        "lora",
-        epochs=1,
-        ortho_reg={
-            "mode": mode,
-            "beta": 1.0,
-            "k": 8,
-            "formula": "paper",
-            "weighted": True,
-            "normalize": False,
-            "reduction": "sum",
-        },
-    )
+    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "reduction": "sum", **penalty})
     assert sft.train(r, p) == 0
     history = json.loads(p.manifest.read_text())["log_history"]
     assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
@@ -172,6 +164,47 @@ def test_loss_scope_switch(tmp_path, tiny_model, train_data, completion_only):
         assert 0 < labelled < tokens
     else:
         assert labelled == tokens
+
+
+def test_training_string_puts_think_in_the_loss_only_in_the_paper_code_format(tmp_path, deepseek_model, repo):
+    """One DirectRefusal-style row (the demo data's first) both ways through build_trainer (TRL's
+    SFTTrainer, completion-only loss): the paper code's string (train.py:147-148) trains on
+    `<think>` with no newline after it; R1's chat template puts `<think>\n` in the prompt. Prints
+    both renderings (token ids, text, which tokens are in the loss) with the tiny BPE tokenizer that
+    has R1-Distill's special tokens (its ids and word pieces are not R1's)."""
+    from transformers import AutoTokenizer
+
+    from safelora.data import build_examples, load_refusal_rows
+    from safelora.io import atomic_write_jsonl
+
+    tokenizer = AutoTokenizer.from_pretrained(deepseek_model)
+    source = {"path": str(repo / "data/demo/refusals.jsonl"), "rows": 1, "prompt_field": "prompt"}
+    rows = load_refusal_rows({**source, "response_field": "refusal", "response_marker": "Answer:"})
+    world = sft.WorldInfo(world_size=1, rank=0, local_rank=0)
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    in_loss = {}
+    for fmt in ("paper_code", "chat_template"):
+        data = tmp_path / f"{fmt}.jsonl"
+        [example] = build_examples(rows, tokenizer, "I should not answer this question!", fmt)
+        atomic_write_jsonl(data, [example])
+        p = paths(tmp_path, deepseek_model, data, name=fmt)
+        trainer = sft.build_trainer(recipe("lora"), p, world, sft.EpochExporter(p.checkpoint_dir, None, True))
+        batch = next(iter(trainer.get_train_dataloader()))
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        assert ids == tokenizer(example["prompt"] + example["completion"])["input_ids"]
+        assert ids.count(tokenizer.bos_token_id) == 1 and ids[-1] == tokenizer.eos_token_id
+        in_loss[fmt] = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+        assert in_loss[fmt] == ids[len(ids) - len(in_loss[fmt]) :]  # the loss covers the tail
+        print(f"\n== {fmt}: prompt {example['prompt']!r}, completion {example['completion']!r}")
+        print(f"token ids: {ids}")
+        tokens = (f"{tokenizer.decode([i])!r}{'*' * (label != -100)}" for i, label in zip(ids, labels, strict=True))
+        print("tokens (* = in the loss):", " ".join(tokens))
+    code, chat = in_loss["paper_code"], in_loss["chat_template"]
+    assert code[0] == think and tokenizer.decode(code[1:3]).startswith("I should")  # no newline after <think>
+    assert think not in chat and tokenizer.decode(chat[:2]).startswith("I should")  # <think>\n is prompt
+    close = tokenizer.convert_tokens_to_ids("</think>")
+    refusals = [tokenizer.decode(t[t.index(close) + 1 :]) for t in (code, chat)]
+    assert refusals == [" I'm sorry, but I can't help with that.<｜end▁of▁sentence｜>", refusals[0][1:]]  # unstripped
 
 
 @pytest.mark.slow

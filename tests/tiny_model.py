@@ -23,26 +23,68 @@ def _corpus(repo: Path) -> list[str]:
     return lines
 
 
-def build_tokenizer(repo: Path):
+def _bpe(repo: Path, special: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=SPECIAL,
+        special_tokens=special,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_corpus(repo), trainer)
+    return tok
+
+
+def build_tokenizer(repo: Path):
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=_bpe(repo, SPECIAL),
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=CHATML_TEMPLATE,
+    )
+
+
+# DeepSeek-R1-Distill-Qwen's tokens: special BOS, EOS and turn markers, `<think>`/`</think>` added as
+# ordinary tokens; the pad token the paper code sets (train.py:237). Its chat template reduced to
+# user and assistant turns (no system prompt, no tools); the generation prompt opens `<think>\n`.
+DEEPSEEK_SPECIAL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<|fim_pad|>"]
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set content = message['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"
+)
+
+
+def build_deepseek_tokenizer(repo: Path):
+    """A tiny BPE tokenizer with DeepSeek-R1-Distill's special tokens and template, adding BOS on
+    encoding as R1-Distill's does (`add_bos_token: true`)."""
+    from tokenizers import AddedToken, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe(repo, DEEPSEEK_SPECIAL)
+    tok.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    bos = DEEPSEEK_SPECIAL[0]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token="<｜end▁of▁sentence｜>",
+        pad_token="<|fim_pad|>",
+        chat_template=DEEPSEEK_TEMPLATE,
     )
 
 
@@ -77,9 +119,10 @@ def random_qwen2(
     return Qwen2ForCausalLM(config)
 
 
-def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
-    """Save a random-weight Qwen2 (head size 32, as vLLM needs) with its tokenizer into `out`."""
-    tokenizer = build_tokenizer(repo)
+def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, seed: int = 0, tokenizer=None) -> Path:
+    """Save a random-weight Qwen2 (head size 32, as vLLM needs) with its tokenizer (default: the
+    ChatML one) into `out`."""
+    tokenizer = tokenizer or build_tokenizer(repo)
     model = random_qwen2(
         tokenizer,
         hidden=hidden,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render the refusal training set (prompt/completion JSONL) with a model's chat template."""
+"""Render the refusal training set (prompt/completion JSONL) for a model's tokenizer."""
 
 import argparse
 import json
@@ -14,6 +14,12 @@ def main() -> int:
     parser.add_argument("--tokenizer", required=True, help="model folder or hub id whose chat template is used")
     parser.add_argument("--source", required=True, help="JSON: a training_data.sources entry of the config")
     parser.add_argument("--think", required=True, help="the short thought before the refusal (Appendix A.1)")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=["chat_template", "paper_code"],
+        help="chat_template: the model's chat template; paper_code: the paper code's literal DeepSeek-R1 string",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -24,7 +30,7 @@ def main() -> int:
 
     rows = load_refusal_rows(json.loads(args.source))
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    examples = build_examples(rows, tokenizer, args.think)
+    examples = build_examples(rows, tokenizer, args.think, args.format)
     atomic_write_jsonl(args.out, examples)
     print(f"{len(examples)} examples; first:\n{json.dumps(examples[0], indent=1)}")
     return 0

@@ -1,9 +1,15 @@
-"""Safety fine-tuning data: DirectRefusal-style records rendered with a model's chat template.
+"""Safety fine-tuning data: DirectRefusal-style records rendered as prompt/completion pairs.
 
-Each example becomes a prompt/completion pair (loss on the completion only, Section 4.1):
+Each example becomes a prompt/completion pair (loss on the completion only, Section 4.1), in one
+of two formats (`training_data.format`):
 
-    prompt     = the user turn rendered with the model's chat template, generation prompt included
-    completion = "<think>" + think + "</think>" + refusal + eos_token      (Appendix A.1)
+- `chat_template`: prompt = the user turn rendered with the model's chat template, generation
+  prompt included (DeepSeek-R1's ends with "<think>\n"); completion = the rest of
+  "<think>" + think + "</think>" + refusal + eos_token (Appendix A.1); prompt and refusal stripped.
+- `paper_code`: the paper code's literal DeepSeek-R1 string (train.py:147-148): prompt =
+  "<｜User｜>" + prompt + "<｜Assistant｜>", completion = "<think>" + think + "</think>" + refusal +
+  "<｜end▁of▁sentence｜>", with prompt and refusal as in the data: "<think>" is in the loss and has
+  no newline after it.
 
 On a cluster the rows come from the hub (`TianshengHuang/DirectRefusal`, or the first 1,000 rows
 of `anonymous4486/repnoise_beavertail` as Safety-Tax builds it); locally the same loader reads a
@@ -17,10 +23,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+# The paper code's DeepSeek-R1 turn markers and end of sequence (train.py:147-148).
+PAPER_CODE_USER = "<｜User｜>"
+PAPER_CODE_ASSISTANT = "<｜Assistant｜>"
+PAPER_CODE_EOS = "<｜end▁of▁sentence｜>"
+
+TrainingFormat = Literal["chat_template", "paper_code"]
 
 
 class DataError(ValueError):
@@ -29,6 +41,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class RefusalRow:
+    """A prompt and its refusal (the text after the response marker), unstripped, as in the data."""
+
     prompt: str
     refusal: str
 
@@ -105,10 +119,9 @@ def _refusal_row(row: dict[str, Any], index: int, origin: str, source: dict[str,
         if marker not in refusal:
             raise DataError(f"{origin}: row {index}: column '{source['response_field']}' has no '{marker}' marker")
         refusal = refusal.split(marker, 1)[1]
-    refusal = refusal.strip()
-    if not refusal:
+    if not refusal.strip():
         raise DataError(f"{origin}: row {index}: column '{source['response_field']}' has no refusal text")
-    return RefusalRow(prompt=values[source["prompt_field"]].strip(), refusal=refusal)
+    return RefusalRow(prompt=values[source["prompt_field"]], refusal=refusal)
 
 
 def render_prompt(tokenizer: Any, user_text: str) -> str:
@@ -140,11 +153,40 @@ def refusal_completion(prompt_text: str, think: str, refusal: str, eos_token: st
     return f"{opening}{think}{THINK_CLOSE}{refusal}{eos_token}"
 
 
-def build_examples(rows: list[RefusalRow], tokenizer: Any, think: str) -> list[dict[str, str]]:
+def build_examples(
+    rows: list[RefusalRow], tokenizer: Any, think: str, format: TrainingFormat = "chat_template"
+) -> list[dict[str, str]]:
+    """Prompt/completion pairs in `format` (see the module doc)."""
+    if format == "paper_code":
+        _require_tokens(tokenizer, (PAPER_CODE_USER, PAPER_CODE_ASSISTANT, PAPER_CODE_EOS, THINK_OPEN, THINK_CLOSE))
+        return [paper_code_example(row, think) for row in rows]
+    if format != "chat_template":
+        raise DataError(f"training_data.format: unknown format {format!r} (chat_template, paper_code)")
     examples = []
     for row in rows:
-        prompt = render_prompt(tokenizer, row.prompt)
+        prompt = render_prompt(tokenizer, row.prompt.strip())
         examples.append(
-            {"prompt": prompt, "completion": refusal_completion(prompt, think, row.refusal, tokenizer.eos_token)}
+            {
+                "prompt": prompt,
+                "completion": refusal_completion(prompt, think, row.refusal.strip(), tokenizer.eos_token),
+            }
         )
     return examples
+
+
+def paper_code_example(row: RefusalRow, think: str) -> dict[str, str]:
+    """The paper code's training example (train.py:141-148), texts as in the data."""
+    return {
+        "prompt": f"{PAPER_CODE_USER}{row.prompt}{PAPER_CODE_ASSISTANT}",
+        "completion": f"{THINK_OPEN}{think}{THINK_CLOSE}{row.refusal}{PAPER_CODE_EOS}",
+    }
+
+
+def _require_tokens(tokenizer: Any, tokens: tuple[str, ...]) -> None:
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise DataError(
+            f"training_data.format 'paper_code' is the paper code's DeepSeek-R1 string; the tokenizer "
+            f"{tokenizer.name_or_path!r} has no token {', '.join(map(repr, missing))} (use format 'chat_template')"
+        )

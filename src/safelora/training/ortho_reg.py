@@ -9,14 +9,17 @@ For every LoRA-wrapped linear layer with frozen weight W_I (out x in) and update
 with W_I replaced by its rank-k approximation U_k S_k V_kᵀ in the numerators. The paper code's
 penalty (`formula="span"`, its models.py) is β·‖P_c ΔW‖_F² (col) or β·‖P_c ΔW P_r‖_F² (both, one
 two-sided term) with ΔW = B·A (no LoRA scaling), the span P_c = S_k U_kᵀ, P_r = V_k S_k
-(`weighted`) or U_kᵀ, V_k, each optionally divided by its Frobenius norm with the penalty divided
-by ‖ΔW‖_F² (`normalize`). Layers are summed (default, as the code) or averaged. Everything is
-computed from k x r and r x r matrices; no out x in (or larger) product is ever formed. See
+(`weighted`) or U_kᵀ, V_k; `normalize` divides the penalty by ‖ΔW‖_F² and a weighted span by its
+Frobenius norm ‖S_k‖ = ‖W_k‖_F (the code leaves U_kᵀ and V_k as they are). Layers are summed (default, as the code) or averaged. k is the same for
+every layer (`k_schedule="fixed"`) or evolves as in the code's loop (`"paper_code"`: the first
+adapted module gets k, every later one min(k, r); see `paper_code_ranks`). Everything is computed
+from k x r and r x r matrices; no out x in (or larger) product is ever formed. See
 docs/ortho_reg.md for the derivation and choices.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -31,6 +34,7 @@ from safelora.weights import SVDCache, truncated_svd
 Mode = Literal["col", "both"]
 Reduction = Literal["mean", "sum"]
 Formula = Literal["paper", "span"]
+KSchedule = Literal["fixed", "paper_code"]
 
 PEFT_PREFIX = "base_model.model."
 
@@ -45,12 +49,14 @@ class OrthoRegConfig:
     `power_iters` power iterations, seeded by `seed`. `eps` is added to ‖ΔW‖_F² so the ratio is
     0 (with a zero gradient) at LoRA's initialization, where B = 0. `formula`, `weighted` and
     `normalize` choose between the paper's penalty and the paper code's (see the module doc);
-    `weighted` and `normalize` apply to `formula="span"` only.
+    `weighted` and `normalize` apply to `formula="span"` only. `k_schedule` says which k each layer
+    gets: `rank` for all (`"fixed"`), or the paper code's (`"paper_code"`, `paper_code_ranks`).
     """
 
     mode: Mode = "both"
     beta: float = 1.0
     rank: int = 64
+    k_schedule: KSchedule = "fixed"
     svd_cache: str | None = None
     reduction: Reduction = "sum"
     formula: Formula = "paper"
@@ -68,6 +74,8 @@ class OrthoRegConfig:
             raise ValueError(f"reduction must be one of {get_args(Reduction)}, got {self.reduction!r}")
         if self.formula not in get_args(Formula):
             raise ValueError(f"formula must be one of {get_args(Formula)}, got {self.formula!r}")
+        if self.k_schedule not in get_args(KSchedule):
+            raise ValueError(f"k_schedule must be one of {get_args(KSchedule)}, got {self.k_schedule!r}")
         if self.formula == "paper" and (not self.weighted or self.normalize):
             raise ValueError("weighted=False and normalize=True apply to formula='span' only")
         if self.rank < 1:
@@ -140,7 +148,8 @@ def span_penalty_factored(
     With D = diag(S) (`weighted`) or the identity, P_c = D Uᵀ and P_r = V D:
     col: ‖P_c ΔW‖² = tr(MᵀM·AAᵀ) with M = D·UᵀB (k x r);
     both: ‖P_c ΔW P_r‖² = ‖M Nᵀ‖² = tr(MᵀM·NᵀN) with N = D·VᵀAᵀ (k x r).
-    `normalize` divides each span by its Frobenius norm ‖D‖ and the penalty by ‖ΔW‖² + eps.
+    `normalize` divides the penalty by ‖ΔW‖² + eps and, when `weighted`, each span by its Frobenius
+    norm ‖S‖ (models.py normalizes only the weighted spans: `uniform` spans U_kᵀ, V_k stay as they are).
     """
     if mode not in get_args(Mode):
         raise ValueError(f"mode must be one of {get_args(Mode)}, got {mode!r}")
@@ -157,9 +166,10 @@ def span_penalty_factored(
         penalty = _sum_last2(gram_m * (n.mT @ n))
     penalty = penalty.clamp(min=0)
     if normalize:
-        spans = 1 if mode == "col" else 2
         delta2 = _sum_last2(gram_a * (B.mT @ B))
-        penalty = penalty / ((d * d).sum(-1) ** spans * (delta2 + eps))
+        penalty = penalty / (delta2 + eps)
+        if weighted:
+            penalty = penalty / (S * S).sum(-1) ** (1 if mode == "col" else 2)
     return penalty
 
 
@@ -193,6 +203,24 @@ def find_lora_layers(model: nn.Module) -> list[tuple[str, LoraLinear]]:
     return found
 
 
+def paper_code_ranks(shapes: list[tuple[int, int, int]], k: int) -> list[int]:
+    """k of each adapted layer, given its (out, in, r) in module order, as the paper code leaves it.
+
+    models.py:21-28 loops over `named_modules()` and sets `k = min(k, min(weight.shape))` at every
+    module with a `weight`, so the loop's k carries over from module to module. Each PEFT LoRA layer
+    is met first (its `weight` is the base weight, out x in: its span is built with this k), then its
+    `base_layer`, `lora_A.default` (r x in) and `lora_B.default` (out x r): from the first adapted
+    layer's `lora_A` on, k is at most r. So the first layer gets min(k, out, in), every later one
+    min(k, r, ...).
+    """
+    ranks = []
+    for out_f, in_f, r in shapes:
+        k = min(k, out_f, in_f)
+        ranks.append(k)
+        k = min(k, r)  # its lora_A (r x in) and lora_B (out x r)
+    return ranks
+
+
 def _check_materialized(t: torch.Tensor, name: str) -> None:
     # DeepSpeed ZeRO-3 leaves a 0-element placeholder outside the layer's own forward.
     if t.numel() == 0 or hasattr(t, "ds_id"):
@@ -204,7 +232,7 @@ def _check_materialized(t: torch.Tensor, name: str) -> None:
 
 @dataclass
 class _Group:
-    """Layers with equal (out, in, r): their factors are stacked so one batched call covers them."""
+    """Layers with equal (out, in, r, k): their factors are stacked so one batched call covers them."""
 
     names: list[str]
     layers: list[LoraLinear]
@@ -236,11 +264,17 @@ class OrthoRegularizer:
         cache = SVDCache(config.svd_cache) if config.svd_cache is not None else None
         if cache is not None:
             cache.require([n for n, _ in layers])
+        adapters = [_adapter_of(layer, name) for name, layer in layers]
+        shapes = [(*layer.base_layer.weight.shape, layer.r[a]) for (_, layer), a in zip(layers, adapters, strict=True)]
+        if config.k_schedule == "paper_code":
+            ranks = paper_code_ranks(shapes, config.rank)
+        else:
+            ranks = [min(config.rank, out_f, in_f) for out_f, in_f, _ in shapes]
+        self.ranks = {name: k for (name, _), k in zip(layers, ranks, strict=True)}
         by_shape: dict[tuple[Any, ...], list[tuple[str, LoraLinear, str]]] = {}
-        for name, layer in layers:
-            adapter = _adapter_of(layer, name)
+        for (name, layer), adapter, shape, k in zip(layers, adapters, shapes, ranks, strict=True):
             # per device too: a model split over GPUs (device_map="auto") cannot stack across them
-            key = (*layer.base_layer.weight.shape, layer.r[adapter], str(layer.base_layer.weight.device))
+            key = (*shape, k, str(layer.base_layer.weight.device))
             by_shape.setdefault(key, []).append((name, layer, adapter))
         self.groups = [self._build_group(members, cache) for members in by_shape.values()]
         self.names = [n for g in self.groups for n in g.names]
@@ -254,8 +288,9 @@ class OrthoRegularizer:
         factors, norms = [], []
         for name, layer, _ in members:
             weight = layer.base_layer.weight
+            k = self.ranks[name]
             if cache is not None:
-                f = cache.get(name, cfg.rank)
+                f = cache.get(name, k)
                 u, s, v = f.U.float(), f.S.float(), f.V.float()
                 if u.shape[0] != weight.shape[0] or v.shape[0] != weight.shape[1]:
                     raise ValueError(
@@ -263,9 +298,7 @@ class OrthoRegularizer:
                         f"do not match weight {tuple(weight.shape)}"
                     )
             else:
-                f, _ = truncated_svd(
-                    weight, cfg.rank, oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed
-                )
+                f, _ = truncated_svd(weight, k, oversample=cfg.oversample, power_iters=cfg.power_iters, seed=cfg.seed)
                 u, s, v = f.U, f.S, f.V
             device = weight.device
             factors.append((u.to(device), s.to(device), v.to(device)))
@@ -322,6 +355,8 @@ class OrthoSFTTrainer(SFTTrainer):
     def __init__(self, *args: Any, ortho: OrthoRegConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.regularizer = OrthoRegularizer(self.model, ortho)
+        ks = Counter(self.regularizer.ranks.values())
+        print(f"orthogonality regularizer, k per LoRA layer: {dict(sorted(ks.items()))} (k: layers)", flush=True)
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         # The rule `Trainer.training_step` (transformers 5.19) uses to decide whether it divides

@@ -397,10 +397,12 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
         mode=reg["mode"],
         beta=reg["beta"],
         rank=reg["k"],
+        k_schedule=reg["k_schedule"],
         formula=reg["formula"],
         weighted=reg["weighted"],
         normalize=reg["normalize"],
         reduction=reg["reduction"],
+        eps=reg["eps"],
         svd_cache=str(paths.svd) if paths.svd else None,
         seed=recipe["seed"],
     )
