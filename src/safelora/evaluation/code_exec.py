@@ -5,7 +5,7 @@ with all its samples, to a worker inside ``safelora.evaluation.sandbox``. The wo
 a script: it computes the expected outputs from the canonical solution (EvalPlus's
 ``trusted_exec``) and checks each sample on the base and plus inputs with EvalPlus's
 ``untrusted_check`` (per-input time limits from the canonical run times, ``atol``, the MBPP special
-oracles). Its top level imports only the standard library, because the sandbox hides the checkout;
+oracles). Its top level imports only the standard library, because the checkout is not in the sandbox;
 the parent-side imports sit inside the functions that need them.
 """
 

@@ -5,7 +5,7 @@ Layers (docs/sandbox.md has the threat model and the hostile-snippet results):
 1. ``unshare --user --map-root-user --net --mount --pid --fork --kill-child --mount-proc``
    (util-linux): a fresh network namespace holding only a loopback device that is down (no route
    anywhere, not even to 127.0.0.1, and no abstract Unix sockets of the host), a private mount
-   table, and a PID namespace whose init is the untrusted program: when it exits or the sandbox
+   table, and a PID namespace whose init is the launcher (2.): when it exits or the sandbox
    is killed, the kernel kills every process left inside.
 2. This file run as a launcher inside the namespaces (standard library only): it builds a fresh
    root on an empty tmpfs and ``pivot_root``s into it, detaching the host's tree. An allow-list
