@@ -98,6 +98,14 @@ def test_mbpp_canonical_passes() -> None:
     assert all(r["base_pass"] and r["plus_pass"] for r in results), results
 
 
+def test_a_sandbox_without_ground_truth_fails_its_samples_with_the_reason(humaneval: dict) -> None:
+    """64 MiB of address space is too little to import EvalPlus: no sample is checked, each says why."""
+    solutions = [canonical(humaneval, "HumanEval/3", i) for i in range(2)]
+    results = evaluate_solutions("humaneval", humaneval, solutions, memory_mb=64, plus_limit=3)
+    assert [(r["sample_index"], r["status"]) for r in results] == [(0, "base_sandbox_error"), (1, "base_sandbox_error")]
+    assert all(r["detail"].startswith("the sandbox ended before the canonical solution's outputs") for r in results)
+
+
 @pytest.mark.slow
 def test_hostile_solutions_fail_and_are_contained(humaneval: dict) -> None:
     """Network, an endless loop and a fork bomb inside a solution: each fails, nothing escapes."""

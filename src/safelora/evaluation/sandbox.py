@@ -182,7 +182,8 @@ def sandbox_root(python: str = sys.executable) -> dict:
     dirs |= {os.path.realpath(p) for p in prefixes}
     dirs |= {os.path.realpath(os.path.dirname(hop)) for hop in _symlink_hops(inside)}
     dirs |= {os.path.dirname(os.path.realpath(m)) for m in mapped}
-    dirs.discard("/")
+    # Never a whole top folder of the host's temporary files (a library mapped from /tmp).
+    dirs -= {"/", *(os.path.realpath(d) for d in SCRATCH_DIRS)}
     return {
         # A folder inside another one is there already.
         "binds": sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs)),
