@@ -98,6 +98,14 @@ def test_mbpp_canonical_passes() -> None:
     assert all(r["base_pass"] and r["plus_pass"] for r in results), results
 
 
+def test_a_sandbox_without_ground_truth_fails_its_samples_with_the_reason(humaneval: dict) -> None:
+    """64 MiB of address space is too little to import EvalPlus: no sample is checked, each says why."""
+    solutions = [canonical(humaneval, "HumanEval/3", i) for i in range(2)]
+    results = evaluate_solutions("humaneval", humaneval, solutions, memory_mb=64, plus_limit=3)
+    assert [(r["sample_index"], r["status"]) for r in results] == [(0, "base_sandbox_error"), (1, "base_sandbox_error")]
+    assert all(r["detail"].startswith("the sandbox ended before the canonical solution's outputs") for r in results)
+
+
 @pytest.mark.slow
 def test_hostile_solutions_fail_and_are_contained(humaneval: dict) -> None:
     """Network, an endless loop and a fork bomb inside a solution: each fails, nothing escapes."""
@@ -117,21 +125,28 @@ def test_hostile_solutions_fail_and_are_contained(humaneval: dict) -> None:
     assert time.monotonic() - start < 120
 
 
-def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> None:
-    generations = tmp_path / "gen.jsonl"
-    task = humaneval["HumanEval/3"]
-    right = f"<think>easy</think>```python\n{task['prompt']}{task['canonical_solution']}```"
-    wrong = f"```python\ndef {task['entry_point']}(operations):\n    return True\n```"
+def write_generations(folder: Path, problems: dict, texts: dict[str, list[str]]) -> tuple[Path, Path]:
+    """Generation records (n = len(texts) per task) and the items they answer."""
+    generations, items = folder / "gen.jsonl", folder / "items.jsonl"
     generations.write_text(
         "".join(
-            json.dumps({"prompt_id": "HumanEval/3", "sample_index": i, "text": text, "sampling": {"n": 2}}) + "\n"
-            for i, text in enumerate([right, wrong])
+            json.dumps({"prompt_id": task, "sample_index": i, "text": text, "sampling": {"n": len(answers)}}) + "\n"
+            for task, answers in texts.items()
+            for i, text in enumerate(answers)
         )
     )
-    items = tmp_path / "items.jsonl"
-    items.write_text(json.dumps({"id": "HumanEval/3", "prompt": task["prompt"], "answer": None, "meta": {}}) + "\n")
-    out, out_base = tmp_path / "plus.jsonl", tmp_path / "base.jsonl"
-    subprocess.run(
+    items.write_text(
+        "".join(
+            json.dumps({"id": task, "prompt": problems[task]["prompt"], "answer": None, "meta": {}}) + "\n"
+            for task in texts
+        )
+    )
+    return generations, items
+
+
+def execute_code(folder: Path, generations: Path, items: Path) -> subprocess.CompletedProcess:
+    """workflow_scripts/execute_code.py on the files, as the workflow runs it; verdicts in `folder`."""
+    return subprocess.run(
         [
             sys.executable,
             str(REPO / "workflow_scripts" / "execute_code.py"),
@@ -144,9 +159,9 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
             "--items",
             str(items),
             "--out",
-            str(out),
+            str(folder / "plus.jsonl"),
             "--out-base",
-            str(out_base),
+            str(folder / "base.jsonl"),
             "--timeout",
             "20",
             "--memory-mb",
@@ -154,15 +169,80 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
             "--workers",
             "1",
         ],
-        check=True,
+        capture_output=True,
+        text=True,
     )
-    plus, base = read_jsonl(out), read_jsonl(out_base)
+
+
+def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> None:
+    task = humaneval["HumanEval/3"]
+    right = f"<think>easy</think>```python\n{task['prompt']}{task['canonical_solution']}```"
+    wrong = f"```python\ndef {task['entry_point']}(operations):\n    return True\n```"
+    generations, items = write_generations(tmp_path, humaneval, {"HumanEval/3": [right, wrong]})
+    job = execute_code(tmp_path, generations, items)
+    assert job.returncode == 0, job.stderr[-3000:]
+    plus, base = read_jsonl(tmp_path / "plus.jsonl"), read_jsonl(tmp_path / "base.jsonl")
     assert [(v["grader"], v["value"], v["label"]) for v in plus] == [
         ("evalplus_plus", 1.0, "pass"),
         ("evalplus_plus", 0.0, "base_fail"),
     ]
     assert [(v["grader"], v["value"]) for v in base] == [("evalplus_base", 1.0), ("evalplus_base", 0.0)]
     assert "def below_zero" in plus[0]["raw"] and "<think>" not in plus[0]["raw"]
+
+
+# Issue 24, finding 6: the start of a JSON object to every file descriptor the sample has, and to
+# every one of its parent's (the worker) and of the sandbox's init. Placed in the function body
+# (the sanitizer drops top-level statements), before the canonical body: it runs on every call.
+CHANNEL_WRITER = """
+    import os
+    for fd in range(256):
+        try:
+            os.write(fd, b'{"x": ')
+        except OSError:
+            pass
+    for pid in (os.getppid(), 1):
+        for fd in range(64):
+            try:
+                os.write(os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY), b'{"x": ')
+            except OSError:
+                pass
+"""
+# Kills the worker checking it (EvalPlus's guard disables os.kill, not the C library's kill).
+WORKER_KILLER = """
+    import ctypes, os
+    ctypes.CDLL(None).kill(os.getppid(), 9)
+"""
+
+
+@pytest.mark.slow
+def test_hostile_samples_fail_alone(tmp_path: Path, humaneval: dict) -> None:
+    """A sample writing into the report channel, and one killing its worker: every other sample keeps its verdict."""
+    texts = {}
+    for task_id, hostile_first in (("HumanEval/3", False), ("HumanEval/2", True)):
+        task = humaneval[task_id]
+        right = task["prompt"] + task["canonical_solution"]
+        wrong = f"def {task['entry_point']}(*args):\n    return None\n"
+        hostile = task["prompt"] + (WORKER_KILLER if hostile_first else CHANNEL_WRITER) + task["canonical_solution"]
+        answers = [hostile, right, wrong] if hostile_first else [right, hostile, wrong]
+        texts[task_id] = [f"```python\n{a}\n```" for a in answers]
+    generations, items = write_generations(tmp_path, humaneval, texts)
+    job = execute_code(tmp_path, generations, items)
+    plus = read_jsonl(tmp_path / "plus.jsonl") if job.returncode == 0 else []
+    print(f"\nexecute_code exit {job.returncode}; stderr: {job.stderr.strip()[-600:]}")
+    for v in plus:
+        print(f"  {v['prompt_id']} sample {v['sample_index']}: {v['label']}")
+    assert job.returncode == 0
+    assert [(v["prompt_id"], v["sample_index"], v["label"]) for v in plus] == [
+        ("HumanEval/3", 0, "pass"),
+        ("HumanEval/3", 1, "pass"),  # its writes reached nothing that carries reports
+        ("HumanEval/3", 2, "base_fail"),
+        ("HumanEval/2", 0, "base_sandbox_error"),
+        ("HumanEval/2", 1, "pass"),  # checked again in a fresh sandbox
+        ("HumanEval/2", 2, "base_fail"),
+    ]
+    assert (
+        "HumanEval/2 sample 0: base_sandbox_error: the sandbox ended while this sample was being checked" in job.stderr
+    )
 
 
 def test_cli_help_is_instant() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from hostile_scratch import ScratchFolder, reached
 
 from safelora.evaluation import sandbox
 from safelora.evaluation.sandbox import SandboxUnavailableError, run_sandboxed
@@ -162,10 +166,45 @@ def test_checkout_and_home_are_hidden() -> None:
     assert all(line.endswith("False") for line in result.stdout.strip().splitlines()), result.stdout
 
 
-def test_the_checkout_is_hidden_wherever_it_lies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not only through the fixed list (/work, /home, ...): a checkout under /scratch is hidden too."""
-    monkeypatch.setattr("safelora.evaluation.sandbox.HIDDEN_DIRS", ())
-    assert os.path.realpath(REPO) in sandbox._hidden_dirs()
+@pytest.fixture
+def scratch(monkeypatch: pytest.MonkeyPatch):
+    """A node-scratch folder as the job's TMPDIR and HF_HOME, with a token and listening sockets."""
+    folder = ScratchFolder()
+    for name, value in folder.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # the sandbox's own temporary folder lands there too
+    yield folder
+    folder.close()
+
+
+def test_a_scratch_folder_no_list_names_is_out_of_reach(scratch: ScratchFolder) -> None:
+    """Issue 24, finding 1: $HF_HOME/token and an engine socket under $TMPDIR on /scratch-test-*."""
+    outside = subprocess.run([sys.executable, "-c", scratch.probe], capture_output=True, text=True, check=True)
+    inside = run(scratch.probe)
+    assert inside.ok, inside.stderr
+    print(f"\noutside the sandbox: {json.dumps(reached(outside.stdout), indent=1)}")
+    print(f"inside the sandbox: {json.dumps(reached(inside.stdout), indent=1)}")
+    assert all(v.startswith("REACHED") for v in reached(outside.stdout).values())  # the probe can succeed
+    assert all(v.startswith("blocked") for v in reached(inside.stdout).values())
+
+
+def test_the_root_holds_only_the_allow_list() -> None:
+    """Every name in the sandbox's tree, outside the bound folders and /proc, is on the allow-list."""
+    root = sandbox.sandbox_root()
+    listed = {*root["binds"], *root["files"], *root["links"], *root["device_links"], *sandbox.SCRATCH_DIRS}
+    expected = {*listed, "/proc", sandbox.WORKDIR, sandbox.WORKDIR + "/main.py"}
+    expected |= {str(parent) for path in expected for parent in Path(path).parents if str(parent) != "/"}
+    result = run(f"""
+        import os
+        for top, dirs, files in os.walk("/"):
+            for name in dirs + files:
+                print(os.path.join(top, name))
+            dirs[:] = [d for d in dirs if os.path.join(top, d) not in {[*root["binds"], "/proc"]!r}]
+    """)
+    assert result.ok, result.stderr
+    found = set(result.stdout.split())
+    print(f"\nthe sandbox's tree: {len(found)} names outside the bound folders and /proc; bound: {root['binds']}")
+    assert found == expected
 
 
 def test_environment_secrets_do_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +264,9 @@ def test_refuses_to_run_without_isolation(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_failed_setup_raises_instead_of_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A hidden folder that cannot be mounted makes the launcher fail before the code runs.
-    monkeypatch.setattr("safelora.evaluation.sandbox._hidden_dirs", lambda: ["/nonexistent-safelora-dir"])
+    # A folder that cannot be bound makes the launcher fail before the code runs.
+    real = sandbox.sandbox_root(sys.executable)
+    broken = {**real, "binds": [*real["binds"], "/nonexistent-safelora-dir"]}
+    monkeypatch.setattr("safelora.evaluation.sandbox.sandbox_root", lambda python: broken)
     with pytest.raises(SandboxUnavailableError, match="code not run"):
         run("print('ran anyway')")

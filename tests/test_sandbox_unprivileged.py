@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hostile_scratch import ScratchFolder, reached
 
 from safelora.evaluation.code_exec import load_evalplus_problems
 from safelora.evaluation.sandbox import unavailable_message
@@ -156,6 +157,34 @@ def test_without_user_namespaces_execute_code_stops_before_any_sample(cluster_us
     assert "kernel.apparmor_restrict_unprivileged_userns" in result.stderr and "docs/sandbox.md" in result.stderr
     assert not (folder / "plus.jsonl").exists() and not (folder / "base.jsonl").exists()
     assert not marker.exists()  # never run unsandboxed
+
+
+@pytest.mark.slow
+def test_the_users_scratch_folder_is_out_of_reach(cluster_user):
+    """Issue 24, finding 1 as found: the job's own user, TMPDIR and HF_HOME on node scratch."""
+    uid, gid, python, folder = cluster_user
+    scratch = ScratchFolder(uid, gid)
+    try:
+        as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src"), "HOME": str(folder), **scratch.env}
+        sandboxed = (
+            "import sys; from safelora.evaluation.sandbox import run_sandboxed; "
+            "r = run_sandboxed(sys.stdin.read(), timeout_s=60, memory_mb=1024); "
+            "print(r.stderr, file=sys.stderr); print(r.stdout)"
+        )
+        outside, inside = (
+            subprocess.run(
+                [*as_user, str(python), "-c", code], input=stdin, env=env, capture_output=True, text=True, timeout=120
+            )
+            for code, stdin in ((scratch.probe, None), (sandboxed, scratch.probe))
+        )
+    finally:
+        scratch.close()
+    assert outside.returncode == 0 and inside.returncode == 0, outside.stderr[-2000:] + inside.stderr[-2000:]
+    print(f"\nas uid {uid}, outside the sandbox: {json.dumps(reached(outside.stdout), indent=1)}")
+    print(f"as uid {uid}, inside the sandbox: {json.dumps(reached(inside.stdout), indent=1)}")
+    assert all(v.startswith("REACHED") for v in reached(outside.stdout).values())  # the probe can succeed
+    assert all(v.startswith("blocked") for v in reached(inside.stdout).values())
 
 
 def test_the_message_names_the_setting_that_forbids_the_namespace():

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     results = evaluate_solutions(
         args.dataset, problems, solutions, timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers
     )
+    for r in results:
+        if r["detail"]:  # a sample the sandbox failed, not EvalPlus: say why in the job's log
+            print(f"{r['task_id']} sample {r['sample_index']}: {r['status']}: {r['detail']}", file=sys.stderr)
     for path, grader, passed, label in (
         (args.out, "evalplus_plus", "plus_pass", "status"),
         (args.out_base, "evalplus_base", "base_pass", "base_status"),

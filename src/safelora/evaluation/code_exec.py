@@ -5,7 +5,7 @@ with all its samples, to a worker inside ``safelora.evaluation.sandbox``. The wo
 a script: it computes the expected outputs from the canonical solution (EvalPlus's
 ``trusted_exec``) and checks each sample on the base and plus inputs with EvalPlus's
 ``untrusted_check`` (per-input time limits from the canonical run times, ``atol``, the MBPP special
-oracles). Its top level imports only the standard library, because the sandbox hides the checkout;
+oracles). Its top level imports only the standard library, because the checkout is not in the sandbox;
 the parent-side imports sit inside the functions that need them.
 """
 
@@ -65,10 +65,18 @@ def load_evalplus_problems(dataset: str, path: str | os.PathLike[str]) -> dict[s
     return problems
 
 
-def _task_result(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -> list[dict[str, Any]]:
+STATUSES = ("pass", "fail", "timeout")  # EvalPlus's verdicts, the only ones a worker may report
+_GROUND_TRUTH_DONE = {"ground_truth": "done"}
+
+
+def _run_worker(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -> tuple[bool, list[dict], str, str]:
+    """One sandbox on `payload`: (ground truth done, valid sample reports in order, status, why it ended).
+
+    The worker reports line by line: the ground-truth marker, then one line per sample as it is
+    checked. A line that is not one of these is left out and named in the reason.
+    """
     from safelora.evaluation.sandbox import run_sandboxed
 
-    samples = payload["samples"]
     result = run_sandboxed(
         Path(__file__).read_text(encoding="utf-8"),
         stdin=json.dumps(payload),
@@ -82,15 +90,66 @@ def _task_result(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -
             "MKL_NUM_THREADS": "1",
         },
     )
-    lines = result.stdout.strip().splitlines()
-    if result.ok and lines:
-        return json.loads(lines[-1])
+    variants = ["base"] if payload["base_only"] else ["base", "plus"]
+    expected = [s["sample_index"] for s in payload["samples"]]
+    ground_truth, reports, malformed = False, [], []
+    for lineno, line in enumerate(result.stdout.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if record == _GROUND_TRUTH_DONE:
+            ground_truth = True
+        elif (
+            ground_truth
+            and isinstance(record, dict)
+            and len(reports) < len(expected)
+            and record.get("sample_index") == expected[len(reports)]
+            and all(record.get(f"{v}_status") in STATUSES for v in variants)
+        ):
+            reports.append(record)
+        else:
+            malformed.append(f"line {lineno} {line[:80]!r}")
     status = "sandbox_timeout" if result.timed_out else "sandbox_error"
-    detail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-    return [
-        {"sample_index": s["sample_index"], "base_status": status, "plus_status": status, "detail": detail[0]}
-        for s in samples
-    ]
+    last_error = result.stderr.strip().splitlines()[-1:]
+    why = f"exit {result.returncode}" + (f", {last_error[0][:200]}" if last_error else "")
+    if result.timed_out:
+        why = f"wall-clock limit {timeout_s:.0f} s reached"
+    if malformed:
+        why += f"; not a report: {', '.join(malformed[:3])}"
+    return ground_truth, reports, status, why
+
+
+def _check_task(payload: dict[str, Any], *, timeout_s: float, memory_mb: int) -> list[dict[str, Any]]:
+    """Reports for every sample of one task: ``sample_index``, ``base_status``, ``plus_status``, ``detail``.
+
+    A sandbox that ends before reporting every sample (a sample killed its worker, a crash, the
+    wall clock) fails the sample it was checking, with the reason in ``detail``; the samples
+    after it run again in a fresh sandbox. Without the ground truth every sample fails (it would
+    fail again).
+    """
+    rows: list[dict[str, Any]] = []
+    pending = payload["samples"]
+    while pending:
+        budget = GROUND_TRUTH_BUDGET_S + timeout_s * len(pending)
+        ground_truth, reports, status, why = _run_worker(
+            {**payload, "samples": pending}, timeout_s=budget, memory_mb=memory_mb
+        )
+        rows += [{**r, "detail": ""} for r in reports]
+        pending = pending[len(reports) :]
+        if not pending:
+            break
+        if not ground_truth:
+            detail = f"the sandbox ended before the canonical solution's outputs were known: {why}"
+            blamed, pending = pending, []
+        else:
+            detail = f"the sandbox ended while this sample was being checked: {why}"
+            blamed, pending = pending[:1], pending[1:]
+        rows += [
+            {"sample_index": s["sample_index"], "base_status": status, "plus_status": status, "detail": detail}
+            for s in blamed
+        ]
+    return rows
 
 
 def evaluate_solutions(
@@ -112,11 +171,12 @@ def evaluate_solutions(
     One sandbox runs one task with all its samples; its wall-clock limit is a ground-truth budget
     plus `timeout_s` per sample (EvalPlus's own per-test limits apply inside). `plus_limit` keeps
     only the first plus inputs (tests only; None runs all). Returns, in input order, dicts with
-    ``task_id``, ``sample_index``, ``base_pass``, ``plus_pass``, ``base_status`` and ``status``.
+    ``task_id``, ``sample_index``, ``base_pass``, ``plus_pass``, ``base_status``, ``status`` and
+    ``detail`` (why the sandbox failed the sample, else empty).
     As in ``evalplus.evaluate`` (its "base + extra tests" pass@k), a plus pass needs the base tests
     to pass too; ``status`` is the plus status, ``base_<status>`` where the base tests did not
     pass, or the base status when base_only. Statuses are EvalPlus's pass/fail/timeout or
-    sandbox_timeout/sandbox_error.
+    sandbox_timeout/sandbox_error (``_check_task``).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown EvalPlus dataset {dataset!r}; expected one of {DATASETS}")
@@ -139,8 +199,7 @@ def evaluate_solutions(
     ]
 
     def run(payload: dict[str, Any]) -> list[dict[str, Any]]:
-        budget = GROUND_TRUTH_BUDGET_S + timeout_s * len(payload["samples"])
-        return _task_result(payload, timeout_s=budget, memory_mb=memory_mb)
+        return _check_task(payload, timeout_s=timeout_s, memory_mb=memory_mb)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = dict(zip(by_task, pool.map(run, payloads), strict=True))
@@ -159,20 +218,39 @@ def evaluate_solutions(
                 "plus_pass": status == "pass",
                 "base_status": r["base_status"],
                 "status": status,
+                "detail": r["detail"],
             }
     return [rows[s["task_id"], s["sample_index"]] for s in solutions]
 
 
 # --------------------------------------------------------------------------------------------
-# The worker, run inside the sandbox: JSON payload on stdin, one JSON line of results on stdout.
+# The worker, run inside the sandbox: JSON payload on stdin, report lines on stdout (the
+# ground-truth marker, then one line per sample as it is checked).
 
 
 def _worker_main() -> None:
     payload = json.load(sys.stdin)
-    # Keep the real stdout for the results; anything the solutions print goes to /dev/null.
-    results_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    # Not dumpable: a sample (same uid) cannot open /proc/<worker>/fd/* to reach the report channel.
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
+    # Keep the real stdout for the reports, in this process only: EvalPlus runs each sample in a
+    # forked child, which closes it at once. Anything the solutions print goes to /dev/null.
+    channel = {"fd": os.dup(1)}
+
+    def close_in_child() -> None:
+        if (fd := channel.pop("fd", None)) is not None:
+            os.close(fd)
+
+    os.register_at_fork(after_in_child=close_in_child)
+    results_out = os.fdopen(channel["fd"], "w", encoding="utf-8", closefd=False)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
+
+    def report(record: dict[str, Any]) -> None:
+        results_out.write(json.dumps(record) + "\n")
+        results_out.flush()
 
     from evalplus.data.mbpp import mbpp_deserialize_inputs
     from evalplus.eval import untrusted_check
@@ -191,7 +269,7 @@ def _worker_main() -> None:
         v: trusted_exec(canonical, inputs[v], entry_point, record_time=True, output_not_none=output_not_none)
         for v in variants
     }
-    results = []
+    report(_GROUND_TRUTH_DONE)
     for sample in payload["samples"]:
         row: dict[str, Any] = {"sample_index": sample["sample_index"]}
         for v in variants:
@@ -209,9 +287,7 @@ def _worker_main() -> None:
                 gt_time_limit_factor=payload["gt_time_limit_factor"],
             )
             row[f"{v}_status"] = status
-        results.append(row)
-    results_out.write(json.dumps(results) + "\n")
-    results_out.flush()
+        report(row)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@ Layers (docs/sandbox.md has the threat model and the hostile-snippet results):
 1. ``unshare --user --map-root-user --net --mount --pid --fork --kill-child --mount-proc``
    (util-linux): a fresh network namespace holding only a loopback device that is down (no route
    anywhere, not even to 127.0.0.1, and no abstract Unix sockets of the host), a private mount
-   table, and a PID namespace whose init is the untrusted program: when it exits or the sandbox
+   table, and a PID namespace whose init is the launcher (2.): when it exits or the sandbox
    is killed, the kernel kills every process left inside.
-2. This file run as a launcher inside the namespaces (standard library only): the whole mount
-   tree is made read-only and nosuid; empty tmpfs mounts hide ``/work``, ``/root``, ``/home``,
-   ``/run``, the checkout and the caller's home; only the Python installation is bound back
-   read-only; ``/tmp``, ``/var/tmp`` and ``/dev/shm`` become small private tmpfs mounts that
-   vanish with the sandbox. The launcher checks that the only network interface is ``lo`` and
-   refuses to run the code otherwise.
+2. This file run as a launcher inside the namespaces (standard library only): it builds a fresh
+   root on an empty tmpfs and ``pivot_root``s into it, detaching the host's tree. An allow-list
+   is all that is there: the Python installation (the venv, its base interpreter, the folders of
+   the shared objects it maps), the system folders ``/usr`` and ``/bin``, ``/lib*`` (symlinks
+   where the host has symlinks), ``/etc/ld.so.cache``, a few devices, each bound read-only; a
+   fresh ``/proc`` of the new PID namespace; ``/tmp``, ``/var/tmp`` and ``/dev/shm`` as small
+   private tmpfs mounts that vanish with the sandbox. Whatever the host's folders are called
+   (``/scratch``, ``$TMPDIR``, ``$HF_HOME``, sockets), none of them is in the sandbox. The
+   launcher checks that the only network interface is ``lo`` and refuses to run the code
+   otherwise.
 3. rlimits: address space, processes (against fork bombs), CPU seconds, file size, no core dumps.
 4. ``setpriv``: every capability dropped and no-new-privs set, so the code cannot undo the mounts.
 5. The parent: a minimal environment (no tokens), a wall-clock timeout that sends SIGTERM and then
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import resource
@@ -36,9 +41,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Mount points replaced by an empty read-only tmpfs inside the sandbox.
-HIDDEN_DIRS = ("/work", "/root", "/home", "/run", "/mnt", "/media", "/srv", "/opt")
-# Mount points replaced by a private writable tmpfs inside the sandbox.
+# The sandbox's root holds only these (besides the interpreter's own folders, found per
+# interpreter): system folders with the shared libraries and tools (bound read-only, or made the
+# same symlinks where the host has symlinks), the dynamic linker's cache, and basic devices.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FILES = ("/etc/ld.so.cache",)
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+DEVICE_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "fd/0", "/dev/stdout": "fd/1", "/dev/stderr": "fd/2"}
+# Private writable tmpfs mounts inside the sandbox.
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 WORKDIR = "/tmp/work"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -127,27 +137,61 @@ def _tool(name: str) -> str:
     return path
 
 
-def _python_install_dirs(python: str) -> list[str]:
-    """Folders the interpreter needs: the venv and the base installation, resolved."""
-    found = subprocess.run(
-        [python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": SANDBOX_PATH},
-    ).stdout.split()
-    dirs = {d for p in found for d in (p, os.path.realpath(p))}
-    dirs.add(os.path.dirname(os.path.realpath(python)))
-    return sorted(dirs)
+# Run by the interpreter to be sandboxed, as the sandbox runs it (site enabled): its prefixes and
+# the files of the shared objects it has mapped (libpython, libc, ... wherever they are installed).
+_PROBE = """
+import json, sys
+maps = [line.split(maxsplit=5)[5].strip() for line in open("/proc/self/maps") if len(line.split(maxsplit=5)) == 6]
+prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+print(json.dumps({"prefixes": prefixes, "maps": sorted({m for m in maps if m.startswith("/")})}))
+"""
 
 
-def _hidden_dirs() -> list[str]:
-    checkout = Path(__file__).resolve().parents[3]  # <checkout>/src/safelora/evaluation/sandbox.py
-    extra = [str(checkout), os.path.expanduser("~")]
-    dirs = {os.path.realpath(d) for d in (*HIDDEN_DIRS, *extra) if os.path.isdir(d)}
-    dirs.discard("/")
-    # A folder inside another hidden one is hidden already.
-    return sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs))
+@functools.lru_cache(maxsize=8)
+def _probe_interpreter(python: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prefixes, mapped shared-object files) of `python`, as it runs in the sandbox."""
+    found = json.loads(
+        subprocess.run(
+            [python, "-c", _PROBE], capture_output=True, text=True, check=True, env={"PATH": SANDBOX_PATH}
+        ).stdout
+    )
+    return tuple(found["prefixes"]), tuple(m for m in found["maps"] if os.path.isfile(m))
+
+
+def _symlink_hops(path: str) -> list[str]:
+    """`path` and every path its symlink chain passes through, up to the file itself."""
+    hops = [path]
+    while os.path.islink(hops[-1]) and len(hops) < 40:
+        hops.append(os.path.normpath(os.path.join(os.path.dirname(hops[-1]), os.readlink(hops[-1]))))
+    return hops
+
+
+def sandbox_root(python: str = sys.executable) -> dict:
+    """What the sandbox's root holds for `python`: the allow-list the launcher builds.
+
+    ``binds``: folders bound read-only at their own (resolved) paths: the system folders and the
+    interpreter's prefixes, the folders of its symlink chain and of its mapped shared objects;
+    ``links``: symlinks made as on the host (``/bin -> usr/bin``); ``files``: files and devices
+    bound read-only; ``python``: the interpreter's path inside (its folder resolved, its own name
+    kept, so that a venv still finds its ``pyvenv.cfg``).
+    """
+    prefixes, mapped = _probe_interpreter(python)
+    inside = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(python))), os.path.basename(python))
+    links = {d: os.readlink(d) for d in SYSTEM_DIRS if os.path.islink(d)}
+    dirs = {d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)}
+    dirs |= {os.path.realpath(p) for p in prefixes}
+    dirs |= {os.path.realpath(os.path.dirname(hop)) for hop in _symlink_hops(inside)}
+    dirs |= {os.path.dirname(os.path.realpath(m)) for m in mapped}
+    # Never a whole top folder of the host's temporary files (a library mapped from /tmp).
+    dirs -= {"/", *(os.path.realpath(d) for d in SCRATCH_DIRS)}
+    return {
+        # A folder inside another one is there already.
+        "binds": sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs)),
+        "links": links,
+        "files": [f for f in (*SYSTEM_FILES, *DEVICES) if os.path.exists(f)],
+        "device_links": DEVICE_LINKS,
+        "python": inside,
+    }
 
 
 class _CappedReader(threading.Thread):
@@ -221,9 +265,7 @@ def run_sandboxed(
     """
     spec = {
         "code": code,
-        "python": python,
-        "hidden": _hidden_dirs(),
-        "exposed": _python_install_dirs(python),
+        "root": sandbox_root(python),
         "scratch": list(SCRATCH_DIRS),
         "scratch_mb": scratch_mb,
         "setpriv": _tool("setpriv"),
@@ -318,12 +360,15 @@ def _program_end(ending: str, unshare_returncode: int) -> tuple[int, int | None]
 
 # ---------------------------------------------------------------------------------------------
 # The launcher: runs inside the namespaces as root of the new user namespace, standard library
-# only (it is started with ``python -I -S`` before the mounts hide the checkout).
+# only (it is started with ``python -I -S`` before it leaves the host's tree for the new root).
 
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC = 0x2, 0x4, 0x8, 0x1000, 0x4000
+_MNT_DETACH = 0x2
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
 _SYS_MOUNT_SETATTR = 442  # the same number on every Linux architecture
+# pivot_root(2) has no C library wrapper and a number per architecture.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "s390x": 217}
 _CLONE_NEWUSER = 0x10000000
 _PR_SET_DUMPABLE = 4
 NOBODY = 65534
@@ -360,15 +405,31 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
     )
 
 
-def _make_readonly(path: str) -> None:
-    """Recursively mark the mounts at `path` read-only and nosuid (mount_setattr(2))."""
+def _make_readonly(path: str, *, recursive: bool = True) -> None:
+    """Mark the mount at `path` (and those below it) read-only and nosuid (mount_setattr(2))."""
     attr = _MountAttr(attr_set=_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID)
     _check(
         _libc.syscall(
-            _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+            _SYS_MOUNT_SETATTR,
+            _AT_FDCWD,
+            path.encode(),
+            _AT_RECURSIVE if recursive else 0,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
         ),
         f"read-only {path}",
     )
+
+
+def _pivot_root_here() -> None:
+    """Make the current folder (a mount) the root and detach the old root with all it held."""
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise RuntimeError(f"pivot_root: unknown syscall number for {os.uname().machine}")
+    _check(_libc.syscall(number, b".", b"."), "pivot_root")
+    # The old root now lies on top of the new one, at the same place: detach it.
+    _check(_libc.umount2(b".", _MNT_DETACH), "detach the host's root")
+    os.chdir("/")
 
 
 def _network_interfaces() -> list[str]:
@@ -376,32 +437,32 @@ def _network_interfaces() -> list[str]:
         return [line.split(":")[0].strip() for line in fh.readlines()[2:]]
 
 
-def _setup(spec: dict) -> None:
-    # The interpreter's folders may lie under a hidden folder (a venv in the checkout) or under a
-    # scratch one (a checkout in /tmp): keep a handle on them, then bind them back read-only.
-    scratch = [p for p in spec["scratch"] if os.path.isdir(p)]
-    # A hidden folder inside a scratch one (a checkout in /tmp) disappears with the scratch mount.
-    hidden = [h for h in spec["hidden"] if not any(h == s or h.startswith(s + "/") for s in scratch)]
-    covered = [*hidden, *scratch]
-    exposed = [
-        (p, os.open(p, os.O_PATH | os.O_DIRECTORY))
-        for p in spec["exposed"]
-        if any(p == h or p.startswith(h + "/") for h in covered)
-    ]
-    _make_readonly("/")
+def _setup(spec: dict, new_root: str) -> None:
+    """Build the allow-listed root at `new_root` (an empty folder) and move into it."""
+    root = spec["root"]
+    os.umask(0o022)
+    _mount("tmpfs", new_root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    inside = {path: new_root + path for path in (*root["binds"], *root["files"], *spec["scratch"], "/proc")}
+    # Scratch first: an interpreter under /tmp (a checkout there, as in CI) is bound on top of it.
+    for path in spec["scratch"]:
+        os.makedirs(inside[path])
+        _mount("tmpfs", inside[path], "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['scratch_mb']}m,mode=1777")
+    for path in (*root["binds"], "/proc"):
+        os.makedirs(inside[path], exist_ok=True)
+    for path in root["files"]:
+        os.makedirs(os.path.dirname(inside[path]), exist_ok=True)
+        open(inside[path], "x").close()  # noqa: SIM115 - an empty mount point
+    for path, target in {**root["links"], **root["device_links"]}.items():
+        os.makedirs(os.path.dirname(new_root + path), exist_ok=True)
+        os.symlink(target, new_root + path)
+    for path in (*root["binds"], *root["files"]):
+        _mount(path, inside[path], None, _MS_BIND | _MS_REC, None)
+        _make_readonly(inside[path])
+    _make_readonly(new_root, recursive=False)
     # A fresh proc of the new PID namespace, writable, for the user namespace maps.
-    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
-    for path in hidden:
-        _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
-    for path in scratch:
-        _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec['scratch_mb']}m,mode=1777")
-    for path, fd in exposed:
-        os.makedirs(path, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
-        os.close(fd)
-        _make_readonly(path)
-    for path in hidden:
-        _make_readonly(path)
+    _mount("proc", inside["/proc"], "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+    os.chdir(new_root)
+    _pivot_root_here()
     os.makedirs(WORKDIR)
     with open(os.path.join(WORKDIR, "main.py"), "w", encoding="utf-8") as fh:
         fh.write(spec["code"])
@@ -452,10 +513,14 @@ def _launch(spec_path: str, status_fd: int) -> None:
     namespace, so the kernel kills whatever the program left behind.
     """
     os.set_inheritable(status_fd, False)
+    # Not dumpable: a program of the same uid cannot open /proc/1/fd/* (the status pipe, stdout).
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     with open(spec_path, encoding="utf-8") as fh:
         spec = json.load(fh)
     try:
-        _setup(spec)
+        new_root = os.path.join(os.path.dirname(spec_path), "root")
+        os.mkdir(new_root)
+        _setup(spec, new_root)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises
         os.write(status_fd, f"{type(err).__name__}: {err}".encode())
         os._exit(_STATUS_ERROR_EXIT)
@@ -471,7 +536,7 @@ def _launch(spec_path: str, status_fd: int) -> None:
                 "--ambient-caps=-all",
             ]
             os.write(status_fd, _SETUP_OK + b"\n")
-            os.execve(setpriv[0], [*setpriv, "--", spec["python"], "main.py"], spec["env"])
+            os.execve(setpriv[0], [*setpriv, "--", spec["root"]["python"], "main.py"], spec["env"])
         except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
             os.write(status_fd, f"{type(err).__name__}: {err}".encode())
         os._exit(_STATUS_ERROR_EXIT)
