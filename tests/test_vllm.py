@@ -8,6 +8,9 @@ text an engine of its own gives it.
 """
 
 import json
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from safelora.evaluation.generation import (
     adapter_rank,
     run_generation,
 )
-from safelora.io import read_jsonl
+from safelora.io import atomic_write_jsonl, read_jsonl
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -169,3 +172,41 @@ def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(model
     vllm_texts = greedy_texts(VLLMBackend(ref, seed=0), merged_adapter)
     hf_texts = greedy_texts(TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32")), merged_adapter)
     assert [t for t, _, _ in vllm_texts] == [t for t, _, _ in hf_texts]
+
+
+def session_processes(session: int) -> list[str]:
+    """Command lines of the live processes of a session (/proc/<pid>/stat field 6)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(sid) == session and state != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+@pytest.mark.slow
+def test_a_generate_job_builds_its_vllm_engine_in_process_and_leaves_nothing_running(models, tmp_path, repo):
+    """workflow_scripts/generate.py as the generate rule runs it: vLLM starts in the job, serves the
+    LoRA adapter unmerged (PEFT's greedy text in float32), and no process of the job outlives it."""
+    pytest.importorskip("vllm", reason=INSTALL)
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, [{"id": "q0", "prompt": "What is 2 + 3?", "answer": "5", "meta": {}}])
+    out = tmp_path / "gen.jsonl"
+    settings = {"dtype": "float32", "max_model_len": MAX_MODEL_LEN, "tensor_parallel": 1, "max_lora_rank": 4}
+    cmd = [
+        sys.executable, repo / "workflow_scripts/generate.py", "--base", models["base"], "--adapter", models["adapter"],
+        "--items", items, "--backend", "vllm", "--batch-size", "2", "--sampling", json.dumps(asdict(GREEDY)),
+        "--model-settings", json.dumps(settings), "--mem-mb", "0", "--out", out,
+    ]  # fmt: skip
+    job = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, log[-3000:]
+    assert session_processes(job.pid) == []  # no engine or helper left behind
+    (record,) = read_jsonl(out)
+    assert record["engine"].startswith("vllm==")
+    peft = TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32"))
+    assert record["text"] == peft.generate([record["prompt"]], GREEDY, [0], str(models["adapter"]))[0][0].text
