@@ -5,7 +5,7 @@
    job with its inputs and outputs; that listing defines the bare workflow: one rule per real
    rule, one job per real job (output `o/<rule>/<jobid>`), each job depending on the jobs that
    produce its real inputs. So job counts per rule and every edge are the real DAG's; what the
-   bare one lacks is our input functions, params, resources expressions, profile and groups.
+   bare one lacks is our input functions, params, resources expressions and profile.
 2. Dry run: both `snakemake -n`, interleaved, several repetitions, in this one process tree.
 3. No-op rerun: every output of both workflows is created empty (directories for `directory()`
    outputs), with modification times ascending along the DAG, and both are dry-run again: each

@@ -1,9 +1,6 @@
 #!/usr/bin/env python3
-"""Print the GPU-hours of what `snakemake -n --profile profiles/slurm` would run, per rule.
-
-Two tables from the same plan: with an engine started by every generate and judge job, and with
-engines shared within the plan's group jobs, as the workflow runs them (docs/engines.md).
-"""
+"""Print the GPU-hours of what `snakemake -n --profile profiles/slurm` would run, per rule
+(every judge rule as one row, `judge`; safelora.gpu_hours)."""
 
 from __future__ import annotations
 
@@ -35,11 +32,7 @@ def main() -> int:
     grid.validate_schema(config)
     grid.complete_config(config, REPO)
     jobs = parse_dryrun(text)
-    groups = len({j.group for j in jobs if j.group is not None})
-    print(f"{len(jobs)} planned jobs in {groups} group jobs ({args.configfile.name}, profile {args.profile.name})")
-    print("\nAn engine per job:")
-    print(format_table(estimate(jobs, config, shared_engines=False)))
-    print("\nEngines shared within group jobs (the plan):")
+    print(f"{len(jobs)} planned jobs ({args.configfile.name}, profile {args.profile.name})\n")
     print(format_table(estimate(jobs, config)))
     return 0
 

@@ -31,6 +31,7 @@ pathvars:
 
 CHECKPOINTS = grid.checkpoints(config)
 RUN_NAMES = grid.all_run_names(config)
+RUN_EPOCHS = {run: grid.checkpoint_epochs(config, run) for run in RUN_NAMES}
 JUDGES = config["judges"]
 
 
@@ -275,14 +276,10 @@ def benchmark_problems(wildcards, input):
     return bench(wildcards)["problems"]
 
 
-def ckpt_dir(kind, wildcards):
-    return f"{RESULTS}/{kind}/{wildcards.model}/{wildcards.run}/epoch-{wildcards.epoch}"
-
-
-def verdict_output(grader, variant=None):
+def verdict_output(grader, variant=None, epoch="{epoch}"):
     """A verdict file of one (checkpoint, benchmark), as a rule output (named in safelora/registry.py)."""
     stem = registry.verdict_stem(grader, variant)
-    return f"<results>/verdicts/{{model}}/{{run}}/epoch-{{epoch}}/{{benchmark}}/{stem}.jsonl"
+    return f"<results>/verdicts/{{model}}/{{run}}/epoch-{epoch}/{{benchmark}}/{stem}.jsonl"
 
 
 def verdict_files(model, run, epoch, benchmark):
@@ -314,11 +311,16 @@ def generation_gpus(wildcards):
 
 
 # SLURM runtime (minutes) per job, from the throughput assumptions of the GPU-hour estimate
-# (safelora.gpu_hours): it sizes a group job (profiles/slurm group-components, docs/engines.md).
+# (safelora.gpu_hours); a judge job's covers every checkpoint of its run.
 GENERATE_RUNTIME = {
     (m, b): gpu_hours.generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
 }
-JUDGE_RUNTIME = {(j, b): gpu_hours.judge_runtime(config, j, b) for j in JUDGES for b in config["benchmarks"]}
+JUDGE_RUNTIME = {
+    (j, b, n): gpu_hours.judge_runtime(config, j, b, n)
+    for j in JUDGES
+    for b in config["benchmarks"]
+    for n in {len(epochs) for epochs in RUN_EPOCHS.values()}
+}
 
 
 @job_function
@@ -328,7 +330,7 @@ def generate_runtime(wildcards):
 
 @job_function
 def judge_runtime(wildcards):
-    return JUDGE_RUNTIME[wildcards.judge, wildcards.benchmark]
+    return JUDGE_RUNTIME[wildcards.judge, wildcards.benchmark, len(RUN_EPOCHS[wildcards.run])]
 
 
 @job_function
@@ -342,32 +344,46 @@ def execution_args(wildcards):
     )
 
 
-def _fallback_file(wildcards):
+# A judge job covers every checkpoint of one (model, run, benchmark): the runs grouped by their
+# checkpoints' epochs, one judge rule per group (rules/judge.smk, registry.judge_rule).
+JUDGE_RULES = {}
+for _run, _epochs in RUN_EPOCHS.items():
+    JUDGE_RULES.setdefault(tuple(_epochs), []).append(_run)
+
+
+def _run_files(wildcards, kind, name):
+    """`<results>/<kind>/{model}/{run}/epoch-<e>/<name>` for every checkpoint epoch of the run."""
+    folder = f"{RESULTS}/{kind}/{wildcards.model}/{wildcards.run}"
+    return [f"{folder}/epoch-{epoch}/{name}" for epoch in RUN_EPOCHS[wildcards.run]]
+
+
+def _fallback_files(wildcards):
     fallback = JUDGES[wildcards.judge].get("fallback_for")
-    return f"{ckpt_dir('verdicts', wildcards)}/{wildcards.benchmark}/{fallback}.jsonl" if fallback else None
+    return _run_files(wildcards, "verdicts", f"{wildcards.benchmark}/{fallback}.jsonl") if fallback else []
 
 
 @job_function
 def judge_inputs(wildcards):
-    inputs = {
-        "generations": f"{ckpt_dir('generations', wildcards)}/{wildcards.benchmark}.jsonl",
+    """Every checkpoint's generations of the run (and a fallback judge's per-checkpoint verdicts of
+    the grader it backs up), in the order of the judge rule's outputs."""
+    return {
+        "generations": _run_files(wildcards, "generations", f"{wildcards.benchmark}.jsonl"),
         "prompts": f"{RESULTS}/data/bench/{wildcards.benchmark}.jsonl",
+        "fallback": _fallback_files(wildcards),
     }
-    if _fallback_file(wildcards):
-        inputs["fallback"] = _fallback_file(wildcards)
-    return inputs
 
 
 @job_function
 def judge_args(wildcards):
     """The judge, the benchmark kind, the backend, and a fallback judge's verdicts to read: a
     fallback judge (Qwen for AIME) only judges samples its backed-up grader did not pass."""
-    return cli_args(
+    fallback = _fallback_files(wildcards)
+    args = cli_args(
         judge=stable_json(JUDGES[wildcards.judge]),
         kind=bench(wildcards)["kind"],
         backend=config["generation"]["backend"],
-        fallback=_fallback_file(wildcards),
     )
+    return f"{args} --fallback {shlex.join(fallback)}" if fallback else args
 
 
 @job_function

@@ -1,7 +1,5 @@
 # Generation per (checkpoint, benchmark) with vLLM (GPU) or transformers (CPU); LoRA served unmerged.
-# One job per output keeps staleness exact; the jobs share one engine per base on a node
-# (safelora.evaluation.engines), and on SLURM the group below runs several stale jobs of a (model, benchmark)
-# in one allocation on that engine (profiles/slurm: group-components, cores; docs/engines.md).
+# One job per output keeps staleness exact; each job starts its own engine and frees it when it ends.
 
 
 rule generate:
@@ -18,8 +16,6 @@ rule generate:
         checkpoint=checkpoint_args,
         settings=generation_args,  # --backend --batch-size --sampling --model-settings
         version=config["versions"]["generate"],
-    group:
-        "generate-{model}-{benchmark}"  # shared engine per (model, benchmark) group job (docs/engines.md)
     threads: 8  # vLLM tokenization and detokenization
     # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
     # runtime: the estimate for (model size, benchmark) x 1.5 (safelora.gpu_hours.generate_runtime);
@@ -30,9 +26,7 @@ rule generate:
         runtime=generate_runtime,
     conda:
         "../envs/vllm.yaml"
-    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
     shell:
         f"python {SCRIPTS}/generate.py"
         " {params.checkpoint} --items {input.prompts} {params.settings}"
-        " --mem-mb {resources.mem_mb} --out {output}"
-        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"
+        " --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

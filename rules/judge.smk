@@ -50,31 +50,38 @@ rule execute_code:
         " --out {output.plus} --out-base {output.base} --workers {threads} > {log} 2>&1"
 
 
-rule judge:
-    input:
-        unpack(judge_inputs),
-    output:
-        verdict_output("{judge}"),
-    log:
-        "<results>/logs/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.log",
-    benchmark:
-        "<results>/benchmarks/judge/{model}/{run}/epoch-{epoch}/{benchmark}/{judge}.tsv"
-    params:
-        settings=judge_args,  # --judge --kind --backend [--fallback]
-    group:
-        "judge-{judge}"  # one judge engine for the group's jobs (safelora.evaluation.engines, docs/engines.md)
-    threads: 8
-    # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
-    # runtime: the estimate for (judge, benchmark) x 1.5 (safelora.gpu_hours.judge_runtime).
-    resources:
-        gpu=judge_gpus,
-        mem_mb=64000,
-        runtime=judge_runtime,
-    conda:
-        "../envs/vllm.yaml"
-    # --engine-idle-s is not a param: changing how long an idle engine waits reruns nothing.
-    shell:
-        f"python {SCRIPTS}/judge.py"
-        " {params.settings} --generations {input.generations} --items {input.prompts}"
-        " --mem-mb {resources.mem_mb} --out {output}"
-        f" --engine-idle-s {config['generation']['engine_idle_s']} > {{log}} 2>&1"
+# One judge job per (model, run, benchmark, judge): every checkpoint's generations of the run in,
+# one verdict file per checkpoint out, so a judge model loads once per run. A rule's outputs are
+# fixed patterns, so each set of checkpoint epochs in the grid has its judge rule
+# (`judge_epochs_1to5`, ...; safelora.registry.judge_rule), for the runs with those epochs.
+for epochs, runs in JUDGE_RULES.items():
+
+    rule:
+        name:
+            registry.judge_rule(epochs)
+        input:
+            unpack(judge_inputs),
+        output:
+            [verdict_output("{judge}", epoch=epoch) for epoch in epochs],
+        log:
+            "<results>/logs/judge/{model}/{run}/{benchmark}/{judge}.log",
+        benchmark:
+            "<results>/benchmarks/judge/{model}/{run}/{benchmark}/{judge}.tsv"
+        wildcard_constraints:
+            run=_alternatives(runs),
+        params:
+            settings=judge_args,  # --judge --kind --backend [--fallback, one file per checkpoint]
+        threads: 8
+        # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
+        # runtime: the estimate for (judge, benchmark) over the run's checkpoints x 1.5
+        # (safelora.gpu_hours.judge_runtime).
+        resources:
+            gpu=judge_gpus,
+            mem_mb=64000,
+            runtime=judge_runtime,
+        conda:
+            "../envs/vllm.yaml"
+        shell:
+            f"python {SCRIPTS}/judge.py"
+            " {params.settings} --generations {input.generations} --items {input.prompts}"
+            " --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

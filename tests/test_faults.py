@@ -205,8 +205,6 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
             json.dumps({"dtype": "float32", "max_model_len": 512}),
             "--mem-mb",
             "0",
-            "--engine-idle-s",
-            "0",
             "--out",
             out,
         ]
@@ -585,8 +583,6 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
             "--model-settings",
             "{}",
             "--mem-mb",
-            "0",
-            "--engine-idle-s",
             "0",
             "--out",
             tmp_path / "gen.jsonl",

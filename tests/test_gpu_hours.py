@@ -27,19 +27,17 @@ localrule write_recipe:
     jobid: 3
     wildcards: model=m, run=lora-r4-mlp
     resources: tmpdir=/tmp, mem_mb=1000, slurm_partition=, runtime=5, gpu=0
-[Sat Nov 28 15:30:54 2026] Group job score (jobs in lexicogr. order):
-
-    [Sat Nov 28 15:30:54 2026]
-    rule score:
-        input: a/x.jsonl, a/y.jsonl
-        output: results/scores/m/base/epoch-0/b.json
-        jobid: 7
-        wildcards: model=m, run=base, epoch=0, benchmark=b
-        resources: tmpdir=/tmp, mem_mb=2000, runtime=10
-    [Sat Nov 28 15:30:54 2026]
-    rule score:
-        jobid: 8
-        wildcards: model=m, run=full, epoch=1, benchmark=b
+[Sat Nov 28 15:30:54 2026]
+rule judge_epochs_1to2:
+    input: a/x.jsonl, a/y.jsonl
+    output: results/verdicts/m/full/epoch-1/b/g.jsonl, results/verdicts/m/full/epoch-2/b/g.jsonl
+    jobid: 7
+    wildcards: model=m, run=full, benchmark=b, judge=g
+    resources: tmpdir=/tmp, mem_mb=2000, runtime=10, gpu=2
+[Sat Nov 28 15:30:54 2026]
+rule score:
+    jobid: 8
+    wildcards: model=m, run=full, epoch=1, benchmark=b
 [Sat Nov 28 15:30:55 2026]
 rule aggregate:
     jobid: 9
@@ -47,18 +45,18 @@ Job stats:
 """
 
 
-def test_parse_dryrun_reads_local_and_grouped_jobs():
+def test_parse_dryrun_reads_local_and_cluster_jobs():
     jobs = parse_dryrun(LISTING)
-    assert [(j.rule, j.jobid, j.group) for j in jobs] == [
-        ("write_recipe", 3, None),
-        ("score", 7, 1),
-        ("score", 8, 1),
-        ("aggregate", 9, None),
+    assert [(j.rule, j.jobid) for j in jobs] == [
+        ("write_recipe", 3),
+        ("judge_epochs_1to2", 7),
+        ("score", 8),
+        ("aggregate", 9),
     ]
     assert jobs[0].wildcards == {"model": "m", "run": "lora-r4-mlp"}
     assert jobs[0].resources["slurm_partition"] == "" and jobs[0].gpus == 0
-    assert jobs[1].inputs == ("a/x.jsonl", "a/y.jsonl") and jobs[1].outputs == ("results/scores/m/base/epoch-0/b.json",)
-    assert jobs[1].gpus == 0  # no gpu resource printed: none
+    assert jobs[1].inputs == ("a/x.jsonl", "a/y.jsonl") and len(jobs[1].outputs) == 2 and jobs[1].gpus == 2
+    assert jobs[2].gpus == 0  # no gpu resource printed: none
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +87,8 @@ def _assumptions(**overrides):
     return Assumptions(**{**base, **overrides})
 
 
-def _job(rule, gpus, jobid=0, group=None, **wildcards):
-    return PlannedJob(rule=rule, jobid=jobid, wildcards=wildcards, resources={"gpu": str(gpus)}, group=group)
+def _job(rule, gpus, jobid=0, **wildcards):
+    return PlannedJob(rule=rule, jobid=jobid, wildcards=wildcards, resources={"gpu": str(gpus)})
 
 
 def test_generation_hours_are_tokens_over_throughput_times_gpus(demo_config):
@@ -102,56 +100,39 @@ def test_generation_hours_are_tokens_over_throughput_times_gpus(demo_config):
     assert row.gpu_hours == pytest.approx(2 * (36 + 480 / 2000) / 3600)
 
 
-def test_a_group_job_starts_an_engine_when_its_next_member_needs_other_weights(demo_config):
+def test_every_generate_job_starts_its_own_engine(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)
-    checkpoints = [("base", 0), ("lora-r4-mlp", 1), ("lora-r4-mlp", 2), ("full", 1), ("full", 2)]
-    grouped = [
-        _job("generate", 1, jobid=i, group=1, model="smollm2", run=run, epoch=str(epoch), benchmark="arithmetic")
+    checkpoints = [("base", 0), ("lora-r4-mlp", 1), ("lora-r4-mlp", 2), ("full", 1)]
+    jobs = [
+        _job("generate", 1, jobid=i, model="smollm2", run=run, epoch=str(epoch), benchmark="arithmetic")
         for i, (run, epoch) in enumerate(checkpoints)
     ]
-    alone = _job("generate", 1, jobid=9, model="smollm2", run="lora-r4-mlp", epoch="3", benchmark="arithmetic")
-    a = _assumptions(engine_start_s=36.0)
-    (row,) = estimate([*grouped, alone], config, a)
+    (row,) = estimate(jobs, config, _assumptions(engine_start_s=36.0))
     decode_s = 40 * 12 / 1000  # 10 problems x n=4 x 12 tokens at 1000 tok/s on 1 GPU
-    # group 1: the base engine serves base + both LoRA epochs; each full epoch has weights of its own.
-    assert row.engine_starts == 1 + 2 + 1
-    assert row.gpu_hours == pytest.approx((6 * decode_s + 4 * 36) / 3600)
-    (per_job,) = estimate([*grouped, alone], config, a, shared_engines=False)
-    assert per_job.engine_starts == 6 and per_job.gpu_hours == pytest.approx(6 * (decode_s + 36) / 3600)
-    # a LoRA epoch after a full one: the base engine was stopped for the full one's, so it starts again
-    order = [grouped[1], grouped[3], grouped[2]]
-    (row,) = estimate(order, config, a)
-    assert row.engine_starts == 3
+    assert row.jobs == 4 and row.gpu_hours == pytest.approx(4 * (decode_s + 36) / 3600)
 
 
-def test_judge_jobs_of_a_group_share_their_judge_engine(demo_config):
+def test_a_judge_job_starts_its_judge_once_for_every_checkpoint_of_its_run(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["strongreject"].update(problems=50)
+    epochs = grid.checkpoint_epochs(config, "lora-r4-mlp")
+    assert epochs == [1, 2, 3]
     jobs = [
-        _job(
-            "judge",
-            1,
-            jobid=i,
-            group=g,
-            model="smollm2",
-            run="base",
-            epoch="0",
-            benchmark="strongreject",
-            judge="guard",
-        )
-        for i, g in enumerate([1, 1, 1, 2, None])
+        _job(rule, 1, jobid=i, model="smollm2", run=run, benchmark="strongreject", judge="guard")
+        for i, (rule, run) in enumerate([("judge_epochs_1to3", "lora-r4-mlp"), ("judge_epochs_0", "base")])
     ]
     (row,) = estimate(jobs, config, _assumptions(judge_start_s=100.0))
-    assert row.engine_starts == 3  # group 1, group 2, the job alone
-    assert row.gpu_hours == pytest.approx((5 * 50 * 210 / 1000 + 3 * 100) / 3600)
+    assert row.rule == "judge" and row.jobs == 2
+    # 4 checkpoints x 50 samples x (200 + 10) tokens at 1000 tok/s, and 2 judge starts
+    assert row.gpu_hours == pytest.approx((4 * 50 * 210 / 1000 + 2 * 100) / 3600)
 
 
 def test_fallback_judge_reads_only_its_share_of_short_answers(demo_config):
     config = copy.deepcopy(demo_config)
     config["benchmarks"]["arithmetic"].update(limit=10)
-    guard = _job("judge", 1, jobid=1, model="smollm2", benchmark="strongreject", judge="guard")
-    math_judge = _job("judge", 2, jobid=2, model="smollm2", benchmark="arithmetic", judge="math")
+    guard = _job("judge_epochs_0", 1, jobid=1, model="smollm2", run="base", benchmark="strongreject", judge="guard")
+    math_judge = _job("judge_epochs_0", 2, jobid=2, model="smollm2", run="base", benchmark="arithmetic", judge="math")
     config["benchmarks"]["strongreject"].update(problems=50)
     (row,) = estimate([guard, math_judge], config, _assumptions())
     guard_s = 50 * (200 + 10) / 1000  # prompt + min(10, 32) completion tokens per sample
@@ -200,14 +181,14 @@ def test_runtimes_are_the_estimate_with_its_engine_start_and_margin(demo_config)
     a = _assumptions(engine_start_s=3600.0, judge_start_s=30.0)
     assert generate_runtime(config, "smollm2", "arithmetic", a) == 91
     # the math judge: 40 x 4 samples x 0.5 x 200 tokens / (500 tok/s x 2 GPUs) + 30 s = 46 s, x 1.5
-    assert judge_runtime(config, "math", "arithmetic", a) == 2
-    # no throughput for the size or the judge: the fixed bounds
+    assert judge_runtime(config, "math", "arithmetic", 1, a) == 2
+    # over 10 checkpoints of a run: 30 s + 10 x 16 s = 190 s, x 1.5 -> 4.75 min
+    assert judge_runtime(config, "math", "arithmetic", 10, a) == 5
+    # no throughput for the size or the judge: the fixed bounds (a judge's per checkpoint)
     config["models"]["smollm2"]["size"] = "3B"
     config["judges"]["math"] = {**config["judges"]["math"], "hub": "org/other"}
-    assert (generate_runtime(config, "smollm2", "arithmetic", a), judge_runtime(config, "math", "arithmetic", a)) == (
-        720,
-        240,
-    )
+    assert generate_runtime(config, "smollm2", "arithmetic", a) == 720
+    assert judge_runtime(config, "math", "arithmetic", 3, a) == 3 * 240
 
 
 def test_cpu_jobs_cost_nothing_and_unknown_gpu_rules_are_refused(demo_config):
@@ -224,5 +205,5 @@ def test_table_lists_rules_gpu_ranges_and_total(demo_config):
         _job("score", 0),
     ]
     table = format_table(estimate(jobs, demo_config, _assumptions()))
-    assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 | 0 |" in table
-    assert table.splitlines()[-1].startswith("| **total** | 3 |") and table.splitlines()[-1].endswith("| 0 |")
+    assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 |" in table
+    assert table.splitlines()[-1].startswith("| **total** | 3 |")

@@ -6,7 +6,7 @@ import pytest
 
 from safelora.evaluation.graders import grade_text, judge_messages, parse_judge, settled_without_judge
 from safelora.evaluation.score import UnparseableError, compute_score
-from safelora.io import atomic_write_jsonl
+from safelora.io import atomic_write_jsonl, read_jsonl
 
 
 def gen(pid, text, i=0):
@@ -168,3 +168,44 @@ def test_safety_score_reports_judge_agreement_and_evalplus_variants(tmp_path):
         ("evalplus", "base", 1.0),
     ]
     json.dumps(score)
+
+
+def test_a_judge_job_judges_every_checkpoint_of_a_run_loading_its_model_once(tmp_path, tiny_model, repo):
+    """workflow_scripts/judge.py over two checkpoints' generations (the judge rules' job): one
+    verdict file each, the fallback grader's passes settled per checkpoint, one model load."""
+    import subprocess
+    import sys
+
+    items = [{"id": str(a), "prompt": f"What is {a} + 1?", "answer": str(a + 1), "meta": {}} for a in (3, 5)]
+    atomic_write_jsonl(tmp_path / "items.jsonl", items)
+    sampling = {"n": 2, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
+    files = []
+    for epoch, passed in ((1, {("3", 0), ("5", 1)}), (2, set())):
+        gens = [
+            {"prompt_id": item["id"], "sample_index": j, "prompt": item["prompt"], "text": f"\\boxed{{{j}}}",
+             "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 3, "sampling": sampling,
+             "engine": "transformers"}
+            for item in items
+            for j in range(2)
+        ]  # fmt: skip
+        keys = [(g["prompt_id"], g["sample_index"]) for g in gens]
+        fallback = [{"prompt_id": p, "sample_index": i, "value": float((p, i) in passed)} for p, i in keys]
+        folder = tmp_path / f"epoch-{epoch}"
+        atomic_write_jsonl(folder / "math.jsonl", gens)
+        atomic_write_jsonl(folder / "math_verify.jsonl", fallback)
+        files.append(folder)
+    spec = {"kind": "math_judge", "path": str(tiny_model), "fallback_for": "math_verify", "max_new_tokens": 4}
+    result = subprocess.run(
+        [sys.executable, repo / "workflow_scripts/judge.py", "--judge", json.dumps(spec), "--kind", "math",
+         "--generations", *[f / "math.jsonl" for f in files], "--items", tmp_path / "items.jsonl",
+         "--fallback", *[f / "math_verify.jsonl" for f in files], "--backend", "transformers", "--mem-mb", "0",
+         "--out", *[f / "qwen_math.jsonl" for f in files]],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"judge model {tiny_model} loaded") == 1
+    first, second = (read_jsonl(f / "qwen_math.jsonl") for f in files)
+    assert [(v["prompt_id"], v["sample_index"]) for v in first] == [("3", 0), ("3", 1), ("5", 0), ("5", 1)]
+    assert [v["label"] == "verified" for v in first] == [True, False, False, True]
+    assert not any(v["label"] == "verified" for v in second) and len(second) == 4
+    assert {v["grader"] for v in first + second} == {"qwen_math"}

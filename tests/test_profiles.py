@@ -13,11 +13,14 @@ import yaml
 
 from safelora import config as grid
 from safelora.gpu_hours import dry_run, generate_runtime, judge_runtime, parse_dryrun
+from safelora.registry import JUDGE_RULE, rule_family
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+# The rules by name, and the judge rules (one per set of checkpoint epochs, rules/judge.smk) as `judge`.
 RULES = sorted(
     {m for smk in (REPO / "rules").glob("*.smk") for m in re.findall(r"^rule (\w+):", smk.read_text(), re.M)}
+    | {JUDGE_RULE}
 )
 GPU_RULES = {"train", "generate", "judge", "base_svd"}
 # Appendix A.5: GPUs per training job.
@@ -69,7 +72,7 @@ def test_every_job_gets_the_same_resources_with_or_without_the_slurm_profile():
         slurm = planned_resources("--configfile", configfile, "--profile", "profiles/slurm", "--cores", "64")
         assert bare.keys() == slurm.keys()
         for job, resources in bare.items():
-            covered.add(job[0])
+            covered.add(rule_family(job[0]))
             if job[0] == "all":  # runs nothing
                 continue
             assert resources["mem_mb"] > 0 and resources["runtime"] > 0, job  # every rule declares both
@@ -111,13 +114,13 @@ def test_paper_dry_run_gives_training_jobs_the_papers_gpu_counts(paper_dry_run):
 
 def test_paper_dry_run_gpus_only_on_gpu_rules_and_per_judge_size(paper_dry_run):
     _, jobs = paper_dry_run
-    rules = {j.rule for j in jobs}
+    rules = {rule_family(j.rule) for j in jobs}
     assert {"generate", "judge", "grade_text", "execute_code", "score"} <= rules
     for job in jobs:
         assert "tasks" not in job.resources, job
-        if job.rule not in GPU_RULES:
+        if rule_family(job.rule) not in GPU_RULES:
             assert job.gpus == 0, job
-    judges = {j.wildcards["judge"]: j.gpus for j in jobs if j.rule == "judge"}
+    judges = {j.wildcards["judge"]: j.gpus for j in jobs if rule_family(j.rule) == "judge"}
     assert judges == {"llama_guard": 1, "qwen_refusal": 2, "qwen_math": 2}  # 8B on 1; 32B bf16 on 2
     assert {j.gpus for j in jobs if j.rule == "generate"} == {1}  # tensor_parallel 1
     # the small CPU jobs are local rules, never SLURM submissions (tests/test_slurm.py runs it)
@@ -125,36 +128,27 @@ def test_paper_dry_run_gpus_only_on_gpu_rules_and_per_judge_size(paper_dry_run):
     assert {"grade_text", "score", "aggregate", "figure"} <= {n.strip(" ,") for n in block.split()}
 
 
-PARTITION_LIMIT_MIN = 24 * 60  # the profile's stated bound on a group job
-MAX_GROUP_JOBS = 32  # Snakemake's group checks are quadratic in a group's size (planning cost)
-
-
-def test_group_sizes_fit_the_longest_runtime_into_the_partition_limit_up_to_a_cap(paper_dry_run):
+def test_no_group_jobs_and_runtimes_are_the_gpu_hour_estimates(paper_dry_run):
+    stdout, jobs = paper_dry_run
+    assert "group-components" not in PROFILE and "groups" not in PROFILE
+    rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    assert "Group job" not in stdout and not re.search(r"^\s+group:", rules, re.M)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     grid.validate_schema(config)
     grid.complete_config(config, REPO)
-    _, jobs = paper_dry_run
+    judged = 0
     for job in jobs:  # the rules reserve what safelora.gpu_hours derives
         w = job.wildcards
         if job.rule == "generate":
             assert int(job.resources["runtime"]) == generate_runtime(config, w["model"], w["benchmark"]), job
-        if job.rule == "judge":
-            assert int(job.resources["runtime"]) == judge_runtime(config, w["judge"], w["benchmark"]), job
-    longest = {
-        "generate-{model}-{benchmark}": max(
-            generate_runtime(config, m, b) for m in config["models"] for b in config["benchmarks"]
-        ),
-        "judge-{judge}": max(
-            judge_runtime(config, j, b)
-            for b, spec in config["benchmarks"].items()
-            for j in spec["graders"]
-            if j in config["judges"]
-        ),
-    }
-    sizes = {group: int(n) for group, n in (entry.rsplit("=", 1) for entry in PROFILE["group-components"])}
-    assert sizes.keys() == longest.keys()
-    for group, n in sizes.items():
-        assert n == min(PARTITION_LIMIT_MIN // longest[group], MAX_GROUP_JOBS), (group, n, longest[group])
+        if rule_family(job.rule) == "judge":
+            # one judge job per (model, run, benchmark, judge): a verdict file per checkpoint of the run
+            epochs = grid.checkpoint_epochs(config, w["run"])
+            assert len(job.outputs) == len(epochs), job
+            runtime = judge_runtime(config, w["judge"], w["benchmark"], len(epochs))
+            assert int(job.resources["runtime"]) == runtime, job
+            judged += 1
+    assert judged > 0
 
 
 def test_every_function_a_rule_calls_per_job_stores_its_signature():

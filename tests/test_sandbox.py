@@ -30,7 +30,7 @@ def parent_stays_healthy():
     children_before = _children()
     yield
     # the parent can still fork and run a subprocess, and nothing the sandbox started survives
-    # (a child from before, e.g. an idle engine of an earlier test, may exit meanwhile)
+    # (a child from before may exit meanwhile)
     assert subprocess.run(["true"]).returncode == 0
     assert _children() <= children_before
 

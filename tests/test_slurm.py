@@ -100,8 +100,8 @@ def ci_config(model_dir: Path) -> dict:
     return config
 
 
-# The processes that do a job's work: its workflow script and the engine it starts.
-WORKLOAD = (b"workflow_scripts/", b"safelora.evaluation.engines")
+# The processes that do a job's work: its workflow script (the engine runs in it).
+WORKLOAD = (b"workflow_scripts/",)
 
 
 class JobEnvironments:
@@ -188,8 +188,8 @@ def test_workflow_jobs_run_as_slurm_jobs_with_the_requested_gpus(slurm_cluster, 
     by_kind = {}
     for jobid, job in jobs.items():
         assert job["JobState"] == "COMPLETED", job
-        # a rule's job: rule_<rule>[_wildcards_...]; a group job: rule_<rule>-<group wildcards>_<rules>
-        kind = re.match(r"rule_([a-z_]+?)(_wildcards_|-|$)", job["Comment"]).group(1)
+        # a rule's job: rule_<rule>[_wildcards_...]
+        kind = re.match(r"rule_(\w+?)(_wildcards_|$)", job["Comment"]).group(1)
         by_kind.setdefault(kind, []).append(jobid)
     # Every non-local job was a SLURM job; grade_text and score are local rules (seconds of work
     # each, run by Snakemake itself), so they never became submissions.

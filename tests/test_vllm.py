@@ -4,18 +4,18 @@ A LoRA request that silently returns base-model output is a known vLLM failure, 
 here has random (non-zero) lora_B weights and its unmerged output must equal the merged model's
 and differ from the base model's. vLLM's greedy text must also equal transformers' in float32.
 One engine serving several adapters (more than its GPU LoRA slots) must give each adapter the
-text an engine of its own gives it. A shared vLLM engine first stops the job's idle engines: vLLM
-refuses to start where another engine holds its GPU's memory.
+text an engine of its own gives it.
 """
 
 import json
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from tiny_model import random_adapter
 
-from safelora.evaluation import engines
-from safelora.evaluation.engines import engine_dir, open_backend
 from safelora.evaluation.generation import (
     GenerationJob,
     ModelRef,
@@ -25,7 +25,7 @@ from safelora.evaluation.generation import (
     adapter_rank,
     run_generation,
 )
-from safelora.io import read_jsonl
+from safelora.io import atomic_write_jsonl, read_jsonl
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -142,7 +142,7 @@ def test_one_engine_serving_several_adapters_equals_one_engine_per_adapter(serve
     order = ["adapter", "base", "adapter-2", "adapter-3", "adapter", "adapter-2"]
     shared = [(name, greedy_texts(multi, models.get(name) if name != "base" else None)) for name in order]
     for name, texts in shared:
-        print(f"{name}: shared engine {[t for t, _, _ in texts]} | own engine {[t for t, _, _ in alone[name]]}")
+        print(f"{name}: one engine {[t for t, _, _ in texts]} | own engine {[t for t, _, _ in alone[name]]}")
         assert texts == alone[name], name
     assert len({tuple(texts) for texts in alone.values()}) == 4, "every adapter (and the base) writes its own text"
     assert len(multi.lora_requests) == 3
@@ -174,23 +174,39 @@ def test_orthomerged_adapter_is_served_by_vllm_like_transformers_serves_it(model
     assert [t for t, _, _ in vllm_texts] == [t for t, _, _ in hf_texts]
 
 
+def session_processes(session: int) -> list[str]:
+    """Command lines of the live processes of a session (/proc/<pid>/stat field 6)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, sid = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(sid) == session and state != "Z":
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 @pytest.mark.slow
-def test_a_shared_vllm_engine_starts_after_stopping_the_idle_engine_of_other_weights(
-    models, tmp_path_factory, monkeypatch
-):
-    """A group job's full fine-tuning checkpoint after its LoRA checkpoints: the base's engine is
-    idle, and must go before the checkpoint's own engine can take the GPU."""
+def test_a_generate_job_builds_its_vllm_engine_in_process_and_leaves_nothing_running(models, tmp_path, repo):
+    """workflow_scripts/generate.py as the generate rule runs it: vLLM starts in the job, serves the
+    LoRA adapter unmerged (PEFT's greedy text in float32), and no process of the job outlives it."""
     pytest.importorskip("vllm", reason=INSTALL)
-    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("t")))  # a short path: Unix sockets allow 107 bytes
-    earlier = open_backend("transformers", ModelRef(base=str(models["base"]), dtype="float32"), 0, 2, idle_s=600)
-    (earlier_socket,) = engine_dir().glob("*.sock")
-    earlier.conn.close()  # its job ended; the engine would idle for 600 s
-    shared = open_backend("vllm", ModelRef(base=str(models["merged"]), max_model_len=MAX_MODEL_LEN), 0, 2, idle_s=600)
-    assert not earlier_socket.exists()
-    assert "stopped on request" in earlier_socket.with_suffix(".log").read_text()
-    # the reference is transformers in float32 (equal to vLLM's text, test above): a second
-    # in-process vLLM engine after this module's others were deleted has no parallel state left
-    reference = TransformersBackend(ModelRef(base=str(models["merged"]), dtype="float32"))
-    assert greedy_texts(shared) == greedy_texts(reference)
-    shared.conn.close()
-    assert engines.stop_idle_engines(engine_dir()) and not list(engine_dir().glob("*.sock"))
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, [{"id": "q0", "prompt": "What is 2 + 3?", "answer": "5", "meta": {}}])
+    out = tmp_path / "gen.jsonl"
+    settings = {"dtype": "float32", "max_model_len": MAX_MODEL_LEN, "tensor_parallel": 1, "max_lora_rank": 4}
+    cmd = [
+        sys.executable, repo / "workflow_scripts/generate.py", "--base", models["base"], "--adapter", models["adapter"],
+        "--items", items, "--backend", "vllm", "--batch-size", "2", "--sampling", json.dumps(asdict(GREEDY)),
+        "--model-settings", json.dumps(settings), "--mem-mb", "0", "--out", out,
+    ]  # fmt: skip
+    job = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, log[-3000:]
+    assert session_processes(job.pid) == []  # no engine or helper left behind
+    (record,) = read_jsonl(out)
+    assert record["engine"].startswith("vllm==")
+    peft = TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32"))
+    assert record["text"] == peft.generate([record["prompt"]], GREEDY, [0], str(models["adapter"]))[0][0].text

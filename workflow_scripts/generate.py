@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
-    from safelora.evaluation.engines import add_engine_arguments
+    from safelora.evaluation.generation import add_backend_arguments
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -31,7 +31,7 @@ def main() -> int:
         "--model-settings", required=True, help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
     )
     parser.add_argument("--out", required=True)
-    add_engine_arguments(parser, "--base")
+    add_backend_arguments(parser)
     args = parser.parse_args()
 
     from safelora.housekeeping import MemoryGuard
@@ -42,16 +42,21 @@ def main() -> int:
         require_checkpoint(checkpoint)
 
     from safelora.data import render_prompt
-    from safelora.evaluation.engines import open_backend
-    from safelora.evaluation.generation import GenerationJob, ModelRef, Sampling, check_context, run_generation
+    from safelora.evaluation.generation import (
+        GenerationJob,
+        ModelRef,
+        Sampling,
+        check_context,
+        make_backend,
+        run_generation,
+    )
     from safelora.io import read_jsonl
 
     settings = json.loads(args.model_settings)
     sampling = Sampling(**json.loads(args.sampling))
-    # One LoRA slot: a request carries one adapter. Every job of a base asks for the same engine
-    # (with LoRA when the grid has LoRA runs of the model), so they can share it.
-    ref = ModelRef(base=args.base, max_loras=1 if settings.get("max_lora_rank") or args.adapter else 0, **settings)
-    backend = open_backend(args.backend, ref, sampling.seed, args.batch_size, args.engine_idle_s)
+    # The job's own engine, freed when the job ends; one LoRA slot for the adapter it serves unmerged.
+    ref = ModelRef(base=args.base, max_loras=1 if args.adapter else 0, **settings)
+    backend = make_backend(args.backend, ref, sampling.seed, args.batch_size)
     items = read_jsonl(args.items)
     prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
     ids = [str(item["id"]) for item in items]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Judge generations with a judge model (Llama Guard, a math or refusal judge) served by a backend."""
+"""Judge every checkpoint of one run on one benchmark with a judge model (Llama Guard, a math or
+refusal judge), loaded once: one generations file in and one verdict file out per checkpoint."""
 
 import argparse
 import json
@@ -10,37 +11,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
-    from safelora.evaluation.engines import add_engine_arguments
+    from safelora.evaluation.generation import add_backend_arguments
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--judge", required=True, help="JSON: the judge's config entry (kind, hub/path, ...)")
     parser.add_argument("--kind", required=True, help="the benchmark's kind")
-    parser.add_argument("--generations", required=True)
+    parser.add_argument("--generations", required=True, nargs="+", help="one Generation file per checkpoint")
     parser.add_argument("--items", required=True)
-    parser.add_argument("--fallback", help="verdicts of the grader this judge backs up (judged only where it failed)")
+    parser.add_argument(
+        "--fallback",
+        nargs="+",
+        help="per checkpoint, the verdicts of the grader this judge backs up (judged only where it failed)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", required=True)
-    add_engine_arguments(parser, "this judge")
+    parser.add_argument("--out", required=True, nargs="+", help="one verdict file per checkpoint")
+    add_backend_arguments(parser)
     args = parser.parse_args()
+    for option, files in (("--out", args.out), ("--fallback", args.fallback)):
+        if files is not None and len(files) != len(args.generations):
+            parser.error(f"{option} names {len(files)} files for {len(args.generations)} --generations files")
 
     from safelora.housekeeping import MemoryGuard
 
     MemoryGuard(args.mem_mb).start()
 
-    from safelora.evaluation.judge import run_judge
+    from safelora.evaluation.judge import JudgedCheckpoint, run_judge
 
-    spec = json.loads(args.judge)
-    run_judge(
-        spec,
-        args.kind,
-        Path(args.generations),
-        Path(args.items),
-        Path(args.fallback) if args.fallback else None,
-        args.backend,
-        args.batch_size,
-        Path(args.out),
-        args.engine_idle_s,
-    )
+    fallbacks = args.fallback or [None] * len(args.generations)
+    checkpoints = [
+        JudgedCheckpoint(Path(gens), Path(out), Path(fallback) if fallback else None)
+        for gens, out, fallback in zip(args.generations, args.out, fallbacks, strict=True)
+    ]
+    run_judge(json.loads(args.judge), args.kind, checkpoints, Path(args.items), args.backend, args.batch_size)
     return 0
 
 

@@ -380,20 +380,25 @@ def _select_epochs(selection: Any, epochs: int) -> list[int]:
     return sorted(set(selection))
 
 
+def checkpoint_epochs(config: dict[str, Any], run: str) -> list[int]:
+    """The epochs of a run's evaluated checkpoints: 0 for the base, each training epoch, the
+    OrthoMerge epochs (`orthomerge.epochs`) of its source."""
+    if is_orthomerge(run):
+        source = orthomerge_run(config, run).source
+        return _select_epochs(config["orthomerge"]["epochs"], run_epochs(config, source))
+    epochs = run_epochs(config, run)
+    return list(range(1 if epochs else 0, epochs + 1))
+
+
 def checkpoints(config: dict[str, Any]) -> list[Checkpoint]:
     """Every checkpoint that is evaluated: base, each training epoch, each OrthoMerge copy."""
     result = []
     for run in config["runs"]:
         for model in run["models"]:
-            epochs = run_epochs(config, run["name"])
-            for epoch in range(1 if epochs else 0, epochs + 1):
-                result.append(Checkpoint(model, run["name"], epoch))
-    merge = config.get("orthomerge")
+            result.extend(Checkpoint(model, run["name"], e) for e in checkpoint_epochs(config, run["name"]))
     for om in orthomerge_runs(config):
-        source = run_by_name(config, om.source)
-        for model in source["models"]:
-            for epoch in _select_epochs(merge["epochs"], run_epochs(config, om.source)):
-                result.append(Checkpoint(model, om.name, epoch))
+        for model in run_by_name(config, om.source)["models"]:
+            result.extend(Checkpoint(model, om.name, e) for e in checkpoint_epochs(config, om.name))
     return result
 
 

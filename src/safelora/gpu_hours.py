@@ -1,12 +1,9 @@
 """GPU-hour estimate of a planned DAG: jobs from `snakemake -n`, hours from throughput assumptions.
 
-The planned jobs (rule, wildcards, resources, group job) are parsed from Snakemake's dry-run
-listing, so the estimate counts exactly what a run would execute, with the GPU counts the profile
-gives each job. Engine starts are counted as the plan makes them: consecutive jobs of one group
-job on the same weights share one engine (docs/engines.md), so a group of LoRA checkpoints of one
-base starts one engine, a full fine-tuning checkpoint after them one more (the idle base engine is
-stopped to free the GPU), and a LoRA checkpoint after that the base's again; a job outside a
-group starts its own.
+The planned jobs (rule, wildcards, resources) are parsed from Snakemake's dry-run listing, so the
+estimate counts exactly what a run would execute, with the GPU counts the profile gives each job.
+Every generate and judge job starts its own engine: a generate job serves one checkpoint, a judge
+job every checkpoint of one run on one benchmark.
 Hours per job come from the config (prompts, samples, token budgets, epochs) and `Assumptions`,
 whose defaults are stated for H100/H200-class 80 GB GPUs with their basis; replace them with
 figures from a pilot run (generation records carry `completion_tokens`; `benchmark:` files carry
@@ -27,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from safelora import config as grid
+from safelora import registry
 from safelora.evaluation.items import planned_items
 
-_JOB_START = re.compile(r"^(\s*)(?:local)?rule (\w+):$")
-_GROUP_START = re.compile(r"^\[.*\] Group job (\S+) \(jobs")
+_JOB_START = re.compile(r"^\s*(?:local)?rule (\w+):$")
 _FIELD = re.compile(r"^\s*(input|output|jobid|wildcards|resources): (.*)$")
 
 
@@ -66,7 +63,6 @@ class PlannedJob:
     resources: dict[str, str]
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    group: int | None = None  # the group job it runs in (numbered in listing order); None: alone
 
     @property
     def gpus(self) -> int:
@@ -78,27 +74,19 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def parse_dryrun(text: str) -> list[PlannedJob]:
-    """Jobs of a `snakemake -n` listing (group members included), in printed order."""
+    """Jobs of a `snakemake -n` listing, in printed order."""
     jobs: list[PlannedJob] = []
     current: dict[str, Any] | None = None
-    groups = 0
-    group: int | None = None
 
     def flush() -> None:
         if current is not None and "jobid" in current:
             jobs.append(PlannedJob(**current))
 
     for line in text.splitlines():
-        if _GROUP_START.match(line):
-            groups += 1
-            group = groups
-            continue
         start = _JOB_START.match(line)
         if start:
             flush()
-            if not start.group(1):  # an unindented job follows the group's members
-                group = None
-            current = {"rule": start.group(2), "wildcards": {}, "resources": {}, "group": group}
+            current = {"rule": start.group(1), "wildcards": {}, "resources": {}}
             continue
         found = _FIELD.match(line)
         if current is None or not found:
@@ -178,43 +166,33 @@ def completion_tokens(config: dict[str, Any], benchmark: str, a: Assumptions) ->
 
 
 def generate_seconds(config: dict[str, Any], model: str, benchmark: str, gpus: int, a: Assumptions) -> float:
-    """Decoding time of one (checkpoint, benchmark) on `gpus` GPUs, without the engine start."""
+    """One generate job on `gpus` GPUs: its engine's start, then decoding one (checkpoint, benchmark)."""
     tokens = samples(config, benchmark) * completion_tokens(config, benchmark, a)
-    return tokens / (a.decode_tok_s[config["models"][model]["size"]] * gpus)
+    return a.engine_start_s + tokens / (a.decode_tok_s[config["models"][model]["size"]] * gpus)
 
 
-def judge_seconds(config: dict[str, Any], judge: str, benchmark: str, gpus: int, a: Assumptions) -> float:
-    """Judging time of one (checkpoint, benchmark) on `gpus` GPUs, without the engine start."""
+def judge_seconds(
+    config: dict[str, Any], judge: str, benchmark: str, checkpoints: int, gpus: int, a: Assumptions
+) -> float:
+    """One judge job on `gpus` GPUs: its engine's start, then judging `checkpoints` checkpoints'
+    generations of one benchmark."""
     spec = config["judges"][judge]
     n = samples(config, benchmark)
     if spec.get("fallback_for"):  # judges only what its backed-up grader left, on short answers
         n, per_sample = n * a.fallback_share, 200.0
     else:  # reads the prompt and the whole response
         per_sample = 200.0 + completion_tokens(config, benchmark, a)
-    return n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * gpus)
+    return a.judge_start_s + checkpoints * n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * gpus)
 
 
 def generate_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
-    """Decoding time of one job (its engine's start is counted per engine, `estimate`)."""
     return generate_seconds(config, job.wildcards["model"], job.wildcards["benchmark"], job.gpus, a) / 3600
 
 
-def generate_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
-    """The weights a generate job's engine loads: the base for the base, LoRA and OrthoMerge
-    checkpoints (adapters are per request), the checkpoint itself for full fine-tuning."""
-    model, run = job.wildcards["model"], job.wildcards["run"]
-    if run == grid.BASE_RUN or grid.is_orthomerge(run) or grid.training_recipe(config, model, run)["method"] == "lora":
-        return (model,)
-    return (model, run, job.wildcards["epoch"])
-
-
 def judge_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
-    return judge_seconds(config, job.wildcards["judge"], job.wildcards["benchmark"], job.gpus, a) / 3600
-
-
-def judge_engine(job: PlannedJob, config: dict[str, Any]) -> tuple[str, ...]:
-    spec = config["judges"][job.wildcards["judge"]]
-    return (spec["hub"], str(spec.get("tensor_parallel", 1)))
+    w = job.wildcards
+    checkpoints = len(grid.checkpoint_epochs(config, w["run"]))
+    return judge_seconds(config, w["judge"], w["benchmark"], checkpoints, job.gpus, a) / 3600
 
 
 def train_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
@@ -233,15 +211,13 @@ def base_svd_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> f
     return a.base_svd_s[config["models"][job.wildcards["model"]]["size"]] / 3600
 
 
+# Per rule family (`registry.rule_family`: every judge rule is `judge`).
 HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours, "base_svd": base_svd_hours}
-# Rules whose jobs serve from an engine (safelora.evaluation.engines): which engine, and its start time.
-ENGINES = {"generate": generate_engine, "judge": judge_engine}
-ENGINE_START_S = {"generate": lambda a: a.engine_start_s, "judge": lambda a: a.judge_start_s}
 
 # A job's SLURM runtime: its estimate, engine start included, times this margin for checkpoints
-# whose completions run longer than the mean (a member past it ends with its group job and
-# resumes from its chunks on retry). Where `Assumptions` has no throughput for the model size or
-# judge (the CPU demo's, a local judge), a fixed bound: 32,768-token samples, a judge pass.
+# whose completions run longer than the mean (a generate job past it resumes from its chunks on
+# retry). Where `Assumptions` has no throughput for the model size or judge (the CPU demo's, a
+# local judge), a fixed bound: 32,768-token samples, a judge pass per checkpoint.
 RUNTIME_MARGIN = 1.5
 UNPRICED_RUNTIME = {"generate": 720, "judge": 240}
 
@@ -256,16 +232,19 @@ def generate_runtime(config: dict[str, Any], model: str, benchmark: str, a: Assu
     if config["models"][model]["size"] not in a.decode_tok_s:
         return UNPRICED_RUNTIME["generate"]
     gpus = config["models"][model]["tensor_parallel"]
-    return _minutes(a.engine_start_s + generate_seconds(config, model, benchmark, gpus, a))
+    return _minutes(generate_seconds(config, model, benchmark, gpus, a))
 
 
-def judge_runtime(config: dict[str, Any], judge: str, benchmark: str, a: Assumptions | None = None) -> int:
-    """Minutes to reserve for one judge job of `judge` on `benchmark` (rule judge's runtime)."""
+def judge_runtime(
+    config: dict[str, Any], judge: str, benchmark: str, checkpoints: int, a: Assumptions | None = None
+) -> int:
+    """Minutes to reserve for one judge job of `judge` on `benchmark` over `checkpoints` checkpoints
+    of a run (the judge rules' runtime)."""
     a = a or Assumptions()
     spec = config["judges"][judge]
     if spec.get("hub") not in a.judge_prefill_tok_s:
-        return UNPRICED_RUNTIME["judge"]
-    return _minutes(a.judge_start_s + judge_seconds(config, judge, benchmark, spec["tensor_parallel"], a))
+        return UNPRICED_RUNTIME["judge"] * checkpoints
+    return _minutes(judge_seconds(config, judge, benchmark, checkpoints, spec["tensor_parallel"], a))
 
 
 @dataclass
@@ -274,50 +253,33 @@ class RuleEstimate:
     jobs: int = 0
     gpus: set[int] = field(default_factory=set)
     gpu_hours: float = 0.0
-    engine_starts: int = 0
 
 
-def estimate(
-    jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None, shared_engines: bool = True
-) -> list[RuleEstimate]:
-    """GPU-hours per rule; a job without GPUs costs none (its CPU time is not counted).
-
-    An engine start costs its GPUs' start time whenever a member of a group job needs other
-    weights than the member before it (in listed order): a vLLM engine takes its GPU's memory, so
-    the engine of the previous weights is stopped first (`engines.stop_idle_engines`), and a group
-    of base, full, LoRA checkpoints starts three. A job outside a group starts its own, and with
-    `shared_engines` False every job does (an engine per job, as before issue 15)."""
+def estimate(jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None) -> list[RuleEstimate]:
+    """GPU-hours per rule family (the judge rules are one row, `judge`); a job without GPUs costs
+    none (its CPU time is not counted)."""
     a = a or Assumptions()
     rules: dict[str, RuleEstimate] = defaultdict(lambda: RuleEstimate(""))
-    serving: dict[Any, tuple[Any, ...]] = {}  # per group job: the engine its last member used
     for job in jobs:
-        row = rules[job.rule]
-        row.rule = job.rule
+        family = registry.rule_family(job.rule)
+        row = rules[family]
+        row.rule = family
         row.jobs += 1
         row.gpus.add(job.gpus)
         if not job.gpus:
             continue
-        if job.rule not in HOURS:
+        if family not in HOURS:
             raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
-        row.gpu_hours += job.gpus * HOURS[job.rule](job, config, a)
-        if job.rule in ENGINES:
-            shared = shared_engines and job.group is not None
-            slot = (job.rule, job.group if shared else f"job {job.jobid}")
-            engine = tuple(ENGINES[job.rule](job, config))
-            if serving.get(slot) != engine:
-                serving[slot] = engine
-                row.engine_starts += 1
-                row.gpu_hours += job.gpus * ENGINE_START_S[job.rule](a) / 3600
+        row.gpu_hours += job.gpus * HOURS[family](job, config, a)
     return sorted(rules.values(), key=lambda r: (-r.gpu_hours, r.rule))
 
 
 def format_table(rows: list[RuleEstimate]) -> str:
-    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, engine starts, and the totals."""
-    lines = ["| rule | jobs | GPUs per job | GPU-hours | engine starts |", "|---|---:|---:|---:|---:|"]
+    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, and the totals."""
+    lines = ["| rule | jobs | GPUs per job | GPU-hours |", "|---|---:|---:|---:|"]
     for row in rows:
         gpus = "-".join(str(g) for g in sorted({min(row.gpus), max(row.gpus)}))
-        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} | {row.engine_starts} |")
+        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |")
     total = sum(r.gpu_hours for r in rows)
-    starts = sum(r.engine_starts for r in rows)
-    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** | {starts} |")
+    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** |")
     return "\n".join(lines)

@@ -72,6 +72,29 @@ JUDGE_KINDS = {
 }
 
 
+# A judge job reads every checkpoint of one run and writes a verdict file per checkpoint; a rule's
+# outputs are fixed patterns, so rules/judge.smk defines one judge rule per set of checkpoint
+# epochs in the grid (`judge_epochs_0`, `judge_epochs_1to5`, ...), named here.
+JUDGE_RULE = "judge"
+
+
+def judge_rule(epochs: list[int]) -> str:
+    """The judge rule for runs whose checkpoints have `epochs`: [0] -> `judge_epochs_0`,
+    [1, 2, 3] -> `judge_epochs_1to3`, [2, 5] -> `judge_epochs_2_5`."""
+    spans: list[list[int]] = []
+    for epoch in sorted(epochs):
+        if spans and epoch == spans[-1][-1] + 1:
+            spans[-1].append(epoch)
+        else:
+            spans.append([epoch])
+    return f"{JUDGE_RULE}_epochs_" + "_".join(str(s[0]) if len(s) == 1 else f"{s[0]}to{s[-1]}" for s in spans)
+
+
+def rule_family(rule: str) -> str:
+    """`judge` for every judge rule (`judge_rule`), else the rule's own name."""
+    return JUDGE_RULE if rule.startswith(f"{JUDGE_RULE}_epochs_") else rule
+
+
 def text_graders() -> list[str]:
     return [g.name for g in GRADERS.values() if g.rule == "grade_text"]
 

@@ -4,10 +4,13 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 
 import pytest
 import yaml
 from dag import FAKE_TOKEN, planned, planned_jobs, snakemake, tiny_config, write_config
+
+from safelora.registry import rule_family
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +100,8 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
 
 @pytest.mark.slow
 def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
-    """The base, LoRA and OrthoMerge checkpoints of a base share one engine, but staleness stays per
-    (checkpoint, benchmark): a rewritten OrthoMerge adapter replans its own generations only."""
+    """Staleness of generation is per (checkpoint, benchmark): a rewritten OrthoMerge adapter
+    replans its own generations only."""
     adapter = finished_run / "results/tiny/orthomerge/tiny/lora-r4-mlp.om-both-l1.2/epoch-2"
     files = [adapter, *adapter.iterdir()]  # with Snakemake's .snakemake_timestamp
     original = {f: f.stat() for f in files}
@@ -115,8 +118,44 @@ def test_a_changed_adapter_regenerates_only_its_own_outputs(finished_run):
         f"results/tiny/generations/tiny/lora-r4-mlp.om-both-l1.2/epoch-2/{benchmark}.jsonl"
         for benchmark in ("arithmetic", "humaneval", "strongreject")
     ]
-    evaluated = {job.wildcards["run"] for job in jobs if job.rule in ("judge", "grade_text", "execute_code", "score")}
+    evaluated = {
+        job.wildcards["run"]
+        for job in jobs
+        if rule_family(job.rule) in ("judge", "grade_text", "execute_code", "score")
+    }
     assert evaluated == {"lora-r4-mlp.om-both-l1.2"}
+
+
+@pytest.mark.slow
+def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
+    """A judge job covers every checkpoint of one run on one benchmark: a changed epoch-1 generation
+    file of the LoRA run replans that run's one judge job (both epochs' verdicts), nothing of another run."""
+    generations = finished_run / "results/tiny/generations/tiny/lora-r4-mlp/epoch-1/strongreject.jsonl"
+    original, stat = generations.read_bytes(), generations.stat()
+    lines = original.splitlines(keepends=True)
+    first = json.loads(lines[0])
+    generations.write_bytes(
+        json.dumps({**first, "text": first["text"] + " edited"}).encode() + b"\n" + b"".join(lines[1:])
+    )
+    try:
+        jobs = planned(finished_run)
+    finally:
+        generations.write_bytes(original)
+        os.utime(generations, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    judged = [(job.rule, job.wildcards, job.outputs) for job in jobs if rule_family(job.rule) == "judge"]
+    verdicts = "results/tiny/verdicts/tiny/lora-r4-mlp/epoch-{}/strongreject/tiny_guard.jsonl"
+    assert judged == [
+        (
+            "judge_epochs_1to2",
+            {"model": "tiny", "run": "lora-r4-mlp", "benchmark": "strongreject", "judge": "tiny_guard"},
+            (verdicts.format(1), verdicts.format(2)),
+        )
+    ]
+    assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
+    counts = Counter(job.rule for job in jobs)
+    # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 7, "all": 1}
+    print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
 
 def edited_plan(workdir, data_file, old, new):

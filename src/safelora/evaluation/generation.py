@@ -1,8 +1,8 @@
 """Generation behind one interface: vLLM on GPUs, transformers on CPU, one record format.
 
-A backend is one engine for one set of base weights; each request names the LoRA adapter it is
-served with (or none), so one engine serves the base and every adapter of it, unmerged (vLLM
-multi-LoRA with a `LoRARequest` per adapter, PEFT named adapters on transformers). Work is split
+A backend is one engine for one set of base weights, started in the job's own process and freed
+when the job ends; each request names the LoRA adapter it is served with (or none), unmerged
+(vLLM multi-LoRA with a `LoRARequest` per adapter, PEFT named adapters on transformers). Work is split
 into fixed chunks of prompts, each written atomically to a partial folder beside the output and
 seeded by its position, so a killed job resumes from the chunks already written and produces the
 same records as an uninterrupted run. The partial folder carries a fingerprint of everything that
@@ -11,6 +11,7 @@ determines the output; a mismatch discards it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -90,7 +91,7 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = getattr(torch, ref.dtype) if self.device == "cuda" else torch.float32
         self.model: Any = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype).to(self.device).eval()
-        self.adapters: dict[tuple[str, float], str] = {}  # adapter_version -> PEFT adapter name
+        self.adapters: dict[str, str] = {}  # adapter folder (resolved) -> PEFT adapter name
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
@@ -112,7 +113,7 @@ class TransformersBackend:
 
         if adapter is None:
             return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
-        key = adapter_version(adapter)
+        key = str(Path(adapter).resolve())
         if key not in self.adapters:
             name = f"adapter{len(self.adapters)}"
             if self.adapters:
@@ -195,7 +196,7 @@ class VLLMBackend:
         )
         self.lora_enabled = bool(ref.max_loras)
         self.tokenizer = self.llm.get_tokenizer()
-        self.lora_requests: dict[tuple[str, float], Any] = {}  # adapter_version -> its LoRARequest
+        self.lora_requests: dict[str, Any] = {}  # adapter folder (resolved) -> its LoRARequest
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt)["input_ids"])
@@ -227,7 +228,7 @@ class VLLMBackend:
 
     def _lora_request(self, adapter: str) -> Any:
         """The adapter's LoRARequest, registered (rank and application checked) on first use."""
-        key = adapter_version(adapter)
+        key = str(Path(adapter).resolve())
         if key in self.lora_requests:
             return self.lora_requests[key]
         from vllm.lora.request import LoRARequest
@@ -267,19 +268,6 @@ class VLLMBackend:
             )
 
 
-def adapter_version(adapter: str) -> tuple[str, float]:
-    """An adapter folder's identity for an engine: its absolute path and newest file time, so an
-    adapter retrained in place is loaded afresh by an engine that served the old one."""
-    folder = Path(adapter).resolve()
-    return str(folder), newest_file_time(folder)
-
-
-def newest_file_time(folder: Path) -> float:
-    """The newest modification time of a checkpoint folder's files (the folder's own when empty):
-    weights rewritten in place change it."""
-    return max((f.stat().st_mtime for f in folder.iterdir()), default=folder.stat().st_mtime)
-
-
 def adapter_rank(adapter: str | Path) -> int:
     """The largest LoRA rank in a PEFT adapter (its `r` and any per-module `rank_pattern`)."""
     config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
@@ -295,6 +283,12 @@ def _lora_b_all_zero(adapter: str | Path) -> bool:
         return False
     with safe_open(str(weights), framework="pt") as fh:
         return all(not fh.get_tensor(k).any() for k in fh.keys() if "lora_B" in k)  # noqa: SIM118 (safe_open has no __iter__)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a job that starts an engine (generate.py, judge.py): backend, memory budget."""
+    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
 
 
 def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backend:

@@ -1,57 +1,69 @@
-"""Judge jobs: render each sample's judge conversation, generate greedily, parse the verdicts."""
+"""Judge jobs: render each sample's judge conversation, generate greedily, parse the verdicts.
+
+A judge job covers every checkpoint of one run on one benchmark: the judge model loads once, in
+this process, and each checkpoint's verdicts are written atomically to a file of their own.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safelora.data import render_messages
-from safelora.evaluation.engines import open_backend
-from safelora.evaluation.generation import ModelRef, Sampling
+from safelora.evaluation.generation import Backend, ModelRef, Sampling, make_backend
 from safelora.evaluation.graders import judge_messages, parse_judge, settled_without_judge, verdict
 from safelora.io import atomic_write_jsonl, read_generations, read_jsonl
+
+
+@dataclass(frozen=True)
+class JudgedCheckpoint:
+    """One checkpoint's generations, its verdict file, and (for a fallback judge) the verdicts of
+    the grader it backs up."""
+
+    generations: Path
+    out: Path
+    fallback: Path | None = None
 
 
 def run_judge(
     spec: dict[str, Any],
     kind: str,
-    generations_path: Path,
+    checkpoints: list[JudgedCheckpoint],
     items_path: Path,
-    fallback_path: Path | None,
     backend_name: str,
     batch_size: int,
-    out: Path,
-    engine_idle_s: float = 0,
 ) -> None:
-    """Judge every sample (or, with a fallback, those it did not pass); `engine_idle_s` > 0 shares
-    the node's engine of this judge model with the other judge jobs (safelora.evaluation.engines)."""
+    """Judge every checkpoint's samples (or, with a fallback, those it did not pass). Every input
+    is read and checked before the judge model loads; it loads once, when a sample first needs it."""
     records = read_jsonl(items_path)
-    generations = read_generations(generations_path, records)
     items = {str(item["id"]): item for item in records}
-    fallback = read_jsonl(fallback_path) if fallback_path else None
-    settled = settled_without_judge(spec, generations, fallback)
-    ask = [i for i in range(len(generations)) if i not in settled]
-    name = out.stem
-    outputs: dict[int, str] = {}
-    if ask:
-        ref = ModelRef(base=spec.get("hub") or spec["path"], tensor_parallel=spec.get("tensor_parallel", 1))
-        backend = open_backend(backend_name, ref, seed=0, batch_size=batch_size, idle_s=engine_idle_s)
-        prompts = [
-            render_messages(
-                backend.tokenizer, judge_messages(spec["kind"], generations[i], items[generations[i]["prompt_id"]])
-            )
-            for i in ask
-        ]
-        sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=spec.get("max_new_tokens", 32), seed=0)
-        completions = backend.generate(prompts, sampling, seeds=[0] * len(prompts))
-        outputs = {i: c[0].text for i, c in zip(ask, completions, strict=True)}
-    verdicts = []
-    for i, gen in enumerate(generations):
-        if i in settled:
-            verdicts.append(verdict(gen, name, *settled[i]))
-            continue
-        value, label = parse_judge(spec, kind, outputs[i])
-        verdicts.append(verdict(gen, name, value, label, outputs[i]))
-    atomic_write_jsonl(out, verdicts)
-    unparseable = sum(v["label"] == "unparseable" for v in verdicts)
-    print(f"{len(verdicts)} verdicts by {name}; {len(ask)} judged; {unparseable} unparseable")
+    generations = [read_generations(c.generations, records) for c in checkpoints]
+    settled = [
+        settled_without_judge(spec, gens, read_jsonl(c.fallback) if c.fallback else None)
+        for c, gens in zip(checkpoints, generations, strict=True)
+    ]
+    backend: Backend | None = None
+    sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=spec.get("max_new_tokens", 32), seed=0)
+    for checkpoint, gens, done in zip(checkpoints, generations, settled, strict=True):
+        ask = [i for i in range(len(gens)) if i not in done]
+        outputs: dict[int, str] = {}
+        if ask:
+            if backend is None:
+                ref = ModelRef(base=spec.get("hub") or spec["path"], tensor_parallel=spec.get("tensor_parallel", 1))
+                backend = make_backend(backend_name, ref, seed=0, batch_size=batch_size)
+                print(f"judge model {ref.base} loaded ({backend.engine})", flush=True)
+            prompts = [
+                render_messages(backend.tokenizer, judge_messages(spec["kind"], gens[i], items[gens[i]["prompt_id"]]))
+                for i in ask
+            ]
+            completions = backend.generate(prompts, sampling, seeds=[0] * len(prompts))
+            outputs = {i: c[0].text for i, c in zip(ask, completions, strict=True)}
+        name = checkpoint.out.stem
+        verdicts = []
+        for i, gen in enumerate(gens):
+            value, label, raw = done[i] if i in done else (*parse_judge(spec, kind, outputs[i]), outputs[i])
+            verdicts.append(verdict(gen, name, value, label, raw))
+        atomic_write_jsonl(checkpoint.out, verdicts)
+        unparseable = sum(v["label"] == "unparseable" for v in verdicts)
+        print(f"{checkpoint.out}: {len(verdicts)} verdicts by {name}; {len(ask)} judged; {unparseable} unparseable")
