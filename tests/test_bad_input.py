@@ -229,3 +229,22 @@ def test_a_second_config_naming_the_same_experiment_is_refused(tmp_path):
     write_config(first, demo_config(lambda c: c.update(seed=7)))  # the same config, edited
     assert snakemake(first, "-n", cwd=tmp_path).returncode == 0
     COUNTS["finding8"] += 1
+
+
+def test_a_prompt_longer_than_the_context_fails_once_and_is_not_retried(tmp_path, tiny_model):
+    """check_context (the tokenizer alone, before any engine) fails naming the prompt and the
+    lengths; the local profile retries failed jobs (`retries: 1`), this rule never."""
+    (tmp_path / "data").symlink_to(REPO / "data")
+    model = {"source": {"path": str(tiny_model)}, "size": "135M", "dtype": "float32", "max_model_len": 40}
+    config = write_config(tmp_path / "config.yaml", demo_config(lambda c: c["models"].update(smollm2=model)))
+    target = f"results/{EXPERIMENT}/data/context/smollm2/strongreject.json"
+    result = snakemake(config, "--profile", str(REPO / "profiles/local"), "--", target, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert re.search(
+        r"data/bench/strongreject\.jsonl: prompt 'sr\d+' needs \d+ tokens \(prompt \+ max_new_tokens 32\) "
+        r"but max_model_len is 40: raise models\.<model>\.max_model_len",
+        output,
+    ), output[-3000:]
+    assert output.count("localrule check_context:") == 1 and "Trying to restart" not in output, output[-3000:]
+    COUNTS["finding8"] += 1
