@@ -20,7 +20,10 @@ from safelora.io import stable_json  # noqa: E402
 # the last), and the types of nested `--config` values (it passes them as strings).
 grid.check_duplicate_keys(workflow.configfiles)
 grid.parse_cli_leaves(config, workflow.config_settings.config)
-grid.validate_schema(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+grid.validate_schema(
+    config,
+    source=", ".join([*map(str, workflow.configfiles), *(["--config"] if workflow.config_settings.config else [])]),
+)
 grid.check_config(config)
 check_local_data(config, cache=".snakemake/safelora/local-data-checks.json")
 
@@ -254,6 +257,16 @@ def generation_args(wildcards):
         batch_size=config["generation"]["batch_size"],
         sampling=stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]}),
         model_settings=stable_json(model_settings),
+    )
+
+
+@job_function
+def context_args(wildcards):
+    """What check_context measures a benchmark's prompts against: the tokenizer and the budget."""
+    return cli_args(
+        base=base_model(wildcards.model),
+        max_new_tokens=bench(wildcards)["sampling"]["max_new_tokens"],
+        max_model_len=config["models"][wildcards.model]["max_model_len"],
     )
 
 

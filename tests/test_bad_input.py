@@ -210,6 +210,15 @@ def test_a_nested_config_override_gets_its_yaml_type():
     COUNTS["finding8"] += 1
 
 
+def test_a_bad_value_from_config_overrides_names_them():
+    result = snakemake(REPO / "config/demo.yaml", "-n", "--config", "benchmarks={strongreject: {limit: zero}}")
+    assert error_line(result) == (
+        f"{REPO}/config/demo.yaml, --config: invalid value at 'benchmarks/strongreject/limit': "
+        "'zero' is not of type 'integer', 'null'"
+    )
+    COUNTS["finding8"] += 1
+
+
 def test_a_second_config_naming_the_same_experiment_is_refused(tmp_path):
     """The first config that runs in results/<experiment>/ owns it; editing that config is fine,
     another config file with the same `experiment:` is refused naming both."""

@@ -350,9 +350,9 @@ def _check_overrides(config: dict[str, Any]) -> None:
     """A run's settings (`training.<method>` with its `overrides` applied) are valid as that block."""
     schema = load_schema()
     for i, run in enumerate(config["runs"]):
-        key = f"runs[{i}] ('{run['name']}').overrides"
         if "overrides" not in run:
             continue
+        key = f"runs[{i}] ('{run['name']}').overrides"
         if run["method"] == BASE_RUN:
             raise ConfigError(f"{key}: the base run is not trained, so it has no training settings to override")
         block = {"$defs": schema["$defs"], **schema["properties"]["training"]["properties"][run["method"]]}
@@ -405,7 +405,7 @@ def _check_lambda_names(config: dict[str, Any]) -> None:
         seen: dict[str, float] = {}
         for lam in lambdas:
             label = _format_lambda(lam)
-            if label in seen and seen[label] != lam:
+            if label in seen:
                 raise ConfigError(
                     f"orthomerge.variants.{variant}: lambdas {seen[label]!r} and {lam!r} both give run names "
                     f"ending '-l{label}' (6 significant digits), so one would replace the other; use values "
