@@ -34,6 +34,7 @@ localrules:
     write_recipe,
     describe_grid,
     prune,
+    check_context,
     grade_text,
     score,
     aggregate,

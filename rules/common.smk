@@ -16,13 +16,27 @@ from safelora.evaluation.items import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
 
 # One schema pass (JSON Schema, then defaults, then cross-checks): a ConfigError names the file and key.
-grid.validate_schema(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+# First what Snakemake's loading loses: a key given twice in a config file (its YAML loader keeps
+# the last), and the types of nested `--config` values (it passes them as strings).
+grid.check_duplicate_keys(workflow.configfiles)
+grid.parse_cli_leaves(config, workflow.config_settings.config)
+grid.validate_schema(
+    config,
+    source=", ".join([*map(str, workflow.configfiles), *(["--config"] if workflow.config_settings.config else [])]),
+)
 grid.check_config(config)
 check_local_data(config, cache=".snakemake/safelora/local-data-checks.json")
 
 # Every output of this config lives under results/<experiment>/: rule directives name it
-# `<results>` (a Snakemake path variable), Python code here RESULTS.
+# `<results>` (a Snakemake path variable), Python code here RESULTS. The folder belongs to the
+# config files that first ran in it (results/<experiment>/experiment.json, written when a run
+# that is not a dry run starts); other config files naming the same experiment are refused.
 RESULTS = f"results/{config['experiment']}"
+grid.check_experiment_owner(RESULTS, workflow.configfiles)
+
+
+onstart:
+    grid.claim_experiment(RESULTS, workflow.configfiles)
 
 
 pathvars:
@@ -244,6 +258,16 @@ def generation_args(wildcards):
         batch_size=config["generation"]["batch_size"],
         sampling=stable_json({**bench(wildcards)["sampling"], "seed": config["seed"]}),
         model_settings=stable_json(model_settings),
+    )
+
+
+@job_function
+def context_args(wildcards):
+    """What check_context measures a benchmark's prompts against: the tokenizer and the budget."""
+    return cli_args(
+        base=base_model(wildcards.model),
+        max_new_tokens=bench(wildcards)["sampling"]["max_new_tokens"],
+        max_model_len=config["models"][wildcards.model]["max_model_len"],
     )
 
 

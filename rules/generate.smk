@@ -2,10 +2,36 @@
 # One job per output keeps staleness exact; each job starts its own engine and frees it when it ends.
 
 
+# A prompt longer than the model's context fails every attempt alike: checked once per (model,
+# benchmark) with the tokenizer alone, in a job that is never retried (the profiles retry every
+# other failure); generation waits for it (docs/errors.md).
+
+
+rule check_context:
+    input:
+        base_model_files,
+        prompts="<results>/data/bench/{benchmark}.jsonl",
+    output:
+        "<results>/data/context/{model}/{benchmark}.json",
+    log:
+        "<results>/logs/check_context/{model}/{benchmark}.log",
+    params:
+        settings=context_args,  # --base --max-new-tokens --max-model-len
+    retries: 0
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/vllm.yaml"
+    shell:
+        f"python {SCRIPTS}/check_context.py" " {params.settings} --items {input.prompts} --out {output} > {log} 2>&1"
+
+
 rule generate:
     input:
         unpack(checkpoint_inputs),
         prompts="<results>/data/bench/{benchmark}.jsonl",
+        context="<results>/data/context/{model}/{benchmark}.json",
     output:
         "<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
     log:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import math
+import os
+import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -59,7 +62,7 @@ def load_config(path: str | Path, workdir: str | Path = ".") -> dict[str, Any]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
+            config = yaml.load(fh, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(config, dict):
@@ -93,16 +96,24 @@ def load_schema() -> dict[str, Any]:
 
 def validate_schema(config: dict[str, Any], source: str = "config") -> None:
     """JSON-Schema validation that fills in defaults, as snakemake.utils.validate does."""
-    import jsonschema
-
     schema = load_schema()
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ConfigError(f"{source}: invalid value at '{where}': {err.message}")
     _fill_defaults(config, schema, schema)
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A JSON-Schema validator of `schema` whose `integer` is an int: `1.0` is not one (JSON Schema's is)."""
+    import jsonschema
+
+    base = jsonschema.validators.validator_for(schema)
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
 def _fill_defaults(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
@@ -136,11 +147,14 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 def check_config(config: dict[str, Any], workdir: str | Path = ".") -> None:
     """Cross-field checks the schema cannot express; raise ConfigError naming the key."""
     _check_training_data(config, Path(workdir))
+    _check_overrides(config)
     _check_runs(config)
     _check_orthomerge(config)
     _check_analysis(config)
     _check_main_run(config)
     _check_benchmarks(config, Path(workdir))
+    _check_templates(config)
+    _check_lambda_names(config)
     _check_prune(config)
 
 
@@ -152,8 +166,8 @@ def _check_training_data(config: dict[str, Any], workdir: Path) -> None:
             f"({', '.join(sorted(data['sources']))})"
         )
     for name, source in data["sources"].items():
-        if "path" in source and not (workdir / source["path"]).exists():
-            raise ConfigError(f"training_data.sources.{name}.path: file not found: {source['path']}")
+        if "path" in source:
+            _require_file(f"training_data.sources.{name}.path", workdir / source["path"], source["path"])
 
 
 def _check_runs(config: dict[str, Any]) -> None:
@@ -254,6 +268,11 @@ def _check_analysis(config: dict[str, Any]) -> None:
     for name in analysis["runs"]:
         if name not in runs or runs[name]["method"] == BASE_RUN:
             raise ConfigError(f"analysis.runs: '{name}' is not a training run")
+        if isinstance(analysis["epochs"], list):
+            epochs = run_epochs(config, name)
+            bad = [e for e in analysis["epochs"] if e > epochs]
+            if bad:
+                raise ConfigError(f"analysis.epochs: run '{name}' has {epochs} epochs, not {bad}")
 
 
 def _check_main_run(config: dict[str, Any]) -> None:
@@ -281,6 +300,14 @@ def _check_prune(config: dict[str, Any]) -> None:
                 raise ConfigError(f"prune.keep_epochs: run '{run['name']}' has {epochs} epochs, not {bad}")
 
 
+def _require_file(key: str, path: Path, written: str) -> None:
+    if not path.exists():
+        raise ConfigError(f"{key}: file not found: {written}")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{key}: {written} is {kind}; name a data file")
+
+
 def local_files(source: dict[str, Any]) -> dict[str, str]:
     """The local data files a data source names, by key (none for a hub source)."""
     return {key: source[key] for key in ("csv", "jsonl", "path") if key in source}
@@ -304,8 +331,7 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
             raise ConfigError(f"{key}.primary: '{bench['primary']}' is not one of its graders")
         source = bench["source"]
         for field, path in local_files(source).items():
-            if not (workdir / path).exists():
-                raise ConfigError(f"{key}.source.{field}: file not found: {path}")
+            _require_file(f"{key}.source.{field}", workdir / path, path)
         if bench["kind"] == "code" and "evalplus" not in source:
             raise ConfigError(f"{key}.source: a code benchmark needs an 'evalplus' source")
         if bench["runs"] != "all":
@@ -318,6 +344,196 @@ def _check_benchmarks(config: dict[str, Any], workdir: Path) -> None:
                 )
         if bench["sampling"]["temperature"] == 0 and bench["sampling"]["n"] > 1:
             raise ConfigError(f"{key}.sampling: n > 1 with greedy decoding gives identical samples")
+
+
+def _check_overrides(config: dict[str, Any]) -> None:
+    """A run's settings (`training.<method>` with its `overrides` applied) are valid as that block."""
+    schema = load_schema()
+    for i, run in enumerate(config["runs"]):
+        if "overrides" not in run:
+            continue
+        key = f"runs[{i}] ('{run['name']}').overrides"
+        if run["method"] == BASE_RUN:
+            raise ConfigError(f"{key}: the base run is not trained, so it has no training settings to override")
+        block = {"$defs": schema["$defs"], **schema["properties"]["training"]["properties"][run["method"]]}
+        errors = sorted(_validator(block).iter_errors(method_settings(config, run)), key=lambda e: list(e.path))
+        if errors:
+            where = ".".join(str(p) for p in errors[0].absolute_path)
+            raise ConfigError(
+                f"{key}{'.' + where if where else ''}: {errors[0].message} (checked as training.{run['method']})"
+            )
+
+
+# The fields a benchmark's `prompt_template` is formatted with (evaluation.items.load_benchmark,
+# evaluation.parsers.gpqa_prompt); a template must use each of them.
+TEMPLATE_FIELDS = {
+    "multiple_choice": ("question", "choice1", "choice2", "choice3", "choice4"),
+    "other": ("problem",),
+}
+
+
+def _check_templates(config: dict[str, Any]) -> None:
+    """Each `prompt_template` formats with its benchmark's fields, all of them, and no others."""
+    for name, bench in config["benchmarks"].items():
+        template = bench.get("prompt_template")
+        if template is None:
+            continue
+        key = f"benchmarks.{name}.prompt_template"
+        fields = TEMPLATE_FIELDS["multiple_choice" if bench["kind"] == "multiple_choice" else "other"]
+        named = ", ".join(f"{{{f}}}" for f in fields)
+        literal = "write a literal brace as {{ or }}"
+        try:
+            used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            unknown = [f for f in used if f not in fields]
+            if not unknown:
+                template.format(**dict.fromkeys(fields, ""))
+        except (ValueError, IndexError, KeyError) as err:
+            raise ConfigError(f"{key}: not a valid template ({err}); its fields are {named}; {literal}") from err
+        if unknown:
+            raise ConfigError(f"{key}: unknown field {{{unknown[0]}}}: its fields are {named}; {literal}")
+        missing = [f for f in fields if f not in used]
+        if missing:
+            raise ConfigError(
+                f"{key}: no {{{missing[0]}}} field: every prompt would leave out the item's {missing[0]} "
+                f"(its fields are {named})"
+            )
+
+
+def _check_lambda_names(config: dict[str, Any]) -> None:
+    """Two λ values of a variant must not format to one OrthoMerge run name (one would silently win)."""
+    for variant, lambdas in ((config.get("orthomerge") or {}).get("variants") or {}).items():
+        seen: dict[str, float] = {}
+        for lam in lambdas:
+            label = _format_lambda(lam)
+            if label in seen:
+                raise ConfigError(
+                    f"orthomerge.variants.{variant}: lambdas {seen[label]!r} and {lam!r} both give run names "
+                    f"ending '-l{label}' (6 significant digits), so one would replace the other; use values "
+                    "that differ within 6 digits"
+                )
+            seen[label] = lam
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key '{key}' (first at line {first[key]}; YAML keeps only the last)",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: the constructor below reports it
+        return super().construct_mapping(node, deep)
+
+
+def check_duplicate_keys(paths: list[str | Path]) -> None:
+    """Re-read each config file refusing duplicate keys: Snakemake's loader drops all but the last."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                yaml.load(fh, Loader=_UniqueKeyLoader)
+        except yaml.constructor.ConstructorError as err:
+            mark = err.problem_mark
+            raise ConfigError(f"{path}: line {mark.line + 1}: {err.problem}") from err
+
+
+def parse_cli_leaves(config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Give the nested values of `--config` overrides their YAML types in `config`.
+
+    Snakemake parses a top-level `--config key=value` as int, float or bool, but a nested one
+    (`"benchmarks={strongreject: {limit: 3}}"`) with YAML's BaseLoader, whose leaves are all
+    strings (`'3'`). Each string leaf below the top level is parsed as a YAML scalar (3, 1.0e-4,
+    true, null; anything else stays a string), as it would be read from a config file.
+    """
+    for key, value in overrides.items():
+        if isinstance(value, (dict, list)) and key in config:
+            config[key] = _parse_leaves(config[key], value)
+
+
+def _parse_leaves(target: Any, override: Any) -> Any:
+    if isinstance(override, dict) and isinstance(target, dict):
+        for key, value in override.items():
+            target[key] = _parse_leaves(target.get(key), value)
+        return target
+    if isinstance(override, dict):
+        return {key: _parse_leaves(None, value) for key, value in override.items()}
+    if isinstance(override, list):
+        return [_parse_leaves(None, item) for item in override]
+    return _yaml_scalar(override) if isinstance(override, str) else override
+
+
+def _yaml_scalar(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, bool) else text
+
+
+EXPERIMENT_MARKER = "experiment.json"
+
+
+def config_label(path: str | Path) -> str:
+    """A config file as an experiment records it: relative to the working folder when inside it."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def check_experiment_owner(results: str | Path, configfiles: list[str | Path]) -> None:
+    """Refuse a config whose `experiment:` folder was written under other config files.
+
+    `results/<experiment>/experiment.json` (`claim_experiment`) records the config files of the
+    first run that wrote there; another set of files naming the same experiment would replace its
+    results. Editing those files, or `--config` overrides, are the same experiment.
+    """
+    marker = Path(results) / EXPERIMENT_MARKER
+    try:
+        owner = json.loads(marker.read_text(encoding="utf-8"))["configfiles"]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{marker}: unreadable ({err}); delete it to let this config claim {results}/") from err
+    mine = sorted(config_label(p) for p in configfiles)
+    if owner != mine:
+        raise ConfigError(
+            f"experiment: {results}/ holds the results of config {', '.join(owner)}, and "
+            f"{', '.join(mine)} names the same experiment; give this config its own `experiment:` name "
+            f"(or delete {marker} to hand the folder over)"
+        )
+
+
+def claim_experiment(results: str | Path, configfiles: list[str | Path]) -> None:
+    """Record the config files that write `results/<experiment>/` (once; see `check_experiment_owner`)."""
+    marker = Path(results) / EXPERIMENT_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"configfiles": sorted(config_label(p) for p in configfiles)}) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, marker)  # never replaces a marker another process wrote meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    check_experiment_owner(results, configfiles)
 
 
 # ---------------------------------------------------------------------------------------------

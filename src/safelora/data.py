@@ -52,13 +52,17 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
 
     CSV is parsed from the undecoded-newline text (`newline=""`), so quoted line breaks stay in
     their field; JSONL lines end at "\\n" only, so U+2028 or a form feed inside a string is data.
-    Bad encoding or syntax names the file and the line.
+    A leading UTF-8 byte-order mark (Excel writes one) is not part of the first column's name.
+    Bad encoding or syntax names the file and the line; every record must be a JSON object, and
+    a CSV header must name each column once.
     """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid UTF-8 (byte {err.start})") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read as a data file: {err.strerror}") from err
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if path.suffix == ".csv":
@@ -67,6 +71,8 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
         rows = json.loads(text)
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON array of records")
+        for index, row in enumerate(rows):
+            _require_object(row, f"{path}: record {index}")
         return rows
     rows = []
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -75,13 +81,27 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {lineno} is not valid JSON: {err.msg}") from err
+            _require_object(rows[-1], f"{path}: line {lineno}")
     return rows
+
+
+def _require_object(record: Any, where: str) -> None:
+    if not isinstance(record, dict):
+        raise DataError(f"{where} is {json.dumps(record)[:40]}, not a JSON object of named fields")
 
 
 def _csv_rows(path: Path, text: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        rows.extend(csv.DictReader(io.StringIO(text, newline="")))
+        header = reader.fieldnames or []
+        for column, name in enumerate(header):
+            if name in header[:column]:
+                raise DataError(
+                    f"{path}: row 1 (the header): column {column + 1} '{name}' repeats column "
+                    f"{header.index(name) + 1}; each column needs its own name"
+                )
+        rows.extend(reader)
     except csv.Error as err:
         raise DataError(f"{path}: row {len(rows)}: {err}") from err
     return rows

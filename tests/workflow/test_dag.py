@@ -177,6 +177,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
     # 5 checkpoints x arithmetic, its one text grader; the table and the figures that read it.
     assert jobs == {
         "build_benchmark": 1,
+        "check_context": 1,
         "generate": 5,
         "grade_text": 5,
         "score": 5,
@@ -239,7 +240,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
-    assert jobs == {"build_benchmark": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
+    assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
                     "aggregate": 1, "figure": 9, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]

@@ -299,8 +299,18 @@ def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backen
     raise ValueError(f"unknown generation backend '{name}' (vllm, transformers)")
 
 
+@dataclass(frozen=True)
+class TokenizerOnly:
+    """A tokenizer that counts prompt tokens as the backends do, without loading weights."""
+
+    tokenizer: Any
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt)["input_ids"])
+
+
 def check_context(
-    backend: Backend, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int
+    backend: Backend | TokenizerOnly, prompts: list[str], ids: list[str], max_new_tokens: int, max_model_len: int
 ) -> None:
     """Fail clearly if a prompt plus the generation budget does not fit the model's context."""
     for prompt_id, prompt in zip(ids, prompts, strict=True):

@@ -83,12 +83,14 @@ def _table_items(source: dict[str, Any]) -> list[BenchmarkItem]:
         rows = [row for row in rows if str(row.get(key)) == value]
     prompt_field = source["prompt_field"]
     items = []
+    answer_field = source.get("answer_field")
     for index, row in enumerate(rows):
-        if prompt_field not in row:
-            raise DataError(f"{origin}: row {index}: missing column '{prompt_field}'")
-        answer_field = source.get("answer_field")
-        if answer_field and answer_field not in row:
-            raise DataError(f"{origin}: row {index}: missing column '{answer_field}'")
+        for key in ("prompt_field", "answer_field", "id_field"):
+            if source.get(key) and source[key] not in row:
+                raise DataError(
+                    f"{origin}: row {index}: missing column '{source[key]}' (source.{key}; "
+                    f"columns: {', '.join(map(str, row))})"
+                )
         item_id = str(row[source["id_field"]]) if source.get("id_field") else str(row.get("id", index))
         meta = {k: v for k, v in row.items() if k not in (prompt_field, answer_field) and _is_scalar(v)}
         items.append(
