@@ -54,7 +54,7 @@ def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
         config["benchmarks"]["arithmetic"]["scorer_version"] = 1
         write_config(finished_run, config)
     # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
-    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 7, "all": 1}
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "all": 1}
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
     finally:
         score.write_text(original)
     # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
-    assert jobs == {"aggregate": 1, "figure": 7, "all": 1}
+    assert jobs == {"aggregate": 1, "figure": 9, "all": 1}
 
 
 @pytest.mark.slow
@@ -142,7 +142,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "grade_text": 5,
         "score": 5,
         "aggregate": 1,
-        "figure": 7,
+        "figure": 9,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
@@ -201,7 +201,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
     assert jobs == {"build_benchmark": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 9, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 11, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
