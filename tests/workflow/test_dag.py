@@ -31,7 +31,7 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     assert (finished_run / "results/tiny/figures/fig2.png").stat().st_size > 10_000
     assert (finished_run / "results/tiny/report.html").stat().st_size > 100_000  # figures embedded
     weights = (finished_run / "results/tiny/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
-    assert weights[0].startswith("layer,module,stable_rank") and len(weights) == 1 + 2 * 7
+    assert weights[0].startswith("layer,module,adapted,stable_rank") and len(weights) == 1 + 2 * 7
     score = json.loads((finished_run / "results/tiny/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
     manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
