@@ -123,6 +123,7 @@ def test_runs_meta_names_methods(paper, repo):
         "method": "om-both",
         "rank": 4,
         "targets": "mlp",
+        "layers": None,
         "lambda": 1.15,
         "source": "lora-r4-mlp",
         "main": False,
@@ -220,6 +221,39 @@ BAD_CONFIGS = [
             }
         ),
         "formula 'span' only",
+    ),
+    (
+        "LoRA layer range backwards",
+        _append_run(
+            {"name": "x", "method": "lora", "rank": 1, "targets": "up_proj", "layers": [31, 16], "models": ["r1-14b"]}
+        ),
+        "('x').layers: [from, to] with from <= to",
+    ),
+    (
+        "LoRA layer range of three numbers",
+        _append_run(
+            {"name": "x", "method": "lora", "rank": 1, "targets": "up_proj", "layers": [1, 2, 3], "models": ["r1-14b"]}
+        ),
+        "/layers",
+    ),
+    (
+        "layers on a full run",
+        _append_run({"name": "x", "method": "full", "layers": [0, 3], "models": ["r1-7b"]}),
+        "rank, targets, layers and ortho_reg apply to LoRA runs only",
+    ),
+    (
+        "layers in overrides",
+        _append_run(
+            {
+                "name": "x",
+                "method": "lora",
+                "rank": 1,
+                "targets": "up_proj",
+                "models": ["r1-14b"],
+                "overrides": {"layers": [16, 31]},
+            }
+        ),
+        "/overrides",
     ),
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
     (
@@ -335,3 +369,58 @@ def test_schema_holds_the_defaults_rules_and_scripts_used_to_repeat(paper, repo)
     assert (analysis["runs"], analysis["svd_rank"], analysis["top_k"], analysis["norm"]) == ([], 64, 16, "fro")
     assert analysis["modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert grid.analysis_checkpoints(config) == []
+
+
+README_RECIPE = {"name": "lora-r1-up-l16-31", "method": "lora", "rank": 1, "targets": "up_proj", "layers": [16, 31],
+                 "models": ["r1-14b"]}  # fmt: skip
+
+
+def test_a_layer_range_run_is_in_its_recipe_hash_and_runs_meta(paper, repo):
+    """The paper code README's `lora_up_proj_only_from16_to31_r1`: rank-1 LoRA on up_proj of layers 16-31."""
+    config = copy.deepcopy(paper)
+    before = grid.recipe_hash(grid.training_recipe(prepared(config, repo), "r1-14b", "lora-r4-mlp"))
+    config["runs"].append(dict(README_RECIPE))
+    config["runs"].append({**README_RECIPE, "name": "lora-r1-up", "layers": None})
+    del config["runs"][-1]["layers"]
+    config = prepared(config, repo)
+    recipe = grid.training_recipe(config, "r1-14b", "lora-r1-up-l16-31")
+    assert recipe["lora"] == {"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.05, "layers": [16, 31]}
+    all_layers = grid.training_recipe(config, "r1-14b", "lora-r1-up")
+    assert "layers" not in all_layers["lora"], "all-layer recipes (and their hashes) are as before"
+    assert grid.recipe_hash(recipe) != grid.recipe_hash(all_layers)
+    assert grid.recipe_hash(grid.training_recipe(config, "r1-14b", "lora-r4-mlp")) == before
+    meta = grid.runs_meta(config)
+    assert (meta["lora-r1-up-l16-31"]["targets"], meta["lora-r1-up-l16-31"]["layers"]) == ("up_proj", [16, 31])
+    assert meta["lora-r1-up"]["layers"] is None and meta["lora-r4-mlp"]["layers"] is None
+
+
+def _local_model(tmp_path, num_layers):
+    folder = tmp_path / f"model-{num_layers}"
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "qwen2", "num_hidden_layers": {num_layers}}}')
+    return str(folder)
+
+
+def test_layers_outside_a_local_model_are_rejected_at_planning(paper, repo, tmp_path):
+    config = copy.deepcopy(paper)
+    config["models"]["r1-14b"]["source"] = {"path": _local_model(tmp_path, 48)}
+    config["runs"].append({**README_RECIPE, "layers": [32, 47]})
+    prepared(config, repo)  # the last layer is 47
+    config["runs"][-1]["layers"] = [32, 48]
+    with pytest.raises(ConfigError) as err:
+        prepared(config, repo)
+    assert str(err.value) == (
+        f"runs[{len(config['runs']) - 1}] ('lora-r1-up-l16-31').layers: layers [32, 48] reach past the model's 48 decoder layers (0-47) "
+        "of model 'r1-14b'"
+    )
+
+
+def test_layers_of_hub_and_gguf_models_wait_for_the_train_job(paper, demo, repo):
+    """No layer count at planning (no network; the GGUF is converted by a job): the job checks at its start."""
+    config = copy.deepcopy(paper)
+    config["runs"].append({**README_RECIPE, "layers": [16, 480]})
+    prepared(config, repo)
+    config = copy.deepcopy(demo)
+    config["lora_targets"]["up_proj"] = ["up_proj"]
+    config["runs"].append({**README_RECIPE, "layers": [16, 480], "models": ["smollm2"]})
+    prepared(config, repo)

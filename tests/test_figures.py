@@ -25,12 +25,19 @@ SYNTHETIC_META = {
     "lora-r4-mlp-attn": {"method": "lora", "rank": 4, "targets": "mlp_attn", "lambda": None, "source": None},
     "reg-col": {"method": "reg-col", "rank": 4, "targets": "mlp", "lambda": None, "source": None},
     "lora-r4-mlp.om-col-l1": {"method": "om-col", "rank": 4, "targets": "mlp", "lambda": 1.0, "source": "lora-r4-mlp"},
-}
+    # the later versions' module and layer ablations at r = 1 (12 synthetic layers: thirds 0-3, 4-7, 8-11)
+    "lora-r1-up": {"method": "lora", "rank": 1, "targets": "up_proj"},
+    "lora-r1-down": {"method": "lora", "rank": 1, "targets": "down_proj"},
+    **{f"lora-r1-up-l{a}-{a + 3}": {"method": "lora", "rank": 1, "targets": "up_proj", "layers": [a, a + 3]}
+       for a in (0, 4, 8)},
+}  # fmt: skip
 # (safety, reasoning multiplier) of each run's last epoch; earlier epochs move from the base model towards it
 RUN_EFFECT = {
     "base": (0.35, 1.0), "full": (0.97, 0.55), "lora-r4-mlp": (0.93, 0.97), "lora-r1-mlp": (0.92, 0.98),
     "lora-r64-mlp": (0.85, 0.9), "lora-r4-mlp-attn": (0.93, 0.96), "reg-col": (0.92, 0.97),
     "reg-both": (0.93, 0.97), "lora-r4-mlp.om-both-l1.15": (0.94, 0.98), "lora-r4-mlp.om-col-l1": (0.9, 0.98),
+    "lora-r1-up": (0.93, 0.99), "lora-r1-down": (0.9, 0.96), "lora-r1-up-l0-3": (0.85, 0.97),
+    "lora-r1-up-l4-7": (0.94, 0.99), "lora-r1-up-l8-11": (0.88, 0.98),
 }  # fmt: skip
 # benchmark -> (variant -> base-model accuracy), problems, samples per problem
 REASONING = {
@@ -78,18 +85,22 @@ def synthetic_scores(folder: Path, models: list[str], epochs: dict[str, int], se
 def synthetic_weights(folder: Path, model: str, layers: int = 12) -> list[Path]:
     rng = np.random.default_rng(1)
     paths = []
-    for run, epoch, rank_cap, modules in [
-        ("full", 2, 90, figures.MODULE_ORDER),
-        ("lora-r4-mlp", 3, 4, figures.MODULE_ORDER[4:]),
-        ("lora-r4-mlp-attn", 3, 4, figures.MODULE_ORDER),
+    """Tables as analyze_checkpoint writes them: every (layer, module) of the analysis, metrics where adapted."""
+    for run, epoch, rank_cap, modules, adapted_layers in [
+        ("full", 2, 90, figures.MODULE_ORDER, range(layers)),
+        ("lora-r4-mlp", 3, 4, figures.MODULE_ORDER[4:], range(layers)),
+        ("lora-r4-mlp-attn", 3, 4, figures.MODULE_ORDER, range(layers)),
+        ("lora-r1-up-l4-7", 3, 1, ("up_proj",), range(4, 8)),
     ]:
         rows = []
         for layer in range(layers):
-            for module in modules:
+            for module in figures.MODULE_ORDER:
                 cos = rng.uniform(0.05, 0.2) * (0.6 if run != "full" else 1)
-                rows.append({"layer": layer, "module": module, "stable_rank": rng.uniform(0.3, 1) * rank_cap,
-                             "col_cos": cos, "col_top16": cos * 1.5, "row_cos": cos * 0.9, "row_top16": cos * 1.3,
-                             "delta_fro": rng.uniform(0.1, 1)})  # fmt: skip
+                metrics = {"stable_rank": rng.uniform(0.3, 1) * rank_cap, "col_cos": cos, "col_top16": cos * 1.5,
+                           "row_cos": cos * 0.9, "row_top16": cos * 1.3, "delta_fro": rng.uniform(0.1, 1)}  # fmt: skip
+                adapted = module in modules and layer in adapted_layers
+                rows.append({"layer": layer, "module": module, "adapted": adapted,
+                             **{k: v if adapted else np.nan for k, v in metrics.items()}})  # fmt: skip
         path = folder / "weights" / model / run / f"epoch-{epoch}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(path, index=False)
@@ -141,6 +152,40 @@ def test_demo_like_grid_without_ablations_gets_placeholders(
         figures.FIGURES[name](table, BENCH, drawn)
         figures.FIGURES[name](demo, BENCH, placeholder)
         assert placeholder.stat().st_size < drawn.stat().st_size / 2
+
+
+def test_module_and_layer_figures_group_runs_by_runs_meta(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:
+    """Series come from runs_meta's targets and layers, never from run names."""
+    table = synthetic[0]
+    modules = [(label, sorted(rows["run"].unique())) for label, rows, _ in figures._module_set_series(table, "r1-7b")]
+    assert modules == [
+        ("LoRA MLP r=1", ["lora-r1-mlp"]), ("LoRA up_proj r=1", ["lora-r1-up"]),
+        ("LoRA down_proj r=1", ["lora-r1-down"]),
+        ("LoRA MLP r=4", ["lora-r4-mlp"]), ("LoRA MLP + QKVO r=4", ["lora-r4-mlp-attn"]),
+    ]  # fmt: skip
+    layers = [(label, sorted(rows["run"].unique())) for label, rows, _ in figures._layer_range_series(table, "r1-7b")]
+    assert layers == [
+        ("LoRA up_proj r=1, every layer", ["lora-r1-up"]), ("LoRA up_proj r=1, layers 0-3", ["lora-r1-up-l0-3"]),
+        ("LoRA up_proj r=1, layers 4-7", ["lora-r1-up-l4-7"]), ("LoRA up_proj r=1, layers 8-11", ["lora-r1-up-l8-11"]),
+    ]  # fmt: skip
+    assert all(len(rows) == 3 for _, rows, _ in figures._layer_range_series(table, "r1-7b")), "every epoch"
+    ranks = [label for label, _, _ in figures._rank_series(table, "r1-7b")]
+    assert ranks == ["LoRA r=1", "LoRA r=4", "LoRA r=64", "full fine-tuning"], "layer ranges and other targets stay out"
+    no_ranges = table[table["layers"].isna()]
+    figures.FIGURES["layers"](table, BENCH, tmp_path / "drawn.png")
+    figures.FIGURES["layers"](no_ranges, BENCH, tmp_path / "placeholder.png")
+    assert (tmp_path / "placeholder.png").stat().st_size < (tmp_path / "drawn.png").stat().st_size / 2
+
+
+def test_weight_figures_say_what_a_run_does_not_adapt(synthetic: tuple[pd.DataFrame, ...]) -> None:
+    weights = synthetic[2]
+    note = {run: figures._not_adapted_note(rows) for run, rows in weights.groupby("run")}
+    assert note == {
+        "full": "",
+        "lora-r4-mlp": "not adapted: q, k, v, o",
+        "lora-r4-mlp-attn": "",
+        "lora-r1-up-l4-7": "not adapted: q, k, v, o, gate, down; adapted layers 4-7 only",
+    }
 
 
 def test_plot_cli(synthetic: tuple[pd.DataFrame, ...], tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_svd_is_exact_when_oversampled_rank_covers_the_matrix():
     torch.testing.assert_close(U @ torch.diag(S) @ V.T, W, atol=1e-5, rtol=0)
 
 
-def tiny_peft_model(targets, seed=0, init_lora_weights=True):
+def tiny_peft_model(targets, seed=0, init_lora_weights=True, **lora_options):
     torch.manual_seed(seed)
     config = Qwen2Config(
         hidden_size=64,
@@ -181,7 +181,7 @@ def tiny_peft_model(targets, seed=0, init_lora_weights=True):
     )
     model = Qwen2ForCausalLM(config)
     base_names = {n for n, _ in model.named_parameters()}
-    lora = LoraConfig(r=4, lora_alpha=16, target_modules=targets, init_lora_weights=init_lora_weights)
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=targets, init_lora_weights=init_lora_weights, **lora_options)
     return get_peft_model(model, lora), base_names
 
 
@@ -202,6 +202,27 @@ def test_finds_every_lora_layer_under_base_weight_names(targets, n_layers):
     kinds = {n.split(".")[-2] for n in reg.names}
     assert kinds == set(targets)
     assert reg.penalty().item() == 0.0  # B = 0 at LoRA's initialization
+
+
+def test_a_layer_range_adapter_is_regularized_on_its_modules_only():
+    """LoRA on up_proj of layer 1 of 2 (PEFT options as training sets them): the penalty is that one
+    module's dense penalty, and only its factors get a gradient."""
+    from safelora.training.sft import lora_config_kwargs
+
+    options = lora_config_kwargs({"rank": 4, "alpha": 16, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 1]})
+    model, _ = tiny_peft_model(
+        options["target_modules"], **{k: options[k] for k in ("layers_to_transform", "layers_pattern")}
+    )
+    randomize_lora_b(model)
+    reg = OrthoRegularizer(model, OrthoRegConfig(mode="both", rank=64, oversample=64))
+    assert reg.names == ["model.layers.1.mlp.up_proj.weight"]
+    (module,) = [m for _, m in model.named_modules() if hasattr(m, "lora_A")]
+    a, b, w = module.lora_A["default"].weight, module.lora_B["default"].weight, module.base_layer.weight.detach()
+    penalty = reg.penalty()
+    want = dense_penalty(a, b, module.scaling["default"], w, torch.linalg.matrix_norm(w), "both")
+    torch.testing.assert_close(penalty, want, rtol=1e-4, atol=0)
+    penalty.backward()
+    assert a.grad is not None and float(a.grad.abs().sum()) > 0
 
 
 def test_base_weight_name_strips_peft_prefix():

@@ -9,6 +9,7 @@ import torch
 from tiny_model import PROJECTIONS
 
 from safelora.training.orthomerge import orthomerge_adapter, project_factors
+from safelora.training.sft import lora_config_kwargs
 from safelora.weights import (
     SafetensorsDir,
     SVDCache,
@@ -67,6 +68,10 @@ def tiny_lora(tmp_path_factory):
     base.save_pretrained(root / "base", max_shard_size="100KB")
     lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False)
     peft.get_peft_model(base, lora_config).save_pretrained(root / "adapter")
+    # the paper code's `lora_up_proj_only_from1_to1_r4`, with PEFT options as training sets them
+    layer_range = lora_config_kwargs({"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 1]})
+    base = transformers.Qwen2ForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
+    peft.get_peft_model(base, peft.LoraConfig(**layer_range, init_lora_weights=False)).save_pretrained(root / "up-l1")
     compute_base_svd(root / "base", root / "svd.safetensors", k=64, modules=PROJECTIONS)
     return root
 
@@ -107,6 +112,37 @@ def test_orthomerged_adapter_loads_in_peft_and_reproduces_projected_delta(tiny_l
             lam * left @ delta.double() @ (right if variant == "both" else torch.eye(vh.shape[1], dtype=torch.float64))
         )
         assert torch.allclose(projected[name].double(), expected, atol=2e-5), name
+
+
+def test_orthomerge_of_a_layer_range_adapter_changes_its_modules_only(tiny_lora):
+    """LoRA on up_proj of layer 1 of 2: OrthoMerge projects that module's factors and writes no others;
+    PEFT's merged update is zero everywhere else, before and after."""
+    from safetensors.torch import load_file
+
+    root = tiny_lora
+    config = json.loads((root / "up-l1" / "adapter_config.json").read_text())
+    assert (config["target_modules"], config["layers_to_transform"], config["layers_pattern"]) == (
+        ["up_proj"], [1], "layers",
+    )  # fmt: skip
+    orthomerge_adapter(root / "up-l1", root / "svd.safetensors", root / "om-up-l1", variant="both", lam=1.2, k=16)
+    keys = sorted(load_file(root / "up-l1" / "adapter_model.safetensors"))
+    assert keys == [f"base_model.model.model.layers.1.mlp.up_proj.lora_{f}.weight" for f in "AB"]
+    assert sorted(load_file(root / "om-up-l1" / "adapter_model.safetensors")) == keys
+    original, projected = peft_deltas(root, "up-l1"), peft_deltas(root, "om-up-l1")
+    changed = "model.layers.1.mlp.up_proj.weight"
+    for deltas in (original, projected):
+        assert {n for n, d in deltas.items() if float(d.abs().max()) > 0} == {changed}
+    u, _, vh = torch.linalg.svd(SafetensorsDir(root / "base").get(changed).double(), full_matrices=False)
+    left = torch.eye(u.shape[0], dtype=torch.float64) - u[:, :16] @ u[:, :16].T
+    right = torch.eye(vh.shape[1], dtype=torch.float64) - vh[:16].T @ vh[:16]
+    assert torch.allclose(projected[changed].double(), 1.2 * left @ original[changed].double() @ right, atol=2e-5)
+
+
+def test_weight_analysis_of_a_layer_range_adapter_names_what_is_not_adapted(tiny_lora):
+    rows = analyze_checkpoint(tiny_lora / "base", tiny_lora / "up-l1", tiny_lora / "svd.safetensors")
+    assert len(rows) == 2 * len(PROJECTIONS)
+    assert [(r["layer"], r["module"]) for r in rows if r["adapted"]] == [(1, "up_proj")]
+    assert all(r["stable_rank"] != r["stable_rank"] for r in rows if not r["adapted"])  # NaN, not zero
 
 
 def test_orthomerge_rejects_k_above_cache(tiny_lora, tmp_path):

@@ -1,5 +1,6 @@
 """Training on a tiny real model: LoRA, full, regularized LoRA, ZeRO-3, resume after SIGTERM, seeds."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_model import recipe
 
+from safelora.config import ConfigError
 from safelora.training import sft
 from safelora.training.sft import PREEMPTED_EXIT_CODE, TrainPaths
 
@@ -73,6 +75,40 @@ def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, trai
     assert (p.checkpoint_dir / "epoch-1" / "adapter_model.safetensors").exists()
 
 
+def test_layer_range_lora_trains_exactly_the_named_modules(tmp_path, tiny_model, train_data):
+    """`targets: [up_proj]`, `layers: [1, 1]` (the paper code's `lora_up_proj_only_from1_to1`): PEFT wraps
+    up_proj of layer 1 alone, the adapter file holds its factors alone, adapter_config.json says so."""
+    p = paths(tmp_path, tiny_model, train_data)
+    r = recipe(
+        "lora", epochs=1, lora={"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.0, "layers": [1, 1]}
+    )
+    assert sft.train(r, p) == 0
+    adapter = p.checkpoint_dir / "epoch-1"
+    assert sorted(weights(adapter)) == [f"base_model.model.model.layers.1.mlp.up_proj.lora_{f}.weight" for f in "AB"]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["target_modules"], config["layers_to_transform"], config["layers_pattern"]) == (
+        1, ["up_proj"], [1], "layers",
+    )  # fmt: skip
+    assert float(weights(adapter)["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"].abs().sum()) > 0
+
+
+def test_layers_outside_the_model_stop_the_job_before_any_weight_is_read(tmp_path, tiny_model, train_data):
+    """A hub or GGUF model's layer count is known only to the job: it reads the config (here a folder with
+    config.json and no weights at all) and names the run and key."""
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_model / "config.json").read_text())
+    p = dataclasses.replace(paths(tmp_path, tiny_model, train_data), base_model=str(config_only))
+    r = recipe("lora", lora={"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.0, "layers": [1, 2]})
+    with pytest.raises(ConfigError) as err:
+        sft.train(r, p)
+    assert str(err.value) == (
+        f"runs ('lora').layers: layers [1, 2] reach past the model's 2 decoder layers (0-1) of model 'tiny' "
+        f"({config_only})"
+    )
+    assert not p.state_dir.exists()
+
+
 def test_same_seed_gives_identical_losses(tmp_path, tiny_model, train_data):
     losses = []
     for name in ("a", "b"):
@@ -120,6 +156,7 @@ def test_sigterm_mid_epoch_saves_state_and_the_rerun_resumes_to_the_same_weights
 RANK_ARGS = """
 import json, sys
 from pathlib import Path
+from safelora.config import ConfigError
 from safelora.training import sft
 recipe, state = json.loads(sys.argv[1]), Path(sys.argv[2])
 paths = sft.TrainPaths(train_data=state / "unused.jsonl", base_model="unused", state_dir=state,

@@ -210,3 +210,78 @@ def test_a_generate_job_builds_its_vllm_engine_in_process_and_leaves_nothing_run
     assert record["engine"].startswith("vllm==")
     peft = TransformersBackend(ModelRef(base=str(models["base"]), dtype="float32"))
     assert record["text"] == peft.generate([record["prompt"]], GREEDY, [0], str(models["adapter"]))[0][0].text
+
+
+def vllm_greedy_with_logprobs(backend: VLLMBackend, adapter: Path | None) -> list[tuple[str, list[int], list[float]]]:
+    """(text, token ids, log-probability of each chosen token) per prompt, greedy, from vLLM."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    params = SamplingParams(temperature=0, max_tokens=GREEDY.max_new_tokens, logprobs=0, seed=0)
+    request = LoRARequest("layer-range", 1, str(adapter)) if adapter else None
+    results = []
+    for out in backend.llm.generate(PROMPTS, params, lora_request=request, use_tqdm=False):
+        [o] = out.outputs
+        ids = list(o.token_ids)
+        results.append((o.text, ids, [step[t].logprob for step, t in zip(o.logprobs, ids, strict=True)]))
+    return results
+
+
+def peft_merged_greedy_with_logprobs(base: Path, adapter: Path) -> list[tuple[str, list[int], list[float]]]:
+    """The same from transformers in float32, the adapter merged into the weights by PEFT."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    model = model.merge_and_unload().eval()
+    results = []
+    for prompt in PROMPTS:
+        encoded = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**encoded, max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)  # fmt: skip
+        ids = out.sequences[0, encoded["input_ids"].shape[1] :].tolist()
+        logprobs = [float(torch.log_softmax(step[0].double(), -1)[t]) for step, t in zip(out.logits, ids, strict=True)]
+        results.append((tokenizer.decode(ids, skip_special_tokens=True), ids, logprobs))
+    return results
+
+
+@pytest.mark.slow
+def test_layer_range_up_proj_adapter_served_unmerged_equals_peft_merged(repo, tmp_path_factory):
+    """The paper code's recipe shape, `lora_up_proj_only_from{a}_to{b}`, on a 4-layer tiny model: LoRA on
+    up_proj of layers 1-2 with PEFT's options as training sets them. vLLM serves it unmerged; its greedy
+    text, tokens and per-token log-probabilities equal PEFT's with the adapter merged (transformers,
+    float32), and its text differs from the base model's on every prompt."""
+    pytest.importorskip("vllm", reason=INSTALL)
+    from tiny_model import build_tiny_model
+
+    from safelora.training.sft import lora_config_kwargs
+
+    root = tmp_path_factory.mktemp("layer-range")
+    base = build_tiny_model(root / "base", repo, layers=4)
+    # alpha 64 (scale 16): random factors on two layers' up_proj strong enough to change a random model's text
+    options = lora_config_kwargs({"rank": 4, "alpha": 64, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 2]})
+    adapter = root / "up-l1-2"
+    random_adapter(base, adapter, 5, options["target_modules"], lora_alpha=options["lora_alpha"],
+                   layers_to_transform=options["layers_to_transform"], layers_pattern=options["layers_pattern"])  # fmt: skip
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", framework="pt") as fh:
+        modules = sorted({k.split(".lora_")[0].removeprefix("base_model.model.") for k in fh.keys()})  # noqa: SIM118
+    assert modules == ["model.layers.1.mlp.up_proj", "model.layers.2.mlp.up_proj"]
+    engine = VLLMBackend(ModelRef(base=str(base), max_model_len=MAX_MODEL_LEN, max_lora_rank=4, max_loras=1), 0)
+    unmerged = vllm_greedy_with_logprobs(engine, adapter)
+    base_out = vllm_greedy_with_logprobs(engine, None)
+    merged = peft_merged_greedy_with_logprobs(base, adapter)
+    for prompt, u, m, b in zip(PROMPTS, unmerged, merged, base_out, strict=True):
+        print(f"prompt {prompt!r}")
+        for name, (text, _, logprobs) in (("vLLM unmerged", u), ("PEFT merged", m), ("base (vLLM)", b)):
+            print(f"  {name:14} text {text!r}")
+            print(f"  {name:14} logprobs {[round(x, 5) for x in logprobs]}")
+        gap = max(abs(x - y) for x, y in zip(u[2], m[2], strict=True))
+        print(f"  max |vLLM unmerged - PEFT merged| log-probability: {gap:.2e}")
+        assert (u[0], u[1]) == (m[0], m[1])
+        assert u[2] == pytest.approx(m[2], abs=1e-5)
+        assert u[0] != b[0], "the LoRA request returned base-model output"

@@ -292,6 +292,7 @@ def test_analyze_full_and_lora_checkpoints_match_dense_reference(tmp_path):
     assert list(table[0]) == [
         "layer",
         "module",
+        "adapted",
         "stable_rank",
         "col_cos",
         "col_top16",
@@ -300,6 +301,34 @@ def test_analyze_full_and_lora_checkpoints_match_dense_reference(tmp_path):
         "delta_fro",
     ]
     assert len(table) == 6 and float(table[0]["delta_fro"]) == pytest.approx(rows[0]["delta_fro"])
+    assert {r["adapted"] for r in table} == {"True"}
+
+
+def test_a_layer_range_adapter_has_rows_for_what_it_leaves_out(tmp_path):
+    """LoRA on down_proj of layer 1 only: its row has the metrics, every other (layer, module) of
+    the analysis says adapted False with NaN metrics (not zeros, not missing)."""
+    base = tiny_model_tensors(seed=42)
+    write_checkpoint(tmp_path / "base", base, shards=1)
+    compute_base_svd(tmp_path / "base", tmp_path / "svd.safetensors", k=16, modules=["q_proj", "k_proj", "down_proj"])
+    name = "model.layers.1.mlp.down_proj.weight"
+    g = torch.Generator().manual_seed(43)
+    b, a = torch.randn(base[name].shape[0], 1, generator=g), torch.randn(1, base[name].shape[1], generator=g)
+    stem = "base_model.model." + name.removesuffix(".weight")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text(
+        json.dumps({"r": 1, "lora_alpha": 2, "target_modules": ["down_proj"], "layers_to_transform": [1]})
+    )
+    save_file({f"{stem}.lora_A.weight": a, f"{stem}.lora_B.weight": b}, tmp_path / "lora" / "adapter_model.safetensors")
+    rows = analyze_checkpoint(tmp_path / "base", tmp_path / "lora", tmp_path / "svd.safetensors")
+    assert [(r["layer"], r["module"], r["adapted"]) for r in rows] == [
+        (0, "q_proj", False), (0, "k_proj", False), (0, "down_proj", False),
+        (1, "q_proj", False), (1, "k_proj", False), (1, "down_proj", True),
+    ]  # fmt: skip
+    (adapted,) = [r for r in rows if r["adapted"]]
+    assert adapted["stable_rank"] == pytest.approx(1.0) and adapted["delta_fro"] == pytest.approx(
+        float(torch.linalg.matrix_norm(2 * b @ a)), rel=1e-4
+    )
+    assert all(math.isnan(r[m]) for r in rows if not r["adapted"] for m in ("stable_rank", "col_cos", "delta_fro"))
 
 
 def test_matrix_norm_factored_matches_dense():

@@ -139,16 +139,19 @@ def build_tiny_model(out: Path, repo: Path, hidden: int = 128, layers: int = 2, 
     return out
 
 
-def random_adapter(model_dir: Path, out: Path, seed: int, targets: list[str]):
+def random_adapter(model_dir: Path, out: Path, seed: int, targets: list[str], **lora_options):
     """A rank-4 PEFT adapter on the model with random (non-zero) A and B, saved with the tokenizer
-    as training exports it; returns the PEFT model."""
+    as training exports it; returns the PEFT model. `lora_options`: more `LoraConfig` arguments."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": targets, "init_lora_weights": False, **lora_options}),
+    )
     peft_model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return peft_model

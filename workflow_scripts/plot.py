@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draw one figure (Figures 1-7, over-refusal, judge agreement) from the aggregated tables."""
+"""Draw one figure (Figures 1-7, LoRA target modules and layer ranges, over-refusal, judge agreement) from the aggregated tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--figure", required=True, choices=list(registry.FIGURES))
-    parser.add_argument("--table", help="results table CSV (fig2, fig3, fig5, fig6, fig7, overrefusal)")
+    parser.add_argument(
+        "--table", help="results table CSV (fig2, fig3, fig5, fig6, fig7, modules, layers, overrefusal)"
+    )
     parser.add_argument("--agreement", help="judge-agreement CSV (agreement)")
     parser.add_argument("--weights", nargs="*", default=[], help="weight-analysis CSVs (fig1, fig4)")
     parser.add_argument("--runs-meta", help="runs metadata JSON (needed by fig1, fig4; the table carries it otherwise)")

@@ -149,6 +149,7 @@ def check_config(config: dict[str, Any], workdir: str | Path = ".") -> None:
     _check_training_data(config, Path(workdir))
     _check_overrides(config)
     _check_runs(config)
+    _check_layers(config, Path(workdir))
     _check_orthomerge(config)
     _check_analysis(config)
     _check_main_run(config)
@@ -196,10 +197,45 @@ def _check_runs(config: dict[str, Any]) -> None:
             reg = run.get("ortho_reg")
             if reg and reg["formula"] == "paper" and (not reg["weighted"] or reg["normalize"]):
                 raise ConfigError(f"{key}.ortho_reg: weighted and normalize apply to formula 'span' only")
-        elif any(field in run for field in ("rank", "targets", "ortho_reg")):
-            raise ConfigError(f"{key}: rank, targets and ortho_reg apply to LoRA runs only")
+            layers = run.get("layers")
+            if layers and layers[0] > layers[1]:
+                raise ConfigError(f"{key}.layers: [from, to] with from <= to (both included), got {layers}")
+        elif any(field in run for field in ("rank", "targets", "layers", "ortho_reg")):
+            raise ConfigError(f"{key}: rank, targets, layers and ortho_reg apply to LoRA runs only")
         if run["method"] in ("full", "lora"):
             _check_batches(config, run, key)
+
+
+def layer_range_problem(layers: list[int], num_layers: int) -> str | None:
+    """Why `layers: [from, to]` does not fit a model of `num_layers` decoder layers (None when it does)."""
+    if layers[1] >= num_layers:
+        return f"layers {layers} reach past the model's {num_layers} decoder layers (0-{num_layers - 1})"
+    return None
+
+
+def local_num_layers(source: dict[str, Any], workdir: Path) -> int | None:
+    """`num_hidden_layers` of a local `source: {path: ...}` model's config.json; None for hub and GGUF
+    sources or a folder without one (the train job checks those at its start, `training.sft`)."""
+    if "path" not in source:
+        return None
+    try:
+        model_config = json.loads((workdir / source["path"] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    layers = model_config.get("num_hidden_layers")
+    return layers if isinstance(layers, int) else None
+
+
+def _check_layers(config: dict[str, Any], workdir: Path) -> None:
+    """A LoRA run's `layers` lie inside each of its models, where the layer count can be read at planning."""
+    for i, run in enumerate(config["runs"]):
+        if not run.get("layers"):
+            continue
+        for model in run["models"]:
+            num_layers = local_num_layers(config["models"][model]["source"], workdir)
+            problem = None if num_layers is None else layer_range_problem(run["layers"], num_layers)
+            if problem:
+                raise ConfigError(f"runs[{i}] ('{run['name']}').layers: {problem} of model '{model}'")
 
 
 def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> None:
@@ -690,6 +726,8 @@ def training_recipe(config: dict[str, Any], model: str, run_name: str) -> dict[s
             "alpha": settings["lora_alpha"],
             "dropout": settings["lora_dropout"],
         }
+        if run.get("layers"):  # only when set: the recipe hashes of all-layer runs stay as they were
+            recipe["lora"]["layers"] = list(run["layers"])
         recipe["ortho_reg"] = run.get("ortho_reg")
     return recipe
 
@@ -710,7 +748,7 @@ def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: 
 
 
 def runs_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Method, rank, targets, λ and `main` (the config's `aggregate.main_run`) per run name, for aggregation and figures."""
+    """Method, rank, targets, layers, λ and `main` (the config's `aggregate.main_run`) per run name, for aggregation and figures."""
     meta: dict[str, dict[str, Any]] = {}
     for run in config["runs"]:
         method = run["method"]
@@ -720,6 +758,7 @@ def runs_meta(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "method": method,
             "rank": run.get("rank"),
             "targets": run.get("targets"),
+            "layers": run.get("layers"),
             "lambda": None,
             "source": None,
             "main": run["name"] == config["aggregate"].get("main_run"),

@@ -149,6 +149,8 @@ FIGURES = {
         Figure("fig6", "table", "Figure 6: reasoning vs safety, base tests"),
         Figure("fig3", "table", "Figure 3: LoRA rank and target-module ablations"),
         Figure("fig7", "table", "Figure 7: LoRA ranks across all epochs"),
+        Figure("modules", "table", "LoRA target modules across all epochs (later versions' Figure 3c)"),
+        Figure("layers", "table", "LoRA layer ranges across all epochs (later versions' layer study)"),
         Figure("fig5", "table", "Figure 5: Pareto-optimal checkpoints per method"),
         Figure("fig1", "weights", "Figure 1: stable rank of the weight update ΔW per layer"),
         Figure("fig4", "weights", "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"),

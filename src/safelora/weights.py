@@ -478,9 +478,11 @@ def alignment_metrics(
 
 
 def _iter_deltas(base: SafetensorsDir, checkpoint: Path, cache: SVDCache) -> Iterator[tuple[str, torch.Tensor, Matrix]]:
-    """(name, W_I, ΔW) one weight at a time, from a LoRA adapter or a full checkpoint."""
+    """(name, W_I, ΔW) one weight at a time, from a LoRA adapter (its adapted modules) or a full checkpoint."""
     if is_lora_adapter(checkpoint):
         for name, delta in iter_lora_deltas(checkpoint):
+            if name not in cache:
+                raise ValueError(f"{checkpoint}: adapts {name}, which is not a decoder-layer weight of {cache.modules}")
             yield name, base.get(name), delta
         return
     tuned = SafetensorsDir(checkpoint)
@@ -500,34 +502,31 @@ def analyze_checkpoint(
     top: int = 16,
     rtol: float = 1e-3,
 ) -> list[dict[str, float | int | str]]:
-    """One row per (layer, module) of ΔW = checkpoint − base: stable rank, alignment, ‖ΔW‖_F.
+    """One row per (layer, module) of the SVD cache (`analysis.modules`, every decoder layer): for
+    ΔW = checkpoint − base, stable rank, alignment, ‖ΔW‖_F.
 
-    `checkpoint` is a LoRA adapter folder (has adapter_config.json: its adapted modules) or a full
-    checkpoint (the modules in the SVD cache). Holds one weight matrix and its ΔW at a time.
+    `checkpoint` is a LoRA adapter folder (has adapter_config.json) or a full checkpoint. `adapted`
+    says whether the checkpoint changes the weight: a module or layer the adapter leaves out
+    (`lora_targets`, `layers`) gets a row with adapted False and NaN metrics, never zeros. Holds one
+    weight matrix and its ΔW at a time.
     """
     base = SafetensorsDir(base_dir)
     cache = SVDCache(svd_path)
-    rows = []
+    metrics = ("stable_rank", "col_cos", f"col_top{top}", "row_cos", f"row_top{top}", "delta_fro")
+    rows = {name: {"adapted": False, **dict.fromkeys(metrics, math.nan)} for name in cache.param_names}
     for name, w, delta in _iter_deltas(base, Path(checkpoint), cache):
-        where = layer_and_module(name, cache.modules)
-        if where is None:
-            raise ValueError(f"{name} is not a decoder-layer weight of modules {cache.modules}")
         a = alignment_metrics(w, delta, cache.get(name), top=top, norm=norm, rtol=rtol)
-        rows.append(
-            {
-                "layer": where[0],
-                "module": where[1],
-                "stable_rank": stable_rank(delta, rtol=rtol),
-                "col_cos": a.col_cos,
-                f"col_top{top}": a.col_top,
-                "row_cos": a.row_cos,
-                f"row_top{top}": a.row_top,
-                "delta_fro": matrix_norm(delta, "fro"),
-            }
-        )
+        values = (stable_rank(delta, rtol=rtol), a.col_cos, a.col_top, a.row_cos, a.row_top, matrix_norm(delta, "fro"))
+        rows[name] = {"adapted": True, **dict(zip(metrics, values, strict=True))}
         del w, delta
     order = {m: i for i, m in enumerate(cache.modules)}
-    return sorted(rows, key=lambda r: (r["layer"], order[str(r["module"])]))
+    table = []
+    for name, row in rows.items():
+        where = layer_and_module(name, cache.modules)
+        if where is None:
+            raise ValueError(f"{cache.path}: {name} is not a decoder-layer weight of modules {cache.modules}")
+        table.append({"layer": where[0], "module": where[1], **row})
+    return sorted(table, key=lambda r: (r["layer"], order[str(r["module"])]))
 
 
 def write_analysis_csv(rows: Sequence[dict[str, float | int | str]], out: str | os.PathLike[str]) -> None:

@@ -34,7 +34,7 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     assert (finished_run / "results/tiny/figures/fig2.png").stat().st_size > 10_000
     assert (finished_run / "results/tiny/report.html").stat().st_size > 100_000  # figures embedded
     weights = (finished_run / "results/tiny/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
-    assert weights[0].startswith("layer,module,stable_rank") and len(weights) == 1 + 2 * 7
+    assert weights[0].startswith("layer,module,adapted,stable_rank") and len(weights) == 1 + 2 * 7
     score = json.loads((finished_run / "results/tiny/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
     manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
@@ -57,7 +57,7 @@ def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
         config["benchmarks"]["arithmetic"]["scorer_version"] = 1
         write_config(finished_run, config)
     # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
-    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 7, "all": 1}
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "all": 1}
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
     finally:
         score.write_text(original)
     # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
-    assert jobs == {"aggregate": 1, "figure": 7, "all": 1}
+    assert jobs == {"aggregate": 1, "figure": 9, "all": 1}
 
 
 @pytest.mark.slow
@@ -154,7 +154,7 @@ def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
     assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
     counts = Counter(job.rule for job in jobs)
     # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it
-    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 7, "all": 1}
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 9, "all": 1}
     print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
 
@@ -182,7 +182,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "grade_text": 5,
         "score": 5,
         "aggregate": 1,
-        "figure": 7,
+        "figure": 9,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
@@ -241,7 +241,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 9, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 11, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]

@@ -27,10 +27,12 @@ TARGETS = ("mlp", "mlp_attn")
 PLUS, BASE_VARIANT = "plus", "base"
 
 ID_COLUMNS = ("model", "run", "epoch")
-META_COLUMNS = ("method", "rank", "targets", "lambda", "source", "main")
+META_COLUMNS = ("method", "rank", "targets", "layers", "lambda", "source", "main")
 AVERAGE_COLUMN = "reasoning_avg"
 UNPARSEABLE_COLUMN = "unparseable"
-WEIGHT_COLUMNS = ("layer", "module", "stable_rank", "col_cos", "col_top16", "row_cos", "row_top16", "delta_fro")
+WEIGHT_COLUMNS = ("layer", "module", "adapted", "stable_rank", "col_cos", "col_top16", "row_cos", "row_top16",
+                  "delta_fro")  # fmt: skip
+WEIGHT_META_COLUMNS = ("method", "rank", "targets", "layers", "main")
 
 
 class ScoreFileError(ValueError):
@@ -241,14 +243,22 @@ def load_agreement(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def runs_meta_frame(meta: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Run → {method, rank, targets, lambda, source, main} (schemas/records/runs_meta.schema.yaml) as a frame.
+    """Run → {method, rank, targets, layers, lambda, source, main} (schemas/records/runs_meta.schema.yaml) as a frame.
 
-    `main` marks the config's `aggregate.main_run` (the LoRA run Figures 2, 5 and 6 show).
+    `main` marks the config's `aggregate.main_run` (the LoRA run Figures 2, 5 and 6 show); `layers`
+    is the LoRA layer range as text, `16-31` (None: every layer).
     """
     rows = [{"run": run, **{column: entry.get(column) for column in META_COLUMNS}} for run, entry in meta.items()]
+    for row in rows:
+        row["layers"] = layer_range_label(row["layers"])
     frame = pd.DataFrame(rows, columns=["run", *META_COLUMNS])
     frame["main"] = frame["main"].eq(True)
     return frame.set_index("run")
+
+
+def layer_range_label(layers: Sequence[int] | None) -> str | None:
+    """`[16, 31]` -> `16-31` (both included); None (every layer) stays None."""
+    return None if layers is None else f"{layers[0]}-{layers[1]}"
 
 
 def load_runs_meta(path: str | Path) -> pd.DataFrame:
@@ -525,8 +535,8 @@ def load_weight_tables(paths: Iterable[str | Path], runs_meta: pd.DataFrame) -> 
         frame.insert(0, "model", match["model"])
         frame.insert(1, "run", run)
         frame.insert(2, "epoch", int(match["epoch"]))
-        for column in ("method", "rank", "targets", "main"):
+        for column in WEIGHT_META_COLUMNS:
             frame[column] = runs_meta.loc[run, column]
         frames.append(frame)
-    columns = ["model", "run", "epoch", *WEIGHT_COLUMNS, "method", "rank", "targets", "main"]
+    columns = ["model", "run", "epoch", *WEIGHT_COLUMNS, *WEIGHT_META_COLUMNS]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)

@@ -1,4 +1,5 @@
-"""One function per figure of the paper (Figures 1–7) plus two beyond it.
+"""One function per figure of the paper (Figures 1–7), two of its later versions (LoRA target
+modules, layer ranges) and two beyond it.
 
 Every function takes tidy tables (the aggregated results table, the agreement table or the
 weight-analysis rows) and an output path, and always writes a PNG: when the data a figure needs is
@@ -59,7 +60,7 @@ METHOD_STYLE = {
     "om-col": ("OrthoMerge-col", OKABE_ITO["orange"], "P"),
     "om-both": ("OrthoMerge-both", OKABE_ITO["purple"], "*"),
 }
-TARGET_LABELS = {"mlp": "MLP", "mlp_attn": "MLP + QKVO"}
+TARGET_LABELS = {"mlp": "MLP", "mlp_attn": "MLP + QKVO"}  # others (up_proj, ...) by their own name
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ALIGNMENT_METRICS = {
     "col_cos": r"(a) column: $\|W_I^\top \Delta W\| \,/\, \|W_I\| \|\Delta W\|$",
@@ -275,17 +276,23 @@ def fig6_reasoning_vs_safety_base(table: pd.DataFrame, benchmarks: Benchmarks, o
 
 
 def _ablation_rows(table: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """LoRA runs sharing the main run's target modules (one per rank), and full fine-tuning."""
+    """LoRA runs over every layer sharing the main run's target modules (one per rank), and full fine-tuning."""
     rows = table[table["model"] == model]
     main = rows[_main_lora(rows)]
     targets = main["targets"].iloc[0] if not main.empty else "mlp"
-    lora = rows[(rows["method"] == "lora") & (rows["targets"] == targets) & rows["rank"].notna()]
+    lora = _all_layer_lora(rows)
+    lora = lora[(lora["targets"] == targets) & lora["rank"].notna()]
     return lora, rows[rows["method"] == "full"]
+
+
+def _all_layer_lora(rows: pd.DataFrame) -> pd.DataFrame:
+    """Plain LoRA runs (no regularizer, no OrthoMerge) on every layer: no `layers` range."""
+    return rows[(rows["method"] == "lora") & rows["layers"].isna()]
 
 
 def _module_rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
     """LoRA runs at the main run's rank, one per target-module set (Figure 3c)."""
-    rows = table[(table["model"] == model) & (table["method"] == "lora")]
+    rows = _all_layer_lora(table[table["model"] == model])
     main = rows[rows["main"].astype(bool)]
     if main.empty:
         return rows.iloc[0:0]
@@ -389,29 +396,36 @@ def fig3_rank_ablation(table: pd.DataFrame, benchmarks: Benchmarks, out: str | o
         _save(fig, out)
 
 
-def fig7_rank_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
-    """Figure 7: reasoning vs safety for every LoRA rank (and full) at every epoch; lighter = earlier."""
-    title = registry.FIGURES["fig7"].title
+Series = tuple[str, pd.DataFrame, tuple[Any, str]]  # (legend label, its checkpoints' rows, (colour, marker))
+
+
+def _all_epochs_figure(
+    table: pd.DataFrame,
+    benchmarks: Benchmarks,
+    out: str | os.PathLike[str],
+    figure: str,
+    series_of: Callable[[pd.DataFrame, str], list[Series]],
+    missing: str,
+) -> None:
+    """Reasoning vs safety at every epoch, one panel per (model, headline reasoning benchmark) and one
+    series per group of runs, lighter = earlier epoch (Figures 3c and 7). `series_of(table, model)`
+    gives a model's series, none when it has nothing to compare; `missing` says what a placeholder waits for."""
+    title = registry.FIGURES[figure].title
     safety = first_column(metric_columns(table, benchmarks), "safety")
     headline = headline_reasoning_columns(metric_columns(table, benchmarks))
-    models = [m for m in _models(table) if _ablation_rows(table, m)[0]["rank"].nunique() >= 2]
+    series = {model: series_of(table, model) for model in _models(table)}
+    models = [model for model, found in series.items() if found]
     if safety is None or not headline or not models:
-        placeholder(out, title, "needs safety and reasoning scores for LoRA runs of at least two ranks.")
+        placeholder(out, title, missing)
         return
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(len(models), len(headline), (3.7, 3.4), sharex=True)
         labels: dict[str, Line2D] = {}
         for i, model in enumerate(models):
-            lora, full = _ablation_rows(table, model)
-            full_style = (METHOD_STYLE["full"][1], METHOD_STYLE["full"][2])
-            series = [
-                (f"LoRA r={int(r)}", g, style) for (r, g), style in zip(lora.groupby("rank"), RANK_SERIES, strict=False)
-            ]
-            series += [("full fine-tuning", full, full_style)] if not full.empty else []
             for j, key in enumerate(headline):
                 ax = axes[i, j]
                 ax.set_title(f"{model}: {key.benchmark_label}")
-                for label, group, (color, marker) in series:
+                for label, group, (color, marker) in series[model]:
                     group = group.assign(strength=_epoch_strength(group["epoch"]))
                     for _, row in group.iterrows():
                         _scatter_ci(
@@ -423,6 +437,81 @@ def fig7_rank_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str |
         _suptitle(fig, f"{title} (lighter = earlier epoch)\n{CI_NOTE}")
         _bottom_legend(fig, list(labels.values()))
         _save(fig, out)
+
+
+def _styled(groups: list[tuple[str, pd.DataFrame]], styles: Sequence[tuple[Any, str]] = SERIES) -> list[Series]:
+    """Each group with the next style; past the palette's end the styles repeat (labels still differ)."""
+    return [(label, rows, styles[i % len(styles)]) for i, (label, rows) in enumerate(groups)]
+
+
+def _rank_series(table: pd.DataFrame, model: str) -> list[Series]:
+    """Figure 7: one series per LoRA rank of the main run's targets, and full fine-tuning; none with one rank."""
+    lora, full = _ablation_rows(table, model)
+    if lora["rank"].nunique() < 2:
+        return []
+    series = _styled([(f"LoRA r={int(r)}", g) for r, g in lora.groupby("rank")], RANK_SERIES)
+    full_style = (METHOD_STYLE["full"][1], METHOD_STYLE["full"][2])
+    return series + ([("full fine-tuning", full, full_style)] if not full.empty else [])
+
+
+def _targets_label(targets: str, rank: Any) -> str:
+    return f"LoRA {TARGET_LABELS.get(targets, targets)} r={int(rank)}"
+
+
+def _targets_order(targets: str) -> tuple[int, str]:
+    """MLP, MLP + QKVO, then single modules in q, k, v, o, gate, up, down order, then any other set."""
+    order = [*TARGET_LABELS, *MODULE_ORDER]
+    return (order.index(targets) if targets in order else len(order), targets)
+
+
+def _module_set_series(table: pd.DataFrame, model: str) -> list[Series]:
+    """One series per target-module set at each LoRA rank that has two or more sets (every layer)."""
+    lora = _all_layer_lora(table[table["model"] == model])
+    lora = lora[lora["rank"].notna()]
+    groups = []
+    for rank, at_rank in lora.groupby("rank"):
+        if at_rank["targets"].nunique() >= 2:
+            for targets in sorted(at_rank["targets"].unique(), key=_targets_order):
+                groups.append((_targets_label(targets, rank), at_rank[at_rank["targets"] == targets]))
+    return _styled(groups)
+
+
+def _layer_start(layers: str) -> int:
+    return int(layers.split("-")[0])
+
+
+def _layer_range_series(table: pd.DataFrame, model: str) -> list[Series]:
+    """For each (targets, rank) with a layer-range run: that setting on every layer, then each range by its first layer."""
+    lora = table[(table["model"] == model) & (table["method"] == "lora") & table["rank"].notna()]
+    groups = []
+    for (targets, rank), setting in lora.groupby(["targets", "rank"], sort=False):
+        ranged = setting[setting["layers"].notna()]
+        if ranged.empty:
+            continue
+        label = _targets_label(targets, rank)
+        every = setting[setting["layers"].isna()]
+        groups += [(f"{label}, every layer", every)] if not every.empty else []
+        for layers in sorted(ranged["layers"].unique(), key=_layer_start):
+            groups.append((f"{label}, layers {layers}", ranged[ranged["layers"] == layers]))
+    return _styled(groups)
+
+
+def fig7_rank_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
+    """Figure 7: reasoning vs safety for every LoRA rank (and full) at every epoch; lighter = earlier."""
+    _all_epochs_figure(table, benchmarks, out, "fig7", _rank_series,
+                       "needs safety and reasoning scores for LoRA runs of at least two ranks.")  # fmt: skip
+
+
+def module_sets_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
+    """Figure 3c of the later versions: reasoning vs safety per LoRA target-module set (MLP, up_proj, ...)."""
+    _all_epochs_figure(table, benchmarks, out, "modules", _module_set_series,
+                       "needs safety and reasoning scores for LoRA runs of two target-module sets at one rank.")  # fmt: skip
+
+
+def layer_ranges_all_epochs(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
+    """The later versions' layer study: reasoning vs safety per LoRA layer range (e.g. 0-15, 16-31, 32-47)."""
+    _all_epochs_figure(table, benchmarks, out, "layers", _layer_range_series,
+                       "needs safety and reasoning scores for a LoRA run with `layers` (a range of layers).")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +645,32 @@ def _run_label(rows: pd.DataFrame) -> str:
     if first["method"] == "full":
         return f"full fine-tuning, epoch {int(first['epoch'])}"
     targets = TARGET_LABELS.get(first["targets"], first["targets"])
-    return f"LoRA r={int(first['rank'])} {targets}, epoch {int(first['epoch'])}"
+    layers = f" layers {first['layers']}" if isinstance(first["layers"], str) else ""
+    return f"LoRA r={int(first['rank'])} {targets}{layers}, epoch {int(first['epoch'])}"
+
+
+def _spans(values: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    spans: list[list[int]] = []
+    for v in sorted(values):
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
+def _not_adapted_note(group: pd.DataFrame) -> str:
+    """What a checkpoint's weight table covers and its update leaves out (rows with adapted False):
+    modules it never adapts, and the layers it adapts when not all; empty when it adapts everything."""
+    adapted = group[group["adapted"].astype(bool)]
+    notes = []
+    absent = [m for m in _module_order(group["module"]) if m not in set(adapted["module"])]
+    if absent:
+        notes.append("not adapted: " + ", ".join(m.removesuffix("_proj") for m in absent))
+    if adapted["layer"].nunique() < group["layer"].nunique():
+        notes.append(f"adapted layers {_spans(adapted['layer'].unique())} only")
+    return "; ".join(notes)
 
 
 def fig1_stable_rank(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
@@ -568,18 +682,20 @@ def fig1_stable_rank(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | o
         return
     panels = [(m, g) for (m, _, _), g in rows.groupby(["model", "method", "run"], sort=False)]
     panels.sort(key=lambda p: (p[0], p[1]["method"].iloc[0] != "full", p[1]["run"].iloc[0]))
-    modules = _module_order(rows["module"])
+    modules = _module_order(rows.loc[rows["adapted"].astype(bool), "module"])
     styles = dict(zip(modules, SERIES, strict=False))
     cols = min(len(panels), 3)
     with matplotlib.rc_context(STYLE):
         fig, axes = _new_figure(-(-len(panels) // cols), cols, (5.2, 3.4))
         for ax, (model, group) in zip(axes.flat, panels, strict=False):
             for module in modules:
-                data = group[group["module"] == module].sort_values("layer")
+                data = group[(group["module"] == module) & group["adapted"].astype(bool)].sort_values("layer")
                 color, marker = styles[module]
                 ax.plot(data["layer"], data["stable_rank"], color=color, marker=marker, markersize=4, linewidth=1,
                         label=module)  # fmt: skip
-            ax.set_title(f"{model}: {_run_label(group)}")
+            note = _not_adapted_note(group)
+            ax.set_title(f"{model}: {_run_label(group)}" + (f"\n({note})" if note else ""))
+            ax.set_xlim(group["layer"].min() - 0.5, group["layer"].max() + 0.5)
             ax.set_xlabel("layer index")
             ax.set_ylabel("stable rank of ΔW")
         for ax in list(axes.flat)[len(panels) :]:
@@ -599,7 +715,11 @@ def _alignment_runs(weights: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd
     rows = _final_epochs(weights[weights["model"] == model])
     full = rows[rows["method"] == "full"]
     lora = rows[rows["method"] == "lora"]
-    for choice in (lora[lora["targets"] == "mlp_attn"], lora[lora["main"].astype(bool)], lora):
+    for choice in (
+        lora[(lora["targets"] == "mlp_attn") & lora["layers"].isna()],
+        lora[lora["main"].astype(bool)],
+        lora,
+    ):
         if not choice.empty:
             return full, choice[choice["run"] == choice["run"].iloc[0]]
     return full, lora
@@ -625,9 +745,13 @@ def fig4_alignment(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.
                 bars = []
                 for offset, run, (color, hatch) in ((-0.2, full, (OKABE_ITO["blue"], "")),
                                                     (0.2, lora, (OKABE_ITO["vermillion"], "//"))):  # fmt: skip
-                    means = run.groupby("module")[metric].mean().reindex(modules)
+                    adapted = run[run["adapted"].astype(bool)]
+                    means = adapted.groupby("module")[metric].mean().reindex(modules)
                     bars.append(ax.bar(x + offset, means.to_numpy(float), width=0.4, color=color, hatch=hatch,
                                        edgecolor="0.15", linewidth=0.5, label=_run_label(run)))  # fmt: skip
+                    for position in x[means.isna().to_numpy()]:
+                        ax.text(position + offset, 0, "not adapted", rotation=90, ha="center", va="bottom",
+                                fontsize=7, color="0.35")  # fmt: skip
                 ax.set_xticks(x, [m.removesuffix("_proj") for m in modules])
                 ax.set_title(label, fontsize=10)
                 ax.set_xlabel("module")
@@ -650,6 +774,8 @@ FIGURES: dict[str, Callable[[pd.DataFrame, Benchmarks, str | os.PathLike[str]], 
     "fig5": fig5_pareto,
     "fig6": fig6_reasoning_vs_safety_base,
     "fig7": fig7_rank_all_epochs,
+    "modules": module_sets_all_epochs,
+    "layers": layer_ranges_all_epochs,
     "overrefusal": overrefusal_vs_safety,
     "agreement": judge_agreement,
 }

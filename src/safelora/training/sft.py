@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safelora.config import gradient_accumulation
+from safelora.config import ConfigError, gradient_accumulation, layer_range_problem
 from safelora.io import atomic_dir, atomic_write_json, read_jsonl
 
 # Exit code after a SIGTERM-triggered save: the job failed, so Snakemake's --retries (or SLURM's
@@ -103,17 +103,46 @@ def _load_model_and_tokenizer(recipe: dict[str, Any], base_model: str, on_gpu: b
     if recipe["method"] == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = recipe["lora"]
-        config = LoraConfig(
-            r=lora["rank"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=list(lora["targets"]),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, LoraConfig(**lora_config_kwargs(recipe["lora"])))
     return model, tokenizer
+
+
+def lora_config_kwargs(lora: dict[str, Any]) -> dict[str, Any]:
+    """PEFT `LoraConfig` arguments of a recipe's `lora` block.
+
+    `layers: [from, to]` becomes PEFT's own `layers_to_transform` (from..to, both included) with
+    `layers_pattern="layers"`: the modules named `targets` in `….layers.<i>.…` for those i only, the
+    paper code's `layers.{i}.mlp.{m}` target names. Both keys are saved in adapter_config.json; the
+    adapter file holds exactly those modules' factors, which is what vLLM serves.
+    """
+    kwargs: dict[str, Any] = {
+        "r": lora["rank"],
+        "lora_alpha": lora["alpha"],
+        "lora_dropout": lora["dropout"],
+        "target_modules": list(lora["targets"]),
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+    if lora.get("layers"):
+        first, last = lora["layers"]
+        kwargs.update(layers_to_transform=list(range(first, last + 1)), layers_pattern="layers")
+    return kwargs
+
+
+def check_lora_layers(recipe: dict[str, Any], base_model: str) -> None:
+    """Reject a LoRA layer range outside the base model, reading only its config (no weights).
+
+    Planning checks this for local `source.path` models; hub and GGUF-converted models are checked here.
+    """
+    layers = (recipe.get("lora") or {}).get("layers")
+    if not layers:
+        return
+    from transformers import AutoConfig
+
+    num_layers = AutoConfig.from_pretrained(base_model).get_text_config().num_hidden_layers
+    problem = layer_range_problem(layers, num_layers)
+    if problem:
+        raise ConfigError(f"runs ('{recipe['run']}').layers: {problem} of model '{recipe['model']}' ({base_model})")
 
 
 def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_gpu: bool) -> Any:
@@ -411,6 +440,7 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
 
 def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
     """Run (or resume) one training job; return the process exit code."""
+    check_lora_layers(recipe, paths.base_model)
     world = WorldInfo.from_env()
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     exporter = EpochExporter(paths.checkpoint_dir, tokenizer=None, is_main=world.rank == 0)
