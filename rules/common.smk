@@ -389,6 +389,12 @@ def score_settings(wildcards):
     )
 
 
+@job_function
+def samples_per_item(wildcards):
+    """Samples generated per benchmark item, which the score job's verdict files must cover."""
+    return bench(wildcards)["sampling"]["n"]
+
+
 def score_file(c, benchmark):
     return f"{RESULTS}/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
 
