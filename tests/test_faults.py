@@ -749,3 +749,55 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
             "fault: manifest deleted too: training restarted from the first step and rebuilt epochs 1-2 (match the "
             "uninterrupted run)\nfault: epoch-2 not published before a kill: re-published from checkpoint-6, no retraining"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate jobs after a driver crash: one trainer per state folder.
+
+
+def test_a_second_trainer_on_a_state_folder_refuses_naming_the_first_and_a_third_takes_over_once_it_is_gone(
+    tmp_path, tiny_model, train_data, reference, capsys
+):
+    """The red team's case: an orphaned trainer (its driver killed) is writing checkpoint-3 when the
+    restarted workflow starts a second trainer on the same state folder. The second refuses and
+    leaves the folder alone; after `kill -9` of the orphan a third takes the lock over and finishes."""
+    import socket
+
+    run = Run(tmp_path, tiny_model, train_data)
+    folder = run.state / "checkpoint-3"
+    orphan = subprocess.Popen(
+        [sys.executable, *map(str, run.args)],
+        env={**ENV, "SLURM_JOB_ID": "4242"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while orphan.poll() is None and not (
+        (folder / "adapter_model.safetensors").exists() and not (folder / "trainer_state.json").exists()
+    ):
+        time.sleep(0.0005)
+    orphan.send_signal(signal.SIGSTOP)  # mid-save, as a slow orphan would be
+    try:
+        in_progress = sorted(p.name for p in folder.iterdir())
+        rc, log = run.train()
+        message = log.strip().splitlines()[-1]
+        assert rc != 0 and message.startswith(
+            f"safelora.locks.LockHeldError: {run.state} is being written by another train job: "
+            f"pid {orphan.pid} on host {socket.gethostname()}, SLURM job 4242, since "
+        ), log[-3000:]
+        assert f"end it: scancel 4242 (or kill {orphan.pid} on {socket.gethostname()}); then rerun" in message
+        assert sorted(p.name for p in folder.iterdir()) == in_progress  # the orphan's checkpoint untouched
+    finally:
+        orphan.send_signal(signal.SIGKILL)
+        orphan.wait()
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    assert f"taking over {run.state}.lock from pid {orphan.pid} on host {socket.gethostname()}, SLURM job 4242" in log
+    assert f"skipping incomplete checkpoint {folder}" in log
+    assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
+    with capsys.disabled():
+        print(
+            f"\nfault: second trainer beside an orphan writing checkpoint-3 ({in_progress}): refused: "
+            f"{message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}\n"
+            "fault: after kill -9 of the orphan a third trainer took the lock over, removed its incomplete "
+            "checkpoint-3 and finished; epochs 1-2 match the uninterrupted run"
+        )

@@ -11,6 +11,7 @@ atomically as `epoch-<e>/`; the manifest is written last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 from safelora.config import gradient_accumulation
 from safelora.io import atomic_dir, atomic_write_json, read_jsonl
+from safelora.locks import writer_lock
 
 # Exit code after a SIGTERM-triggered save: the job failed, so Snakemake's --retries (or SLURM's
 # requeue) reruns it, and the rerun resumes from the saved state.
@@ -411,6 +413,13 @@ def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
     """Run (or resume) one training job; return the process exit code."""
     world = WorldInfo.from_env()
     paths.state_dir.mkdir(parents=True, exist_ok=True)
+    # One trainer per state folder: a second one (an orphan of a killed driver beside its rerun)
+    # would remove the first's in-progress checkpoint as incomplete. Rank 0 holds it for the job.
+    with writer_lock(paths.state_dir, "train") if world.rank == 0 else contextlib.nullcontext():
+        return _train(recipe, paths, world)
+
+
+def _train(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo) -> int:
     exporter = EpochExporter(paths.checkpoint_dir, tokenizer=None, is_main=world.rank == 0)
     exporter.install_sigterm_handler()
     trainer = build_trainer(recipe, paths, world, exporter)
