@@ -801,3 +801,73 @@ def test_a_second_trainer_on_a_state_folder_refuses_naming_the_first_and_a_third
             "fault: after kill -9 of the orphan a third trainer took the lock over, removed its incomplete "
             "checkpoint-3 and finished; epochs 1-2 match the uninterrupted run"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints changed after training: the manifest records each file; planning compares sizes and
+# modification times, every job that loads a checkpoint compares sizes and sha256.
+
+
+def loaders(base, folder, out):
+    """The command line of every job that loads a LoRA checkpoint: generation, OrthoMerge, weight analysis."""
+    items = out / "items.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    sampling = json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0})
+    return {
+        "generate": ["generate.py", "--base", base, "--adapter", folder, "--items", items, "--backend",
+                     "transformers", "--batch-size", "4", "--sampling", sampling, "--model-settings", "{}",
+                     "--mem-mb", "0", "--engine-idle-s", "0", "--out", out / "gen.jsonl"],
+        "orthomerge": ["orthomerge.py", "--adapter", folder, "--svd", out / "svd.safetensors", "--variant", "both",
+                       "--lam", "1.0", "--k", "4", "--out", out / "om"],
+        "analyze_weights": ["analyze_weights.py", "--base", base, "--checkpoint", folder, "--svd",
+                            out / "svd.safetensors", "--norm", "fro", "--top", "4", "--out", out / "w.csv"],
+    }  # fmt: skip
+
+
+def test_a_checkpoint_changed_after_training_is_seen_at_planning_and_refused_where_loaded(
+    tmp_path, tiny_model, train_data, reference, capsys
+):
+    from safelora.training.published import AS_TRAINED, changes_since_training
+
+    run = Run(tmp_path, tiny_model, train_data)
+    shutil.copytree(reference.root / "results", tmp_path / "results")  # copy2: modification times kept
+    epoch2 = run.checkpoints / "epoch-2"
+    adapter = epoch2 / "adapter_model.safetensors"
+    assert changes_since_training(run.manifest, epoch2) == AS_TRAINED
+    trained = adapter.read_bytes()
+
+    def cp_p_of_epoch_1():  # the red team's edit: an older file, its modification time kept
+        shutil.copy2(run.checkpoints / "epoch-1/adapter_model.safetensors", adapter)
+
+    def bytes_changed_time_kept():  # what planning cannot see: same size and modification time
+        stat = adapter.stat()
+        adapter.write_bytes(trained[:-1] + bytes([trained[-1] ^ 1]))
+        os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    refused = 0
+    for case, edit, seen_at_planning in [
+        ("adapter replaced by cp -p of epoch 1's", cp_p_of_epoch_1, True),
+        ("one byte changed, modification time restored", bytes_changed_time_kept, False),
+    ]:
+        edit()
+        planning = changes_since_training(run.manifest, epoch2)
+        assert (planning != AS_TRAINED) == seen_at_planning, planning
+        for job, args in loaders(tiny_model, epoch2, tmp_path).items():
+            result = script(*args)
+            message = result.stderr.strip().splitlines()[-1]
+            assert result.returncode != 0 and message.startswith(
+                f"safelora.training.published.CheckpointChangedError: checkpoint {epoch2} is not the one trained: "
+                "adapter_model.safetensors has sha256 "
+            ), (job, result.stderr[-2000:])
+            assert message.endswith(
+                f"({run.manifest} records it). Results from it would describe other weights. Restore the file, "
+                f"or retrain: snakemake --forcerun {run.manifest}"
+            )
+            refused += 1
+        print(f"checkpoint: {case}: planning: {planning.replace(str(tmp_path) + '/', '')}")
+        print(f"checkpoint: {case}: jobs: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
+        shutil.copy2(reference.checkpoints / "epoch-2/adapter_model.safetensors", adapter)  # restored as trained
+        assert changes_since_training(run.manifest, epoch2) == AS_TRAINED
+    with capsys.disabled():
+        print(f"\nchanged-checkpoint cases: 2; seen at planning: 1 (cp -p); refused by generate, OrthoMerge and "
+              f"weight analysis: {refused} of 6")  # fmt: skip

@@ -25,6 +25,7 @@ from typing import Any
 from safelora.config import gradient_accumulation
 from safelora.io import atomic_dir, atomic_write_json, read_jsonl
 from safelora.locks import writer_lock
+from safelora.training import published
 
 # Exit code after a SIGTERM-triggered save: the job failed, so Snakemake's --retries (or SLURM's
 # requeue) reruns it, and the rerun resumes from the saved state.
@@ -305,16 +306,17 @@ def resume_checkpoint(paths: TrainPaths, exporter: EpochExporter) -> str | None:
 
 
 def require_checkpoint(ref: str | None) -> None:
-    """Fail naming a published epoch checkpoint (results/checkpoints/…/epoch-<e>) that is gone, and how to rebuild it."""
-    if not ref or Path(ref).exists():
+    """Fail naming a published epoch checkpoint (results/checkpoints/…/epoch-<e>) that is gone, and how
+    to rebuild it, or whose files are not the ones its training manifest records (published.verify)."""
+    manifest = published.manifest_of(Path(ref)) if ref else None
+    if manifest is None:
         return
-    parts = Path(ref).parts
-    if len(parts) >= 5 and parts[-5] == "checkpoints" and parts[-1].startswith("epoch-"):
-        manifest = Path(*parts[:-5], "train", parts[-4], parts[-3], "manifest.json")
+    if not Path(ref).exists():
         raise FileNotFoundError(
             f"checkpoint {ref} is missing (deleted or pruned after training; {manifest} lists it). "
             f"Rebuild it by retraining the run: snakemake --forcerun {manifest}"
         )
+    published.verify(Path(ref))
 
 
 def _write_failure(err: BaseException) -> bool:
@@ -457,7 +459,8 @@ def write_manifest(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, 
         folder = paths.checkpoint_dir / f"epoch-{epoch}"
         if not folder.is_dir():
             raise RuntimeError(f"epoch {epoch} finished but {folder} was not published")
-        epochs.append({"epoch": epoch, "path": str(folder), "train_loss": losses.get(epoch)})
+        entry = {"epoch": epoch, "path": str(folder), "train_loss": losses.get(epoch)}
+        epochs.append({**entry, "files": published.file_records(folder)})
     batch = recipe["batch"]
     atomic_write_json(
         paths.manifest,
