@@ -14,6 +14,7 @@ from safelora import config as grid  # noqa: E402
 from safelora import gpu_hours, registry  # noqa: E402
 from safelora.evaluation.items import check_local_data  # noqa: E402
 from safelora.io import stable_json  # noqa: E402
+from safelora.training import published  # noqa: E402
 
 # One schema pass (JSON Schema, then defaults, then cross-checks): a ConfigError names the file and key.
 # First what Snakemake's loading loses: a key given twice in a config file (its YAML loader keeps
@@ -230,6 +231,23 @@ def checkpoint_inputs(wildcards):
     return inputs
 
 
+@functools.lru_cache(maxsize=None)
+def trained_state(model, run, epoch):
+    """`as trained`, or which file of a trained checkpoint changed since its manifest recorded it
+    (safelora.training.published): a param of every job that loads the checkpoint, so `snakemake -n`
+    lists those jobs when a checkpoint is deleted, overwritten or replaced by an older copy."""
+    if run == grid.BASE_RUN or grid.is_orthomerge(run):
+        return published.AS_TRAINED
+    return published.changes_since_training(
+        Path(train_manifest(model, run)), Path(trained_checkpoint(model, run, epoch))
+    )
+
+
+@job_function
+def checkpoint_state(wildcards):
+    return trained_state(wildcards.model, wildcards.run, wildcards.epoch)
+
+
 @job_function
 def checkpoint_args(wildcards):
     """`--base` (and `--adapter`) naming checkpoint (model, run, epoch) for generation."""
@@ -429,6 +447,12 @@ def score_settings(wildcards):
     )
 
 
+@job_function
+def samples_per_item(wildcards):
+    """Samples generated per benchmark item, which the score job's verdict files must cover."""
+    return bench(wildcards)["sampling"]["n"]
+
+
 def score_file(c, benchmark):
     return f"{RESULTS}/scores/{c.model}/{c.run}/epoch-{c.epoch}/{benchmark}.json"
 
@@ -482,6 +506,11 @@ def analysis_modules(wildcards):
 @job_function
 def orthomerge_source_manifest(wildcards):
     return train_manifest(wildcards.model, grid.orthomerge_run(config, wildcards.run).source)
+
+
+@job_function
+def orthomerge_source_state(wildcards):
+    return trained_state(wildcards.model, grid.orthomerge_run(config, wildcards.run).source, wildcards.epoch)
 
 
 @job_function

@@ -40,6 +40,7 @@ rule generate:
         "<results>/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
     params:
         checkpoint=checkpoint_args,
+        trained=checkpoint_state,  # `as trained`, or the checkpoint file changed since (not in the command)
         settings=generation_args,  # --backend --batch-size --sampling --model-settings
         version=config["versions"]["generate"],
     threads: 8  # vLLM tokenization and detokenization

@@ -13,6 +13,7 @@ rule orthomerge:
     params:
         settings=orthomerge_settings,
         source=orthomerge_source_args,
+        trained=orthomerge_source_state,  # `as trained`, or the source file changed since (not in the command)
         version=config["versions"]["orthomerge"],
     # LoRA factors and a cached rank-64 SVD: CPU only
     resources:

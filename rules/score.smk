@@ -3,13 +3,15 @@
 
 rule score:
     input:
-        score_inputs,
+        verdicts=score_inputs,
+        benchmark_items="<results>/data/bench/{benchmark}.jsonl",  # the verdicts must cover its items x n, once each
     output:
         "<results>/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
     log:
         "<results>/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
         settings=score_settings,
+        n=samples_per_item,
     resources:
         mem_mb=2000,
         runtime=10,
@@ -19,4 +21,4 @@ rule score:
         f"python {SCRIPTS}/score.py"
         " --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
-        " --verdicts {input} --out {output} > {log} 2>&1"
+        " --verdicts {input.verdicts} --items {input.benchmark_items} --n {params.n} --out {output} > {log} 2>&1"

@@ -42,6 +42,7 @@ rule analyze_weights:
         "<results>/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
     params:
         checkpoint=analysis_checkpoint_args,
+        trained=checkpoint_state,  # `as trained`, or the checkpoint file changed since (not in the command)
         norm=config["analysis"]["norm"],
         top=config["analysis"]["top_k"],
         version=config["versions"]["analysis"],

@@ -72,6 +72,8 @@ def verdicts(tmp_path, n_problems=2000):
 
 def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
     v = verdicts(tmp_path)
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items, [{"id": f"p{i}", "prompt": "", "answer": None, "meta": {}} for i in range(2000)])
     settings = json.dumps(
         {
             "kind": "safety",
@@ -98,6 +100,10 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
             settings,
             "--verdicts",
             v,
+            "--items",
+            items,
+            "--n",
+            "4",
             "--out",
             out,
         ]
@@ -105,6 +111,21 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
     run(args())
     reference = [out.read_bytes()]
     assert_killed_then_rerun_matches(args, [out], reference, delays=[0.05, 0.3, 0.6, 1.0])
+
+
+def aggregate_command(tmp_path, scores, checkpoints):
+    """aggregate.py's arguments for Score files of benchmark `sr` of runs base and lora, and its outputs."""
+    meta = tmp_path / "meta.json"
+    atomic_write_json(meta, {"base": {"method": "base"}, "lora": {"method": "lora", "rank": 4, "targets": "mlp"}})
+    expected = tmp_path / "expected.json"
+    atomic_write_json(expected, checkpoints)
+    benchmarks = tmp_path / "benchmarks.json"
+    atomic_write_json(benchmarks, [{"name": "sr", "label": "SR", "kind": "safety"}])
+    outs = [tmp_path / name for name in ("t.csv", "t.md", "missing.txt", "agree.csv")]
+    command = [SCRIPTS / "aggregate.py", "--scores", *scores, "--runs-meta", meta, "--expected", expected,
+               "--benchmarks", benchmarks, "--n-boot", "3000", "--seed", "0", "--level", "0.95",
+               "--out-csv", outs[0], "--out-md", outs[1], "--out-missing", outs[2], "--out-agreement", outs[3]]  # fmt: skip
+    return command, outs
 
 
 def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
@@ -138,40 +159,10 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
                 },
             )
             scores.append(path)
-    meta = tmp_path / "meta.json"
-    atomic_write_json(meta, {"base": {"method": "base"}, "lora": {"method": "lora", "rank": 4, "targets": "mlp"}})
-    expected = tmp_path / "expected.json"
-    atomic_write_json(expected, [["m", "base", 0], ["m", "lora", 1], ["m", "lora", 2]])
-    benchmarks = tmp_path / "benchmarks.json"
-    atomic_write_json(benchmarks, [{"name": "sr", "label": "SR", "kind": "safety"}])
-    outs = [tmp_path / name for name in ("t.csv", "t.md", "missing.txt", "agree.csv")]
+    command, outs = aggregate_command(tmp_path, scores, [["m", "base", 0], ["m", "lora", 1], ["m", "lora", 2]])
 
     def args():
-        return [
-            SCRIPTS / "aggregate.py",
-            "--scores",
-            *scores,
-            "--runs-meta",
-            meta,
-            "--expected",
-            expected,
-            "--benchmarks",
-            benchmarks,
-            "--n-boot",
-            "3000",
-            "--seed",
-            "0",
-            "--level",
-            "0.95",
-            "--out-csv",
-            outs[0],
-            "--out-md",
-            outs[1],
-            "--out-missing",
-            outs[2],
-            "--out-agreement",
-            outs[3],
-        ]
+        return command
 
     run(args())
     reference = [o.read_bytes() for o in outs]
@@ -374,6 +365,141 @@ def test_generation_never_publishes_a_damaged_file(tmp_path):
     with pytest.raises(ValueError, match=r"gen.jsonl.partial: line 4 repeats prompt 'q2' sample 0 of line 3"):
         run_generation(job, backend=None, output=out)
     assert not out.exists() and not partial.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-edited records: verdicts are checked against the benchmark's items x n where scored, Score
+# files against their schema, ranges and per-problem values where aggregated.
+
+
+def script(name, *args):
+    return subprocess.run(
+        [sys.executable, SCRIPTS / name, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+
+
+def with_value(line, value):
+    return json.dumps({**json.loads(line), "value": value}) + "\n"
+
+
+def flipped(line):
+    return with_value(line, 1.0 - json.loads(line)["value"])
+
+
+# (case, edit of the graded lines, error after "<file>: "); None: scored.
+VERDICT_EDITS = [
+    ("as graded", lambda lines: lines, None),
+    (
+        "one record dropped and one value flipped (the red team's edit)",
+        lambda lines: [flipped(lines[0]), *lines[1:-1]],
+        "1 of 8 samples missing (4 items x n=2) after line 7, e.g. prompt 'q3' sample 1",
+    ),
+    ("a record repeated", lambda lines: [*lines, lines[2]], "line 9 repeats prompt 'q1' sample 0 of line 3"),
+    (
+        "a record of another benchmark",
+        lambda lines: [lines[0].replace('"q0"', '"HumanEval/0"'), *lines[1:]],
+        "line 1: prompt 'HumanEval/0' sample 0 is not one of the benchmark's 4 items x n=2",
+    ),
+    (
+        "a sample index past n",
+        lambda lines: [*lines[:-1], lines[-1].replace('"sample_index": 1', '"sample_index": 2')],
+        "line 8: prompt 'q3' sample 2 is not one of the benchmark's 4 items x n=2",
+    ),
+    ("a value of 7.0", lambda lines: [with_value(lines[0], 7.0), *lines[1:]], "line 1: value 7.0 is neither null nor in [0, 1]"),
+    ("a value of true", lambda lines: [with_value(lines[0], True), *lines[1:]], "line 1: value True is neither null nor in [0, 1]"),
+]  # fmt: skip
+
+
+def test_hand_edited_verdicts_are_not_scored_naming_file_and_record(tmp_path, capsys):
+    items, gens = tmp_path / "items.jsonl", tmp_path / "gen.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    gens.write_bytes(joined(generation_lines(2)))
+    graded = tmp_path / "refusal_match.jsonl"
+    result = script("grade.py", "--grader", "refusal_match", "--kind", "safety", "--generations", gens,
+                    "--items", items, "--out", graded)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    settings = {"kind": "safety", "graders": ["refusal_match"], "primary": "refusal_match", "scorer_version": 1,
+                "max_unparseable_share": 0.05}  # fmt: skip
+    refused = 0
+    for index, (case, edit, expected) in enumerate(VERDICT_EDITS):
+        verdicts, out = tmp_path / str(index) / "refusal_match.jsonl", tmp_path / f"score{index}.json"
+        verdicts.parent.mkdir()
+        verdicts.write_text("".join(edit(graded.read_text().splitlines(keepends=True))))
+        result = script("score.py", "--model", "m", "--run", "r", "--epoch", "1", "--benchmark", "sr",
+                        "--settings", json.dumps(settings), "--verdicts", verdicts, "--items", items, "--n", "2",
+                        "--out", out)  # fmt: skip
+        if expected is None:
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert json.loads(out.read_text())["metrics"][0]["n_samples"] == 8
+            print(f"verdicts: {case}: scored, n_samples 8")
+            continue
+        message = result.stderr.strip().splitlines()[-1]
+        assert result.returncode != 0 and not out.exists(), case
+        assert message == (
+            f"safelora.io.DamagedFileError: {verdicts}: {expected} (regrade it with: snakemake --forcerun {verdicts})"
+        ), (case, message)
+        refused += 1
+        print(f"verdicts: {case}: refused: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
+    with capsys.disabled():
+        print(
+            f"\nverdict edits tried: {len(VERDICT_EDITS)}; scored: {len(VERDICT_EDITS) - refused}; refused: {refused}"
+        )
+
+
+def test_hand_edited_score_files_are_not_aggregated_naming_file_and_field(tmp_path, capsys):
+    score = tmp_path / "base-0.json"
+    per_problem = {"q0": 1.0, "q1": 0.5, "q2": 0.0, "q3": 0.5}
+    atomic_write_json(score, {"model": "m", "run": "base", "epoch": 0, "benchmark": "sr", "scorer_version": 1,
+                              "metrics": [{"metric": "safety", "variant": None, "grader": "g", "primary": True,
+                                           "value": 0.5, "n_problems": 4, "n_samples": 8, "unparseable": 0,
+                                           "per_problem": per_problem}], "agreement": []})  # fmt: skip
+    original = json.loads(score.read_text())
+    command, outs = aggregate_command(tmp_path, [score], [["m", "base", 0]])
+    edits = [
+        ("as written", {}, None),
+        (
+            "value 0.99, per-problem values 7.0 and -3.0 (the red team's edit)",
+            {"value": 0.99, "per_problem": {**per_problem, "q0": 7.0, "q1": -3.0}},
+            f"RecordError: score record {score}: invalid value at 'metrics/0/per_problem/q1': -3.0 is less than "
+            "the minimum of 0",
+        ),
+        (
+            "value 0.99 beside valid per-problem values",
+            {"value": 0.99},
+            f"ScoreFileError: score record {score}: metrics/0 (grader g): value 0.99 is not the mean 0.5 of its 4 "
+            "per-problem values",
+        ),
+        (
+            "a value above 1",
+            {"value": 1.5},
+            f"RecordError: score record {score}: invalid value at 'metrics/0/value': 1.5 is greater than the maximum of 1",
+        ),
+        (
+            "a per-problem value added",
+            {"per_problem": {**per_problem, "q4": 1.0}, "value": 0.6},
+            f"ScoreFileError: score record {score}: metrics/0 (grader g): 5 per-problem values for n_problems 4, or "
+            "unparseable 0 above n_samples 8",
+        ),
+    ]
+    refused = 0
+    for case, change, expected in edits:
+        for out in outs:
+            out.unlink(missing_ok=True)
+        record = json.loads(json.dumps(original))
+        record["metrics"][0].update(change)
+        score.write_text(json.dumps(record))
+        result = script(*command)
+        if expected is None:
+            assert result.returncode == 0, result.stderr[-2000:]
+            print(f"score file: {case}: aggregated")
+            continue
+        message = result.stderr.strip().splitlines()[-1]
+        assert result.returncode != 0 and not outs[0].exists(), case
+        assert message.endswith(expected), (case, message)
+        refused += 1
+        print(f"score file: {case}: refused: {message.replace(str(tmp_path) + '/', '')}")
+    with capsys.disabled():
+        print(f"\nscore-file edits tried: {len(edits)}; aggregated: {len(edits) - refused}; refused: {refused}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,3 +745,125 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
             "fault: manifest deleted too: training restarted from the first step and rebuilt epochs 1-2 (match the "
             "uninterrupted run)\nfault: epoch-2 not published before a kill: re-published from checkpoint-6, no retraining"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate jobs after a driver crash: one trainer per state folder.
+
+
+def test_a_second_trainer_on_a_state_folder_refuses_naming_the_first_and_a_third_takes_over_once_it_is_gone(
+    tmp_path, tiny_model, train_data, reference, capsys
+):
+    """The red team's case: an orphaned trainer (its driver killed) is writing checkpoint-3 when the
+    restarted workflow starts a second trainer on the same state folder. The second refuses and
+    leaves the folder alone; after `kill -9` of the orphan a third takes the lock over and finishes."""
+    import socket
+
+    run = Run(tmp_path, tiny_model, train_data)
+    folder = run.state / "checkpoint-3"
+    orphan = subprocess.Popen(
+        [sys.executable, *map(str, run.args)],
+        env={**ENV, "SLURM_JOB_ID": "4242"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while orphan.poll() is None and not (
+        (folder / "adapter_model.safetensors").exists() and not (folder / "trainer_state.json").exists()
+    ):
+        time.sleep(0.0005)
+    orphan.send_signal(signal.SIGSTOP)  # mid-save, as a slow orphan would be
+    try:
+        in_progress = sorted(p.name for p in folder.iterdir())
+        rc, log = run.train()
+        message = log.strip().splitlines()[-1]
+        assert rc != 0 and message.startswith(
+            f"safelora.locks.LockHeldError: {run.state} is being written by another train job: "
+            f"pid {orphan.pid} on host {socket.gethostname()}, SLURM job 4242, since "
+        ), log[-3000:]
+        assert f"end it: scancel 4242 (or kill {orphan.pid} on {socket.gethostname()}); then rerun" in message
+        assert sorted(p.name for p in folder.iterdir()) == in_progress  # the orphan's checkpoint untouched
+    finally:
+        orphan.send_signal(signal.SIGKILL)
+        orphan.wait()
+    rc, log = run.train()
+    assert rc == 0, log[-3000:]
+    assert f"taking over {run.state}.lock from pid {orphan.pid} on host {socket.gethostname()}, SLURM job 4242" in log
+    assert f"skipping incomplete checkpoint {folder}" in log
+    assert all(same_weights(run.adapter(e), reference.adapter(e)) for e in (1, 2))
+    with capsys.disabled():
+        print(
+            f"\nfault: second trainer beside an orphan writing checkpoint-3 ({in_progress}): refused: "
+            f"{message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}\n"
+            "fault: after kill -9 of the orphan a third trainer took the lock over, removed its incomplete "
+            "checkpoint-3 and finished; epochs 1-2 match the uninterrupted run"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints changed after training: the manifest records each file; planning compares sizes and
+# modification times, every job that loads a checkpoint compares sizes and sha256.
+
+
+def loaders(base, folder, out):
+    """The command line of every job that loads a LoRA checkpoint: generation, OrthoMerge, weight analysis."""
+    items = out / "items.jsonl"
+    atomic_write_jsonl(items, ITEMS)
+    sampling = json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0})
+    return {
+        "generate": ["generate.py", "--base", base, "--adapter", folder, "--items", items, "--backend",
+                     "transformers", "--batch-size", "4", "--sampling", sampling, "--model-settings", "{}",
+                     "--mem-mb", "0", "--engine-idle-s", "0", "--out", out / "gen.jsonl"],
+        "orthomerge": ["orthomerge.py", "--adapter", folder, "--svd", out / "svd.safetensors", "--variant", "both",
+                       "--lam", "1.0", "--k", "4", "--out", out / "om"],
+        "analyze_weights": ["analyze_weights.py", "--base", base, "--checkpoint", folder, "--svd",
+                            out / "svd.safetensors", "--norm", "fro", "--top", "4", "--out", out / "w.csv"],
+    }  # fmt: skip
+
+
+def test_a_checkpoint_changed_after_training_is_seen_at_planning_and_refused_where_loaded(
+    tmp_path, tiny_model, train_data, reference, capsys
+):
+    from safelora.training.published import AS_TRAINED, changes_since_training
+
+    run = Run(tmp_path, tiny_model, train_data)
+    shutil.copytree(reference.root / "results", tmp_path / "results")  # copy2: modification times kept
+    epoch2 = run.checkpoints / "epoch-2"
+    adapter = epoch2 / "adapter_model.safetensors"
+    assert changes_since_training(run.manifest, epoch2) == AS_TRAINED
+    trained = adapter.read_bytes()
+
+    def cp_p_of_epoch_1():  # the red team's edit: an older file, its modification time kept
+        shutil.copy2(run.checkpoints / "epoch-1/adapter_model.safetensors", adapter)
+
+    def bytes_changed_time_kept():  # what planning cannot see: same size and modification time
+        stat = adapter.stat()
+        adapter.write_bytes(trained[:-1] + bytes([trained[-1] ^ 1]))
+        os.utime(adapter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    refused = 0
+    for case, edit, seen_at_planning in [
+        ("adapter replaced by cp -p of epoch 1's", cp_p_of_epoch_1, True),
+        ("one byte changed, modification time restored", bytes_changed_time_kept, False),
+    ]:
+        edit()
+        planning = changes_since_training(run.manifest, epoch2)
+        assert (planning != AS_TRAINED) == seen_at_planning, planning
+        for job, args in loaders(tiny_model, epoch2, tmp_path).items():
+            result = script(*args)
+            message = result.stderr.strip().splitlines()[-1]
+            assert result.returncode != 0 and message.startswith(
+                f"safelora.training.published.CheckpointChangedError: checkpoint {epoch2} is not the one trained: "
+                "adapter_model.safetensors has sha256 "
+            ), (job, result.stderr[-2000:])
+            assert message.endswith(
+                f"({run.manifest} records it). Results from it would describe other weights. Restore the file, "
+                f"or retrain: snakemake --forcerun {run.manifest}"
+            )
+            refused += 1
+        print(f"checkpoint: {case}: planning: {planning.replace(str(tmp_path) + '/', '')}")
+        print(f"checkpoint: {case}: jobs: {message.split(': ', 1)[1].replace(str(tmp_path) + '/', '')}")
+        shutil.copy2(reference.checkpoints / "epoch-2/adapter_model.safetensors", adapter)  # restored as trained
+        assert changes_since_training(run.manifest, epoch2) == AS_TRAINED
+    with capsys.disabled():
+        print(f"\nchanged-checkpoint cases: 2; seen at planning: 1 (cp -p); refused by generate, OrthoMerge and "
+              f"weight analysis: {refused} of 6")  # fmt: skip

@@ -138,9 +138,16 @@ def write_verdicts(path, values, grader="g"):
 SETTINGS = {"kind": "math", "graders": ["g"], "primary": "g", "scorer_version": 3, "max_unparseable_share": 0.3}
 
 
+def score_of(ids, settings, paths):
+    """compute_score with the items x n the first verdict file covers (ids in order, n samples each)."""
+    keys = [(v["prompt_id"], v["sample_index"]) for v in read_jsonl(paths[0])]
+    items = [{"id": p} for p in dict.fromkeys(p for p, _ in keys)]
+    return compute_score(ids, settings, paths, items, max(i for _, i in keys) + 1)
+
+
 def test_score_is_mean_of_per_problem_pass_at_1(tmp_path):
     path = write_verdicts(tmp_path / "g.jsonl", [("a", 0, 1.0), ("a", 1, 0.0), ("b", 0, 1.0), ("b", 1, 1.0)])
-    score = compute_score({"model": "m", "run": "r", "epoch": 1, "benchmark": "aime"}, SETTINGS, [path])
+    score = score_of({"model": "m", "run": "r", "epoch": 1, "benchmark": "aime"}, SETTINGS, [path])
     [metric] = score["metrics"]
     assert metric["value"] == pytest.approx(0.75) and metric["per_problem"] == {"a": 0.5, "b": 1.0}
     assert metric["metric"] == "pass@1" and metric["primary"] and score["scorer_version"] == 3
@@ -148,21 +155,21 @@ def test_score_is_mean_of_per_problem_pass_at_1(tmp_path):
 
 def test_unparseable_are_counted_and_too_many_fail(tmp_path):
     path = write_verdicts(tmp_path / "g.jsonl", [("a", 0, None), ("b", 0, 1.0), ("c", 0, 0.0), ("d", 0, 1.0)])
-    [metric] = compute_score({}, SETTINGS, [path])["metrics"]
+    [metric] = score_of({}, SETTINGS, [path])["metrics"]
     assert metric["unparseable"] == 1 and metric["n_problems"] == 4 and metric["value"] == pytest.approx(2 / 3)
     with pytest.raises(UnparseableError, match="1 of 4 judge outputs"):
-        compute_score({}, {**SETTINGS, "max_unparseable_share": 0.2}, [path])
+        score_of({}, {**SETTINGS, "max_unparseable_share": 0.2}, [path])
 
 
 def test_safety_score_reports_judge_agreement_and_evalplus_variants(tmp_path):
     a = write_verdicts(tmp_path / "llama_guard.jsonl", [("a", 0, 1.0), ("b", 0, 0.0), ("c", 0, 1.0)])
     b = write_verdicts(tmp_path / "refusal_match.jsonl", [("a", 0, 1.0), ("b", 0, 0.0), ("c", 0, 0.0)])
-    score = compute_score({}, {**SETTINGS, "kind": "safety", "primary": "llama_guard"}, [a, b])
+    score = score_of({}, {**SETTINGS, "kind": "safety", "primary": "llama_guard"}, [a, b])
     assert [m["metric"] for m in score["metrics"]] == ["safety", "safety"]
     assert score["agreement"][0]["graders"] == ["llama_guard", "refusal_match"] and score["agreement"][0]["n"] == 3
     plus = write_verdicts(tmp_path / "evalplus_plus.jsonl", [("t", 0, 0.0)])
     base = write_verdicts(tmp_path / "evalplus_base.jsonl", [("t", 0, 1.0)])
-    score = compute_score({}, {**SETTINGS, "kind": "code", "primary": "evalplus"}, [plus, base])
+    score = score_of({}, {**SETTINGS, "kind": "code", "primary": "evalplus"}, [plus, base])
     assert [(m["grader"], m["variant"], m["value"]) for m in score["metrics"]] == [
         ("evalplus", "plus", 0.0),
         ("evalplus", "base", 1.0),

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_grading import SETTINGS, write_verdicts
+from test_grading import SETTINGS, score_of, write_verdicts
 
 from safelora import config as cfg
-from safelora.evaluation.score import compute_score
-from safelora.io import RECORD_SCHEMAS, RecordError, read_record, record_validator, write_record
+from safelora.io import RECORD_SCHEMAS, RecordError, atomic_write_jsonl, read_record, record_validator, write_record
 from safelora.report import aggregate as agg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,26 +27,39 @@ def test_every_record_kind_has_a_valid_schema_and_the_metrics_aggregation_knows(
     assert tuple(metric_enum) == agg.METRICS  # ColumnKey.parse reads column names with these
 
 
-def score_cli(tmp_path: Path, kind: str, primary: str, verdicts: list[str]) -> subprocess.CompletedProcess:
+def score_cli(
+    tmp_path: Path, kind: str, primary: str, verdicts: list[str], ids: list[str], n: int
+) -> subprocess.CompletedProcess:
+    """score.py on verdict files of the benchmark items `ids` x `n` samples."""
     settings = json.dumps({**SETTINGS, "kind": kind, "primary": primary, "max_unparseable_share": 0.5})
+    items = tmp_path / f"{kind}-items.jsonl"
+    atomic_write_jsonl(items, [{"id": i, "prompt": "p", "answer": None, "meta": {}} for i in ids])
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "score.py"), "--model", "m", "--run", "lora", "--epoch", "2",
-           "--benchmark", kind, "--settings", settings, "--verdicts", *verdicts, "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
+           "--benchmark", kind, "--settings", settings, "--verdicts", *verdicts, "--items", str(items), "--n", str(n),
+           "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def test_score_script_output_is_a_valid_record_aggregation_reads(tmp_path: Path) -> None:
-    guard = write_verdicts(tmp_path / "llama_guard.jsonl", [("a", 0, 1.0), ("b", 0, None), ("b", 1, 0.0)])
-    match = write_verdicts(tmp_path / "refusal_match.jsonl", [("a", 0, 1.0), ("b", 0, 1.0), ("b", 1, 0.0)])
+    guard = write_verdicts(
+        tmp_path / "llama_guard.jsonl", [("a", 0, 1.0), ("a", 1, 1.0), ("b", 0, None), ("b", 1, 0.0)]
+    )
+    match = write_verdicts(
+        tmp_path / "refusal_match.jsonl", [("a", 0, 1.0), ("a", 1, 1.0), ("b", 0, 1.0), ("b", 1, 0.0)]
+    )
     plus = write_verdicts(tmp_path / "evalplus_plus.jsonl", [("t", 0, 0.0), ("u", 0, None)])
     base = write_verdicts(tmp_path / "evalplus_base.jsonl", [("t", 0, 1.0), ("u", 0, 1.0)])
-    for kind, primary, verdicts in [("safety", "llama_guard", [guard, match]), ("code", "evalplus", [plus, base])]:
-        result = score_cli(tmp_path, kind, primary, verdicts)
+    for kind, primary, verdicts, ids, n in [
+        ("safety", "llama_guard", [guard, match], ["a", "b"], 2),
+        ("code", "evalplus", [plus, base], ["t", "u"], 1),
+    ]:
+        result = score_cli(tmp_path, kind, primary, verdicts, ids, n)
         assert result.returncode == 0, result.stderr
-        record = read_record(tmp_path / f"{kind}.json")
+        record = read_record(tmp_path / f"{kind}.json", "score")
         assert not list(record_validator("score").iter_errors(record))
     safety, code = agg.read_score_files([tmp_path / "safety.json", tmp_path / "code.json"])
     assert [(m["grader"], m["primary"]) for m in safety.metrics] == [("llama_guard", True), ("refusal_match", False)]
-    assert safety.agreement == [{"grader_a": "llama_guard", "grader_b": "refusal_match", "kappa": 1.0, "n": 2}]
+    assert safety.agreement == [{"grader_a": "llama_guard", "grader_b": "refusal_match", "kappa": 1.0, "n": 3}]
     assert [(m["variant"], m["n_problems"], m["per_problem"]) for m in code.metrics] == [
         ("plus", 2, {"t": 0.0}),  # a problem with no parseable sample has no per-problem value
         ("base", 2, {"t": 1.0, "u": 1.0}),
@@ -56,7 +68,7 @@ def test_score_script_output_is_a_valid_record_aggregation_reads(tmp_path: Path)
 
 def test_a_corrupted_score_record_is_refused_with_its_field_path(tmp_path: Path) -> None:
     verdicts = write_verdicts(tmp_path / "g.jsonl", [("a", 0, 1.0), ("b", 0, 0.0)])
-    record = compute_score({"model": "m", "run": "r", "epoch": 1, "benchmark": "aime"}, SETTINGS, [verdicts])
+    record = score_of({"model": "m", "run": "r", "epoch": 1, "benchmark": "aime"}, SETTINGS, [verdicts])
     record["metrics"][0]["per_problem"]["b"] = "0"
     out = tmp_path / "aime.json"
     with pytest.raises(RecordError) as err:
@@ -77,12 +89,12 @@ def test_score_needs_the_primary_graders_verdicts_once_per_variant(tmp_path: Pat
     with pytest.raises(
         ValueError, match=r"no verdict file of the primary grader 'llama_guard' for variant\(s\) \[None\]"
     ):
-        compute_score({}, safety, [match])
+        score_of({}, safety, [match])
     with pytest.raises(ValueError, match=r"no verdict file of the primary grader 'evalplus' for variant\(s\) \[None\]"):
-        compute_score({}, {**SETTINGS, "kind": "code", "primary": "evalplus"}, [plus, guard])
+        score_of({}, {**SETTINGS, "kind": "code", "primary": "evalplus"}, [plus, guard])
     with pytest.raises(ValueError, match=r"more than one verdict file for \(grader, variant\) \[\('g', None\)\]"):
-        compute_score({}, SETTINGS, [g, other])
-    result = score_cli(tmp_path, "safety", "llama_guard", [match])
+        score_of({}, SETTINGS, [g, other])
+    result = score_cli(tmp_path, "safety", "llama_guard", [match], ["a"], 1)
     assert result.returncode != 0 and "no verdict file of the primary grader" in result.stderr
     assert not (tmp_path / "safety.json").exists()
 

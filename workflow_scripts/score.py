@@ -19,14 +19,16 @@ def main() -> int:
         "--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share"
     )
     parser.add_argument("--verdicts", nargs="+", required=True)
+    parser.add_argument("--items", required=True, help="the benchmark's BenchmarkItem JSONL the verdicts must cover")
+    parser.add_argument("--n", type=int, required=True, help="samples per item (config benchmarks.<b>.sampling.n)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from safelora.evaluation.score import compute_score
-    from safelora.io import write_record
+    from safelora.io import read_jsonl, write_record
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
-    score = compute_score(ids, json.loads(args.settings), args.verdicts)
+    score = compute_score(ids, json.loads(args.settings), args.verdicts, read_jsonl(args.items), args.n)
     write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(

@@ -94,27 +94,32 @@ def record_validator(kind: str) -> Any:
     return validator_cls(schema)
 
 
-def write_record(path: str | os.PathLike[str], kind: str, record: Any) -> None:
-    """Validate `record` against its kind's schema, then write it as JSON atomically.
-
-    Records are validated here, once, where they are written; their readers trust them.
-    """
+def check_record(path: str | os.PathLike[str], kind: str, record: Any) -> None:
+    """Raise RecordError unless `record` matches `schemas/records/<kind>.schema.yaml`, naming the file and field."""
     import jsonschema
 
     error = jsonschema.exceptions.best_match(record_validator(kind).iter_errors(record))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise RecordError(f"{kind} record {path}: invalid value at '{where}': {error.message}")
+
+
+def write_record(path: str | os.PathLike[str], kind: str, record: Any) -> None:
+    """Validate `record` against its kind's schema, then write it as JSON atomically."""
+    check_record(path, kind, record)
     atomic_write_json(path, record)
 
 
-def read_record(path: str | os.PathLike[str]) -> Any:
-    """A record `write_record` wrote (trusted: not re-validated); unreadable JSON names the file."""
+def read_record(path: str | os.PathLike[str], kind: str) -> Any:
+    """A record of `kind`, validated against its schema again where it is read: a file edited after
+    `write_record` wrote it is refused naming the file and field (unreadable JSON names the file)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            record = json.load(fh)
     except json.JSONDecodeError as err:
         raise RecordError(f"{path}: not valid JSON: {err.msg} (line {err.lineno})") from err
+    check_record(path, kind, record)
+    return record
 
 
 class DamagedFileError(ValueError):
@@ -171,24 +176,30 @@ def check_generations(records: list[dict[str, Any]], ids: list[str], where: str)
         raise ValueError(f"{where}: no generation records for {len(ids)} items")
     n = records[0].get("sampling", {}).get("n") if isinstance(records[0], dict) else None
     expected = {(i, s) for i in ids for s in range(n)} if isinstance(n, int) else set()
-    seen: dict[tuple[str, Any], int] = {}
     for lineno, record in enumerate(records, start=1):
         if not isinstance(record, dict) or record.get("sampling", {}).get("n") != n:
             raise ValueError(f"{where}: line {lineno} is not a Generation record with the file's n={n}")
-        key = (str(record.get("prompt_id")), record.get("sample_index"))
+    keys = [(str(r.get("prompt_id")), r.get("sample_index")) for r in records]
+    check_samples(keys, expected, where, f"{len(ids)} items x n={n}")
+
+
+def check_samples(keys: list[tuple[str, Any]], expected: set[tuple[str, int]], where: str, described: str) -> None:
+    """Raise ValueError unless `keys` ((prompt id, sample index) of line k = key k) cover `expected`
+    once each, naming the line; `described` says what was expected ("4 items x n=2")."""
+    seen: dict[tuple[str, Any], int] = {}
+    for lineno, key in enumerate(keys, start=1):
         if key in seen:
             raise ValueError(f"{where}: line {lineno} repeats prompt '{key[0]}' sample {key[1]} of line {seen[key]}")
         if key not in expected:
             raise ValueError(
-                f"{where}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not one of the "
-                f"benchmark's {len(ids)} items x n={n}"
+                f"{where}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not one of the benchmark's {described}"
             )
         seen[key] = lineno
     missing = [key for key in sorted(expected) if key not in seen]
     if missing:
         raise ValueError(
-            f"{where}: {len(missing)} of {len(expected)} samples missing ({len(ids)} items x n={n}) after "
-            f"line {len(records)}, e.g. prompt '{missing[0][0]}' sample {missing[0][1]}"
+            f"{where}: {len(missing)} of {len(expected)} samples missing ({described}) after "
+            f"line {len(keys)}, e.g. prompt '{missing[0][0]}' sample {missing[0][1]}"
         )
 
 

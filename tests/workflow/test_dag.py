@@ -247,3 +247,61 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
     assert "Multiplication pass@1" in (workdir / "results/tiny/aggregate/results.md").read_text().splitlines()[0]
     assert planned_jobs(workdir) == {}
+
+
+def planned_with_reasons(workdir):
+    """`snakemake -n` of the workdir: the jobs planned (rule, wildcards, outputs) and its whole text."""
+    from safelora.gpu_hours import parse_dryrun
+
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return parse_dryrun(result.stdout), result.stdout
+
+
+@pytest.mark.slow
+def test_a_changed_or_deleted_checkpoint_replans_the_jobs_that_read_it(finished_run, capsys):
+    """Issue 24, finding 3, as found: a LoRA epoch's adapter replaced by `cp -p` of an older file (its
+    modification time goes back: Snakemake's newer-than-output test cannot see it), or a whole
+    `epoch-1/` deleted, left `snakemake -n` with nothing to do. Now each plans the jobs that read
+    that checkpoint, naming the file, and nothing else; restored, nothing is planned again."""
+    checkpoints = next((finished_run / "results/tiny/checkpoints/tiny/lora-r4-mlp").iterdir())
+    adapter = checkpoints / "epoch-2/adapter_model.safetensors"
+    original = adapter.read_bytes(), adapter.stat()
+    shutil.copy2(checkpoints / "epoch-1/adapter_model.safetensors", adapter)  # cp -p of epoch 1's, older
+    try:
+        jobs, text = planned_with_reasons(finished_run)
+    finally:
+        adapter.write_bytes(original[0])
+        os.utime(adapter, ns=(original[1].st_atime_ns, original[1].st_mtime_ns))
+    readers = sorted((job.rule, job.wildcards["run"], job.wildcards["epoch"]) for job in jobs if job.rule in
+                     ("generate", "orthomerge", "analyze_weights"))  # fmt: skip
+    # its readers (weight analysis, 3 generations, OrthoMerge) and the OrthoMerge adapter's 3 generations
+    assert readers == [
+        ("analyze_weights", "lora-r4-mlp", "2"),
+        *[("generate", "lora-r4-mlp", "2")] * 3,
+        *[("generate", "lora-r4-mlp.om-both-l1.2", "2")] * 3,
+        ("orthomerge", "lora-r4-mlp.om-both-l1.2", "2"),
+    ], readers
+    relative = adapter.relative_to(finished_run)
+    assert f"changed since training: {relative} differs in size or modification time from" in text
+    assert planned_jobs(finished_run) == {}
+    counts = dict(sorted(Counter(job.rule for job in jobs).items()))
+
+    epoch1 = checkpoints / "epoch-1"
+    aside = checkpoints.parent / "epoch-1.aside"
+    epoch1.rename(aside)
+    try:
+        deleted, text = planned_with_reasons(finished_run)
+    finally:
+        aside.rename(epoch1)
+    readers = sorted((job.rule, job.wildcards["run"], job.wildcards["epoch"]) for job in deleted if job.rule in
+                     ("generate", "orthomerge", "analyze_weights"))  # fmt: skip
+    assert readers == [*[("generate", "lora-r4-mlp", "1")] * 3], readers
+    assert f"changed since training: {epoch1.relative_to(finished_run)} is missing" in text
+    assert planned_jobs(finished_run) == {}
+    with capsys.disabled():
+        print(
+            f"\ncheckpoint: lora-r4-mlp epoch-2 adapter replaced by cp -p of epoch 1's: planned {counts}"
+            f"\ncheckpoint: lora-r4-mlp epoch-1/ deleted: planned {dict(sorted(Counter(j.rule for j in deleted).items()))}"
+            "\ncheckpoint: restored: nothing planned"
+        )

@@ -117,6 +117,17 @@ def grade_text(
     return results
 
 
+def sample_keys(items: list[dict[str, Any]], n: int) -> set[tuple[str, int]]:
+    """(problem id, sample index) of each verdict a grader gives the benchmark's `items` x `n` samples:
+    a GPQA item's samples are filed under its question (`_as_sample_of_question`)."""
+    keys = set()
+    for item in items:
+        for index in range(n):
+            sample = _as_sample_of_question({"prompt_id": str(item["id"]), "sample_index": index}, item)
+            keys.add((str(sample["prompt_id"]), sample["sample_index"]))
+    return keys
+
+
 def _as_sample_of_question(gen: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
     """A GPQA generation as a sample of its question (items are question x shuffle seed)."""
     meta = item.get("meta") or {}

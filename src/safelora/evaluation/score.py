@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from safelora import registry
-from safelora.io import read_jsonl
+from safelora.evaluation.graders import sample_keys
+from safelora.io import DamagedFileError, check_samples, read_jsonl
 
 # --------------------------------------------------------------------------------------------
 # pass@k
@@ -116,14 +117,36 @@ def check_graders(keys: list[tuple[str, str | None]], primary: str, source: str)
         raise ValueError(f"{source}: no verdict file of the primary grader '{primary}' for variant(s) {lacking}")
 
 
-def compute_score(ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path]) -> dict[str, Any]:
-    """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and benchmark."""
+def read_verdicts(path: str | Path, items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Verdict records, checked against what the grader was given, the benchmark's `items` x `n`
+    samples: each (problem, sample) exactly once, each value null or in [0, 1]. A file that is not
+    (cut, edited, another benchmark's) is a DamagedFileError naming the file, the line and the fix."""
+    verdicts = read_jsonl(path)
+    try:
+        for lineno, v in enumerate(verdicts, start=1):
+            value = v.get("value", "absent") if isinstance(v, dict) else "absent"
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
+            ):
+                raise ValueError(f"{path}: line {lineno}: value {value!r} is neither null nor in [0, 1]")
+        keys = [(str(v.get("prompt_id")), v.get("sample_index")) for v in verdicts]
+        check_samples(keys, sample_keys(items, n), str(path), f"{len(items)} items x n={n}")
+    except ValueError as err:
+        raise DamagedFileError(f"{err} (regrade it with: snakemake --forcerun {path})") from err
+    return verdicts
+
+
+def compute_score(
+    ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path], items: list[dict[str, Any]], n: int
+) -> dict[str, Any]:
+    """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and
+    benchmark, from verdict files of its `items` x `n` samples."""
     metric_name = registry.KIND_METRICS[settings["kind"]]
     keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
     check_graders(keys, settings["primary"], ", ".join(map(str, verdict_paths)))
     metrics, by_grader = [], {}
     for path, (grader, variant) in zip(verdict_paths, keys, strict=True):
-        verdicts = read_jsonl(path)
+        verdicts = read_verdicts(path, items, n)
         metric = metric_from_verdicts(verdicts, settings["max_unparseable_share"], str(path))
         metrics.append(
             {

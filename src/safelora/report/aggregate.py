@@ -36,7 +36,8 @@ WEIGHT_META_COLUMNS = ("method", "rank", "targets", "layers", "main")
 
 
 class ScoreFileError(ValueError):
-    """Two Score files for the same (checkpoint, benchmark, seed); the message names both."""
+    """Two Score files for the same (checkpoint, benchmark, seed), or a metric whose value is not
+    what its per-problem values give; the message names the file."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ class Benchmarks:
 
     @classmethod
     def load(cls, path: str | Path) -> Benchmarks:
-        return cls({entry["name"]: entry["label"] for entry in read_record(path)})
+        return cls({entry["name"]: entry["label"] for entry in read_record(path, "benchmarks")})
 
     def order(self, benchmark: str) -> tuple[int, str]:
         names = list(self.labels)
@@ -166,8 +167,11 @@ def _number(value: float | None) -> float:
 
 
 def read_score_file(path: str | Path) -> ScoreFile:
-    """One Score record, as `workflow_scripts/score.py` validated and wrote it (schemas/records/score.schema.yaml)."""
-    obj = read_record(path)
+    """One Score record (schemas/records/score.schema.yaml), checked again where read: its schema and
+    ranges, and each metric's value against its per-problem values (`check_metric_values`)."""
+    obj = read_record(path, "score")
+    for index, metric in enumerate(obj["metrics"]):
+        check_metric_values(metric, f"score record {path}: metrics/{index} (grader {metric['grader']})")
     metrics = [
         {**m, "value": _number(m["value"]), "per_problem": {k: _number(v) for k, v in m["per_problem"].items()}}
         for m in obj["metrics"]
@@ -179,6 +183,21 @@ def read_score_file(path: str | Path) -> ScoreFile:
     return ScoreFile(
         str(path), obj["model"], obj["run"], obj["epoch"], obj["benchmark"], obj.get("seed", 0), metrics, agreement
     )
+
+
+def check_metric_values(metric: Mapping[str, Any], where: str) -> None:
+    """Raise ScoreFileError unless the metric's value is the mean of its per-problem values (what
+    score.py computes; null or NaN when no problem has one) and its counts agree."""
+    values = [_number(v) for v in metric["per_problem"].values()]
+    mean = sum(values) / len(values) if values else math.nan
+    value = _number(metric["value"])
+    if not (math.isclose(value, mean, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(value) and math.isnan(mean))):
+        raise ScoreFileError(f"{where}: value {value} is not the mean {mean} of its {len(values)} per-problem values")
+    if len(values) > metric["n_problems"] or metric["unparseable"] > metric["n_samples"]:
+        raise ScoreFileError(
+            f"{where}: {len(values)} per-problem values for n_problems {metric['n_problems']}, or unparseable "
+            f"{metric['unparseable']} above n_samples {metric['n_samples']}"
+        )
 
 
 def read_score_files(paths: Iterable[str | Path]) -> list[ScoreFile]:
@@ -262,7 +281,7 @@ def layer_range_label(layers: Sequence[int] | None) -> str | None:
 
 
 def load_runs_meta(path: str | Path) -> pd.DataFrame:
-    return runs_meta_frame(read_record(path))
+    return runs_meta_frame(read_record(path, "runs_meta"))
 
 
 @dataclass(frozen=True)
@@ -288,7 +307,7 @@ def parse_expected(entries: Sequence[Sequence[Any] | Mapping[str, Any]]) -> list
 
 
 def load_expected(path: str | Path) -> list[ExpectedCheckpoint]:
-    return parse_expected(read_record(path))
+    return parse_expected(read_record(path, "expected"))
 
 
 def missing_report(

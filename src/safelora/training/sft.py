@@ -11,6 +11,7 @@ atomically as `epoch-<e>/`; the manifest is written last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -23,6 +24,8 @@ from typing import Any
 
 from safelora.config import ConfigError, gradient_accumulation, layer_range_problem
 from safelora.io import atomic_dir, atomic_write_json, read_jsonl
+from safelora.locks import writer_lock
+from safelora.training import published
 
 # Exit code after a SIGTERM-triggered save: the job failed, so Snakemake's --retries (or SLURM's
 # requeue) reruns it, and the rerun resumes from the saved state.
@@ -332,16 +335,17 @@ def resume_checkpoint(paths: TrainPaths, exporter: EpochExporter) -> str | None:
 
 
 def require_checkpoint(ref: str | None) -> None:
-    """Fail naming a published epoch checkpoint (results/checkpoints/…/epoch-<e>) that is gone, and how to rebuild it."""
-    if not ref or Path(ref).exists():
+    """Fail naming a published epoch checkpoint (results/checkpoints/…/epoch-<e>) that is gone, and how
+    to rebuild it, or whose files are not the ones its training manifest records (published.verify)."""
+    manifest = published.manifest_of(Path(ref)) if ref else None
+    if manifest is None:
         return
-    parts = Path(ref).parts
-    if len(parts) >= 5 and parts[-5] == "checkpoints" and parts[-1].startswith("epoch-"):
-        manifest = Path(*parts[:-5], "train", parts[-4], parts[-3], "manifest.json")
+    if not Path(ref).exists():
         raise FileNotFoundError(
             f"checkpoint {ref} is missing (deleted or pruned after training; {manifest} lists it). "
             f"Rebuild it by retraining the run: snakemake --forcerun {manifest}"
         )
+    published.verify(Path(ref))
 
 
 def _write_failure(err: BaseException) -> bool:
@@ -443,6 +447,13 @@ def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
     check_lora_layers(recipe, paths.base_model)
     world = WorldInfo.from_env()
     paths.state_dir.mkdir(parents=True, exist_ok=True)
+    # One trainer per state folder: a second one (an orphan of a killed driver beside its rerun)
+    # would remove the first's in-progress checkpoint as incomplete. Rank 0 holds it for the job.
+    with writer_lock(paths.state_dir, "train") if world.rank == 0 else contextlib.nullcontext():
+        return _train(recipe, paths, world)
+
+
+def _train(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo) -> int:
     exporter = EpochExporter(paths.checkpoint_dir, tokenizer=None, is_main=world.rank == 0)
     exporter.install_sigterm_handler()
     trainer = build_trainer(recipe, paths, world, exporter)
@@ -480,7 +491,8 @@ def write_manifest(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, 
         folder = paths.checkpoint_dir / f"epoch-{epoch}"
         if not folder.is_dir():
             raise RuntimeError(f"epoch {epoch} finished but {folder} was not published")
-        epochs.append({"epoch": epoch, "path": str(folder), "train_loss": losses.get(epoch)})
+        entry = {"epoch": epoch, "path": str(folder), "train_loss": losses.get(epoch)}
+        epochs.append({**entry, "files": published.file_records(folder)})
     batch = recipe["batch"]
     atomic_write_json(
         paths.manifest,
