@@ -39,8 +39,21 @@ def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     checkpoints = grid.checkpoints(config)
     # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10
     # + OrthoMerge 2 models x (col at lambda 1 + both at 5 lambdas) of the last epoch (Section 5.2)
+    # + the later versions' 6 module and layer-range ablations on 14B x10
     assert config["orthomerge"]["epochs"] == "last"
-    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 12
+    assert len(checkpoints) == 2 + 10 + 20 + 40 + 40 + 12 + 60
+    ablations = {
+        r: (runs[r]["targets"], runs[r].get("layers")) for r in runs if r.startswith("lora-r1-") and r != "lora-r1-mlp"
+    }
+    assert ablations == {
+        "lora-r1-up": ("up_proj", None),
+        "lora-r1-gate": ("gate_proj", None),
+        "lora-r1-down": ("down_proj", None),
+        "lora-r1-up-l0-15": ("up_proj", [0, 15]),
+        "lora-r1-up-l16-31": ("up_proj", [16, 31]),
+        "lora-r1-up-l32-47": ("up_proj", [32, 47]),
+    }
+    assert all(runs[r]["rank"] == 1 and runs[r]["models"] == ["r1-14b"] for r in ablations)
     assert grid.Checkpoint("r1-14b", "lora-r4-mlp.om-both-l1.175", 10) in checkpoints
     assert not any(c.epoch != 10 for c in checkpoints if ".om-" in c.run)
     assert {c.run for c in checkpoints if ".om-col" in c.run} == {"lora-r4-mlp.om-col-l1"}
@@ -371,18 +384,17 @@ def test_schema_holds_the_defaults_rules_and_scripts_used_to_repeat(paper, repo)
     assert grid.analysis_checkpoints(config) == []
 
 
-README_RECIPE = {"name": "lora-r1-up-l16-31", "method": "lora", "rank": 1, "targets": "up_proj", "layers": [16, 31],
-                 "models": ["r1-14b"]}  # fmt: skip
+LAYER_RUN = {"name": "up-layers", "method": "lora", "rank": 1, "targets": "up_proj", "layers": [16, 31],
+             "models": ["r1-14b"]}  # fmt: skip
 
 
 def test_a_layer_range_run_is_in_its_recipe_hash_and_runs_meta(paper, repo):
-    """The paper code README's `lora_up_proj_only_from16_to31_r1`: rank-1 LoRA on up_proj of layers 16-31."""
-    config = copy.deepcopy(paper)
-    before = grid.recipe_hash(grid.training_recipe(prepared(config, repo), "r1-14b", "lora-r4-mlp"))
-    config["runs"].append(dict(README_RECIPE))
-    config["runs"].append({**README_RECIPE, "name": "lora-r1-up", "layers": None})
-    del config["runs"][-1]["layers"]
-    config = prepared(config, repo)
+    """The paper code README's `lora_up_proj_only_from16_to31_r1` (config.yaml's lora-r1-up-l16-31):
+    rank-1 LoRA on up_proj of layers 16-31, beside lora-r1-up on every layer."""
+    without = copy.deepcopy(paper)
+    without["runs"] = [r for r in without["runs"] if "layers" not in r]
+    before = grid.recipe_hash(grid.training_recipe(prepared(without, repo), "r1-14b", "lora-r4-mlp"))
+    config = prepared(paper, repo)
     recipe = grid.training_recipe(config, "r1-14b", "lora-r1-up-l16-31")
     assert recipe["lora"] == {"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.05, "layers": [16, 31]}
     all_layers = grid.training_recipe(config, "r1-14b", "lora-r1-up")
@@ -404,13 +416,13 @@ def _local_model(tmp_path, num_layers):
 def test_layers_outside_a_local_model_are_rejected_at_planning(paper, repo, tmp_path):
     config = copy.deepcopy(paper)
     config["models"]["r1-14b"]["source"] = {"path": _local_model(tmp_path, 48)}
-    config["runs"].append({**README_RECIPE, "layers": [32, 47]})
+    config["runs"].append({**LAYER_RUN, "layers": [32, 47]})
     prepared(config, repo)  # the last layer is 47
     config["runs"][-1]["layers"] = [32, 48]
     with pytest.raises(ConfigError) as err:
         prepared(config, repo)
     assert str(err.value) == (
-        f"runs[{len(config['runs']) - 1}] ('lora-r1-up-l16-31').layers: layers [32, 48] reach past the model's 48 decoder layers (0-47) "
+        f"runs[{len(config['runs']) - 1}] ('up-layers').layers: layers [32, 48] reach past the model's 48 decoder layers (0-47) "
         "of model 'r1-14b'"
     )
 
@@ -418,9 +430,9 @@ def test_layers_outside_a_local_model_are_rejected_at_planning(paper, repo, tmp_
 def test_layers_of_hub_and_gguf_models_wait_for_the_train_job(paper, demo, repo):
     """No layer count at planning (no network; the GGUF is converted by a job): the job checks at its start."""
     config = copy.deepcopy(paper)
-    config["runs"].append({**README_RECIPE, "layers": [16, 480]})
+    config["runs"].append({**LAYER_RUN, "layers": [16, 480]})
     prepared(config, repo)
     config = copy.deepcopy(demo)
     config["lora_targets"]["up_proj"] = ["up_proj"]
-    config["runs"].append({**README_RECIPE, "layers": [16, 480], "models": ["smollm2"]})
+    config["runs"].append({**LAYER_RUN, "layers": [16, 480], "models": ["smollm2"]})
     prepared(config, repo)
