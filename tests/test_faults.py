@@ -219,6 +219,56 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
     assert not partial.exists()
 
 
+@pytest.mark.slow
+def test_a_second_generate_job_on_an_output_refuses_naming_the_first_and_a_third_takes_over(
+    tmp_path, tiny_model, capsys
+):
+    """The red team's crash case for generation: an orphaned generate job (its driver killed with
+    SIGKILL, the workflow restarted after --unlock) is still writing an output when the restarted
+    workflow starts a second job on it. The second refuses, naming the orphan and how to end it, and
+    leaves its partial chunks alone; after `kill -9` of the orphan a third takes over and finishes."""
+    import socket
+
+    items = tmp_path / "items.jsonl"
+    atomic_write_jsonl(
+        items, [{"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": None, "meta": {}} for i in range(40)]
+    )
+    out = tmp_path / "gen.jsonl"
+    sampling = json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1})
+    args = [
+        SCRIPTS / "generate.py", "--base", tiny_model, "--items", items, "--backend", "transformers",
+        "--batch-size", "1", "--chunk-size", "1", "--sampling", sampling,
+        "--model-settings", json.dumps({"dtype": "float32", "max_model_len": 512}), "--mem-mb", "0", "--out", out,
+    ]  # fmt: skip
+    command = [sys.executable, *map(str, args)]
+    orphan = subprocess.Popen(command, env={**ENV, "SLURM_JOB_ID": "777"}, stdout=subprocess.DEVNULL)
+    partial = tmp_path / "gen.jsonl.partial"
+    deadline = time.time() + 300
+    while not list(partial.glob("chunk-*.jsonl")) and orphan.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    orphan.send_signal(signal.SIGSTOP)
+    try:
+        chunks = sorted(p.name for p in partial.iterdir())
+        second = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        message = second.stderr.strip().splitlines()[-1]
+        host = socket.gethostname()
+        assert second.returncode != 0 and message.startswith(
+            f"safelora.locks.LockHeldError: {out} is being written by another generate job: "
+            f"pid {orphan.pid} on host {host}, SLURM job 777, since "
+        ), second.stderr[-3000:]
+        assert f"end it: scancel 777 (or kill {orphan.pid} on {host}); then rerun" in message
+        assert sorted(p.name for p in partial.iterdir()) == chunks and not out.exists()
+    finally:
+        orphan.send_signal(signal.SIGKILL)
+        orphan.wait()
+    third = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"taking over {out}.lock from pid {orphan.pid} on host {host}, SLURM job 777" in third.stdout
+    assert len(read_jsonl(out)) == 40 and not partial.exists()
+    with capsys.disabled():
+        print(f"\nfault: second generate job beside an orphan ({chunks}): refused: {message.split(': ', 1)[1]}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Damaged generation files: every reader checks them against the benchmark's items x n.
 

@@ -34,6 +34,14 @@ def main() -> int:
     add_backend_arguments(parser)
     args = parser.parse_args()
 
+    from safelora.locks import writer_lock
+
+    # One writer per output: an orphan of a killed driver still generating it makes this job refuse.
+    with writer_lock(Path(args.out), "generate"):
+        return generate(args)
+
+
+def generate(args: argparse.Namespace) -> int:
     from safelora.housekeeping import MemoryGuard
     from safelora.training.sft import require_checkpoint
 

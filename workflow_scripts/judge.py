@@ -42,7 +42,10 @@ def main() -> int:
         JudgedCheckpoint(Path(gens), Path(out), Path(fallback) if fallback else None)
         for gens, out, fallback in zip(args.generations, args.out, fallbacks, strict=True)
     ]
-    run_judge(json.loads(args.judge), args.kind, checkpoints, Path(args.items), args.backend, args.batch_size)
+    from safelora.locks import writer_locks
+
+    with writer_locks(map(Path, args.out), "judge"):  # an orphan judging the same run makes this job refuse
+        run_judge(json.loads(args.judge), args.kind, checkpoints, Path(args.items), args.backend, args.batch_size)
     return 0
 
 

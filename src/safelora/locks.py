@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +99,12 @@ def writer_lock(output: Path, job: str) -> Iterator[None]:
         _write_holder(fd, None)  # released cleanly: the next holder has no one to report
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def writer_locks(outputs: Iterable[Path], job: str) -> Iterator[None]:
+    """`writer_lock` on every output of a job (a judge job writes one verdict file per checkpoint)."""
+    with contextlib.ExitStack() as stack:
+        for output in outputs:
+            stack.enter_context(writer_lock(output, job))
+        yield
