@@ -862,7 +862,7 @@ def loaders(base, folder, out):
     return {
         "generate": ["generate.py", "--base", base, "--adapter", folder, "--items", items, "--backend",
                      "transformers", "--batch-size", "4", "--sampling", sampling, "--model-settings", "{}",
-                     "--mem-mb", "0", "--engine-idle-s", "0", "--out", out / "gen.jsonl"],
+                     "--mem-mb", "0", "--out", out / "gen.jsonl"],
         "orthomerge": ["orthomerge.py", "--adapter", folder, "--svd", out / "svd.safetensors", "--variant", "both",
                        "--lam", "1.0", "--k", "4", "--out", out / "om"],
         "analyze_weights": ["analyze_weights.py", "--base", base, "--checkpoint", folder, "--svd",
