@@ -7,6 +7,9 @@ DirectRefusal's ~1,000 (the dataset is not available offline: 1,000 is Safety-Ta
 and fits the paper code's README, which evaluates 10-epoch LoRA-14B at checkpoint-500 ... 5000 at
 batch 2). The last column is the data-parallel reading of Appendix A.5 (global batch = GPUs x
 per-device batch) for comparison.
+
+The demo's jobs, in seconds:
+`python benchmarks/train_steps.py --configfile config/demo.yaml --profile profiles/local`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpu_hours import REPO, dry_run
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -28,12 +31,12 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO / "src"))
     from safelora import config as grid
-    from safelora.gpu_hours import Assumptions, parse_dryrun
+    from safelora.gpu_hours import Assumptions, dry_run, parse_dryrun
 
     config = yaml.safe_load(args.configfile.read_text())
     grid.validate_schema(config)
     grid.complete_config(config, REPO)
-    jobs = [j for j in parse_dryrun(dry_run(args.configfile, args.profile, [])) if j.rule == "train"]
+    jobs = [j for j in parse_dryrun(dry_run(REPO, args.configfile, args.profile)) if j.rule == "train"]
     print(f"{len(jobs)} planned train jobs ({args.configfile.name}, profile {args.profile.name})")
     print(
         "| model | run | GPUs | parallelism | processes | per-device | accumulation | global batch "
@@ -44,11 +47,12 @@ def main() -> int:
         recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
         batch = recipe["batch"]
         rows = recipe["data"].get("rows") or Assumptions().train_rows
-        ranks = grid.data_parallel_ranks(recipe["parallelism"], job.gpus)
+        gpus = max(job.gpus, 1)  # launch_train.sh starts one (CPU) process for a job without a GPU
+        ranks = grid.data_parallel_ranks(recipe["parallelism"], gpus)
         accumulation = grid.gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
         steps = grid.steps_per_epoch(rows, batch, ranks)
-        ddp = {**batch, "global_batch": job.gpus * batch["per_device_batch"]}
-        ddp_steps = grid.steps_per_epoch(rows, ddp, job.gpus)
+        ddp = {**batch, "global_batch": gpus * batch["per_device_batch"]}
+        ddp_steps = grid.steps_per_epoch(rows, ddp, gpus)
         print(
             f"| {recipe['model']} | {recipe['run']} | {job.gpus} | {recipe['parallelism']} | {ranks} "
             f"| {batch['per_device_batch']} | {accumulation} | {batch['global_batch']} | {rows} | {steps} "
