@@ -16,7 +16,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs-meta", required=True, help="JSON: run -> {method, rank, targets, lambda[, source, main]}"
     )
-    parser.add_argument("--expected", required=True, help="JSON list of expected checkpoints [model, run, epoch]")
+    parser.add_argument(
+        "--expected",
+        required=True,
+        help="expected.json of the describe_grid rule: one {model, run, epoch, benchmarks} object per checkpoint"
+        " the config evaluates (schemas/records/expected.schema.yaml)",
+    )
     parser.add_argument(
         "--benchmarks", required=True, help="JSON list of benchmarks {name, label, kind}, display order"
     )
