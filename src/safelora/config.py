@@ -1,7 +1,9 @@
 """The workflow configuration: schema validation, cross-field checks and the run grid.
 
-`common.smk` validates with `snakemake.utils.validate` against the same schema file and then
-calls `check_config`; the CLIs call `load_config`. Every error names the key it is about.
+`common.smk` validates with `validate_schema` (the JSON Schema, filling its defaults) and then calls
+`check_config`; `load_config` does both for a config file read outside Snakemake (the tests), and
+`complete_config` for a config already in memory (the benchmark scripts). Every error names the key
+it is about.
 """
 
 from __future__ import annotations
