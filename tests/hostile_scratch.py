@@ -1,4 +1,4 @@
-"""A cluster node's scratch folder, as the red team found it (issue 24, finding 1), and a sample that
+"""A cluster node's scratch folder, as a red-team review found it (a scratch path outside every fixed list), and a sample that
 goes for it.
 
 `/scratch-test-<random>/user/` is a path no fixed list of folders covers; it holds `hf/token` (the

@@ -1,5 +1,5 @@
 """Bad input is refused before any job, in one line naming the config key or the file, row and
-column; valid input is read as written (issue 24). Every case runs the workflow's own entry point:
+column; valid input is read as written. Every case runs the workflow's own entry point:
 `snakemake -n --configfile <the demo config with one change>` from the checkout, as a user would
 (the BOM file also through build_benchmark.py, the rule's script). The counts are printed at the end.
 """

@@ -190,7 +190,7 @@ def test_cli_writes_plus_and_base_verdicts(tmp_path: Path, humaneval: dict) -> N
     assert "def below_zero" in plus[0]["raw"] and "<think>" not in plus[0]["raw"]
 
 
-# Issue 24, finding 6: the start of a JSON object to every file descriptor the sample has, and to
+# A red-team finding: the start of a JSON object to every file descriptor the sample has, and to
 # every one of its parent's (the worker) and of the sandbox's init. Placed in the function body
 # (the sanitizer drops top-level statements), before the canonical body: it runs on every call.
 CHANNEL_WRITER = """

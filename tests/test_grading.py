@@ -101,7 +101,7 @@ def test_fallback_judge_only_sees_failures():
 
 
 def test_math_judge_policy_of_the_paper_code():
-    """Unboxed answers score 0 without the judge; an unparseable verdict scores 0 (issue 13)."""
+    """Unboxed answers score 0 without the judge; an unparseable verdict scores 0, as the paper's code scores them."""
     gens = [
         gen("1", "<think>\\boxed{5}</think>so 7"),
         gen("1", "<think>long</think>it is 7", 1),

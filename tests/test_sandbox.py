@@ -178,7 +178,7 @@ def scratch(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_a_scratch_folder_no_list_names_is_out_of_reach(scratch: ScratchFolder) -> None:
-    """Issue 24, finding 1: $HF_HOME/token and an engine socket under $TMPDIR on /scratch-test-*."""
+    """A red-team finding: $HF_HOME/token and an engine socket under $TMPDIR on /scratch-test-*."""
     outside = subprocess.run([sys.executable, "-c", scratch.probe], capture_output=True, text=True, check=True)
     inside = run(scratch.probe)
     assert inside.ok, inside.stderr

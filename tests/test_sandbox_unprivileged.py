@@ -161,7 +161,7 @@ def test_without_user_namespaces_execute_code_stops_before_any_sample(cluster_us
 
 @pytest.mark.slow
 def test_the_users_scratch_folder_is_out_of_reach(cluster_user):
-    """Issue 24, finding 1 as found: the job's own user, TMPDIR and HF_HOME on node scratch."""
+    """A red-team finding, as found: the job's own user, TMPDIR and HF_HOME on node scratch."""
     uid, gid, python, folder = cluster_user
     scratch = ScratchFolder(uid, gid)
     try:

@@ -130,7 +130,7 @@ class Assumptions:
         default_factory=lambda: {"meta-llama/Llama-Guard-3-8B": 20000.0, "Qwen/Qwen2.5-32B-Instruct": 5000.0}
     )
     judge_start_s: float = 300.0
-    # Share of AIME samples math-verify leaves to the Qwen judge (issue 8's fallback).
+    # Share of AIME samples math-verify leaves to the Qwen judge (its `fallback_for` judge).
     fallback_share: float = 0.5
     # Training: DirectRefusal rows when `rows` is null (Safety-Tax: ~1,000), and samples/s per GPU
     # for ~300-token examples (full FT pays ZeRO-3 communication and gradient checkpointing).

@@ -260,7 +260,7 @@ def planned_with_reasons(workdir):
 
 @pytest.mark.slow
 def test_a_changed_or_deleted_checkpoint_replans_the_jobs_that_read_it(finished_run, capsys):
-    """Issue 24, finding 3, as found: a LoRA epoch's adapter replaced by `cp -p` of an older file (its
+    """A red-team finding, as found: a LoRA epoch's adapter replaced by `cp -p` of an older file (its
     modification time goes back: Snakemake's newer-than-output test cannot see it), or a whole
     `epoch-1/` deleted, left `snakemake -n` with nothing to do. Now each plans the jobs that read
     that checkpoint, naming the file, and nothing else; restored, nothing is planned again."""

@@ -143,7 +143,7 @@ def _as_sample_of_question(gen: dict[str, Any], item: dict[str, Any]) -> dict[st
 def judge_messages(judge_kind: str, gen: dict[str, Any], item: dict[str, Any]) -> list[dict[str, str]]:
     """The conversation a judge model is asked about one generated sample."""
     if judge_kind == "llama_guard":
-        # The whole response, thinking included, is judged (issue 8; the paper's code does too).
+        # The whole response, thinking included, is judged, as the paper's code does (docs/fidelity.md).
         return parsers.llama_guard_conversation(item["prompt"], gen["text"])
     if judge_kind == "refusal_judge":
         answer = parsers.strip_thinking(gen["text"])
