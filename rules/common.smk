@@ -81,7 +81,7 @@ def cli_args(**options):
     """`--name value` pairs (`_` -> `-`), values quoted for the shell; None leaves an option out.
     A stage's settings go to its shell command as one such param. Snakemake expands each param
     and formats each shell field of every job, so one field instead of four saves planning time
-    on 2,500 jobs, and the param still reruns the job when any setting changes (docs/cluster.md)."""
+    on ~3,100 jobs, and the param still reruns the job when any setting changes (docs/cluster.md)."""
     return " ".join(
         f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in options.items() if value is not None
     )
