@@ -7,6 +7,7 @@ parsed (counted and reported, never scored).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -53,15 +54,15 @@ def _grade_refusal(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tupl
 
 
 def _answer_grader(
-    extract: Callable[[str], str | None],
+    extract: Callable[[str], str | None], equal: Callable[[str, str], bool]
 ) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
-    """A grader comparing the answer `extract` finds in a completion with the gold answer."""
+    """A grader comparing the answer `extract` finds in a completion with the item's answer by `equal`."""
 
     def grade(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
         answer = extract(gen["text"])
         if answer is None:
             return 0.0, "no_answer", ""
-        correct = parsers.math_answers_equal(answer, item["answer"])
+        correct = equal(answer, item["answer"])
         return (1.0 if correct else 0.0), "correct" if correct else "incorrect", answer
 
     return grade
@@ -75,27 +76,12 @@ def _last_number(text: str) -> str | None:
     return parsers.extract_last_number(parsers.strip_thinking(text))
 
 
-def _choice_grader(
-    extract: Callable[[str], str | None],
-) -> Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]:
-    """A grader comparing the letter `extract` finds in a completion with the item's letter."""
-
-    def grade(gen: dict[str, Any], item: dict[str, Any], kind: str) -> tuple[float | None, str, str]:
-        letter = extract(gen["text"])
-        if letter is None:
-            return 0.0, "no_answer", ""
-        correct = letter == item["answer"]
-        return (1.0 if correct else 0.0), "correct" if correct else "incorrect", letter
-
-    return grade
-
-
 TEXT_GRADERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], tuple[float | None, str, str]]] = {
     "refusal_match": _grade_refusal,
-    "math_verify": _answer_grader(_boxed_answer),
-    "last_number": _answer_grader(_last_number),
-    "choice_regex": _choice_grader(parsers.extract_choice_letter),
-    "choice_paper_code": _choice_grader(parsers.extract_choice_letter_paper_code),
+    "math_verify": _answer_grader(_boxed_answer, parsers.math_answers_equal),
+    "last_number": _answer_grader(_last_number, parsers.math_answers_equal),
+    "choice_regex": _answer_grader(parsers.extract_choice_letter, operator.eq),
+    "choice_paper_code": _answer_grader(parsers.extract_choice_letter_paper_code, operator.eq),
 }
 registry.check_implemented("text graders", registry.text_graders(), TEXT_GRADERS)
 

@@ -24,17 +24,24 @@ def strip_thinking(text: str) -> str:
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)")
 
 
-def _braced_content(text: str, open_at: int) -> str | None:
-    """Content of the brace group opening at `open_at`, or None if it never closes."""
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the brace that brings the depth counted from `start` back to 0 (the brace closing
+    the first group opened at or after `start`), or None if it never closes."""
     depth = 0
-    for i in range(open_at, len(text)):
+    for i in range(start, len(text)):
         if text[i] == "{":
             depth += 1
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1 : i]
+                return i
     return None
+
+
+def _braced_content(text: str, open_at: int) -> str | None:
+    """Content of the brace group opening at `open_at`, or None if it never closes."""
+    end = _closing_brace(text, open_at)
+    return None if end is None else text[open_at + 1 : end]
 
 
 def extract_boxed(text: str) -> str | None:
@@ -222,15 +229,8 @@ def _paper_code_box(text: str) -> str | None:
         start = text.rfind("\\fbox")
     if start < 0:
         return None
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
+    end = _closing_brace(text, start)
+    return None if end is None else text[start : end + 1]
 
 
 def _paper_code_box_content(box: str) -> str | None:
