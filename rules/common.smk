@@ -557,6 +557,8 @@ def figure_inputs(wildcards):
     reads = registry.FIGURES[wildcards.figure].reads
     if reads == "weights":
         inputs["weights"] = analysis_files()
+    elif reads == "training_logs":
+        inputs["manifests"] = [train_manifest(model, run) for model, run in grid.training_runs(config)]
     elif reads == "agreement":
         inputs["agreement"] = f"{RESULTS}/aggregate/agreement.csv"
     else:
@@ -570,6 +572,8 @@ def figure_args(wildcards):
     args = f"--runs-meta {inputs['meta']} --benchmarks {inputs['benchmarks']}"
     if "weights" in inputs:
         args += " --weights " + " ".join(inputs["weights"])
+    if "manifests" in inputs:
+        args += " --train-manifests " + " ".join(inputs["manifests"])
     if "agreement" in inputs:
         args += f" --agreement {inputs['agreement']}"
     if "table" in inputs:

@@ -241,7 +241,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 11, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 12, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
