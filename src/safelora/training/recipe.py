@@ -13,7 +13,7 @@ A key that is not a field of its section's class is refused, naming the section 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from safelora.config import ConfigError
 
@@ -29,7 +29,6 @@ JOB_ARGS: dict[str, Any] = {
 }
 
 
-# Optional[...] rather than `X | None`: HfArgumentParser reads the annotations on Python 3.11 too.
 @dataclass(frozen=True)
 class SafeLoraOptions:
     """The project's options of a training run: every recipe value that is no SFTConfig or LoraConfig field."""
@@ -45,8 +44,8 @@ class SafeLoraOptions:
     gpus: int  # the paper's GPU count (Appendix A.5)
     global_batch: int  # samples per optimizer step, kept by gradient accumulation
     parallelism: str  # model_split | data_parallel
-    deepspeed: Optional[dict]  # noqa: UP045 - ZeRO settings {stage, offload_optimizer, offload_params}, or None
-    ortho_reg: Optional[dict]  # noqa: UP045 - the orthogonality regularizer's settings, or None
+    deepspeed: dict | None  # ZeRO settings {stage, offload_optimizer, offload_params}, or None
+    ortho_reg: dict | None  # the orthogonality regularizer's settings, or None
 
 
 @dataclass(frozen=True)
