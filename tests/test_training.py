@@ -31,7 +31,7 @@ def training_log(p):
     """The run's published training log, as its manifest names it (the trainer's trainer_state.json)."""
     log = json.loads(p.manifest.read_text())["training_log"]
     assert log == str(p.checkpoint_dir / "trainer_state.json")
-    return json.loads(open(log).read())
+    return json.loads((p.checkpoint_dir / "trainer_state.json").read_text())
 
 
 def weights(folder):

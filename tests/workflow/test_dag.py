@@ -39,6 +39,9 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
     manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
     assert manifest["global_batch"] == 8 and manifest["gradient_accumulation"] == 2
+    log = json.loads((finished_run / manifest["training_log"]).read_text())["log_history"]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]  # 2 epochs of 2 steps, logged every step
+    assert (finished_run / "results/tiny/figures/training_curves.png").stat().st_size > 20_000  # drawn, not "Not drawn"
 
 
 @pytest.mark.slow
