@@ -148,9 +148,13 @@ def check_config(base: Path, dtype: str, rows: int, prompts: int, max_new_tokens
     for method in ("full", "lora"):
         zero3 = method == "full"  # ZeRO-3 runs one process per GPU (parallelism data_parallel)
         config["training"][method].update(
-            epochs=1, deepspeed=ZERO3 if zero3 else None, parallelism="data_parallel" if zero3 else "model_split"
+            num_train_epochs=1,
+            deepspeed=ZERO3 if zero3 else None,
+            parallelism="data_parallel" if zero3 else "model_split",
         )
-        config["training"][method]["per_model"] = {"check": {"gpus": 1, "per_device_batch": 4, "global_batch": 4}}
+        config["training"][method]["per_model"] = {
+            "check": {"gpus": 1, "per_device_train_batch_size": 4, "global_batch": 4}
+        }
     config["runs"] = [
         {"name": "full", "method": "full", "models": ["check"]},
         {"name": "lora-r4-mlp", "method": "lora", "rank": 4, "targets": "mlp", "models": ["check"]},
@@ -179,7 +183,7 @@ def train_step(memory: PeakMemory, work: Path, config: dict, run: str, data: Pat
             str(SCRIPTS / "launch_train.sh"),
             gpus,
             "1",
-            resolved["parallelism"],
+            resolved["safelora"]["parallelism"],
             str(SCRIPTS / "train.py"),
             "--recipe",
             str(recipe),
@@ -199,7 +203,8 @@ def train_step(memory: PeakMemory, work: Path, config: dict, run: str, data: Pat
         folder / "train.log",
     )
     record = json.loads(manifest.read_text(encoding="utf-8"))
-    runtime = next(e["train_runtime"] for e in reversed(record["log_history"]) if "train_runtime" in e)
+    log_history = json.loads(Path(record["training_log"]).read_text(encoding="utf-8"))["log_history"]
+    runtime = next(e["train_runtime"] for e in reversed(log_history) if "train_runtime" in e)
     steps = record["global_step"]
     print(
         f"train {run:12s} {steps} steps  step {runtime / steps:6.2f} s  wall {wall:6.1f} s  "

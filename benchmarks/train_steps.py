@@ -45,18 +45,19 @@ def main() -> int:
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for job in sorted(jobs, key=lambda j: (j.wildcards["model"], j.wildcards["run"])):
         recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
-        batch = recipe["batch"]
-        rows = recipe["data"].get("rows") or Assumptions().train_rows
+        sft, opts = recipe["sft"], recipe["safelora"]
+        per_device, epochs = sft["per_device_train_batch_size"], sft["num_train_epochs"]
+        rows = opts["data"].get("rows") or Assumptions().train_rows
         gpus = max(job.gpus, 1)  # launch_train.sh starts one (CPU) process for a job without a GPU
-        ranks = grid.data_parallel_ranks(recipe["parallelism"], gpus)
-        accumulation = grid.gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
-        steps = grid.steps_per_epoch(rows, batch, ranks)
-        ddp = {**batch, "global_batch": gpus * batch["per_device_batch"]}
-        ddp_steps = grid.steps_per_epoch(rows, ddp, gpus)
+        ranks = grid.data_parallel_ranks(opts["parallelism"], gpus)
+        accumulation = grid.gradient_accumulation(opts["global_batch"], per_device, ranks)
+        steps = grid.steps_per_epoch(rows, opts["global_batch"], per_device, ranks)
+        ddp_global = gpus * per_device
+        ddp_steps = grid.steps_per_epoch(rows, ddp_global, per_device, gpus)
         print(
-            f"| {recipe['model']} | {recipe['run']} | {job.gpus} | {recipe['parallelism']} | {ranks} "
-            f"| {batch['per_device_batch']} | {accumulation} | {batch['global_batch']} | {rows} | {steps} "
-            f"| {recipe['epochs']} | {steps * recipe['epochs']} | {ddp['global_batch']}, {ddp_steps} |"
+            f"| {opts['model']} | {opts['run']} | {job.gpus} | {opts['parallelism']} | {ranks} "
+            f"| {per_device} | {accumulation} | {opts['global_batch']} | {rows} | {steps} "
+            f"| {epochs} | {steps * epochs} | {ddp_global}, {ddp_steps} |"
         )
     return 0
 

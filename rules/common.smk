@@ -187,21 +187,23 @@ def train_inputs(wildcards):
         "data": f"{RESULTS}/data/train/{wildcards.model}.jsonl",
         "base": base_model_input(wildcards.model),
     }
-    if recipe(wildcards.model, wildcards.run).get("ortho_reg"):
+    if recipe(wildcards.model, wildcards.run)["safelora"]["ortho_reg"]:
         inputs["svd"] = svd_input(wildcards.model)
     return inputs
 
 
 @job_function
 def train_svd_arg(wildcards):
-    return f"--svd {svd_input(wildcards.model)}" if recipe(wildcards.model, wildcards.run).get("ortho_reg") else ""
+    return (
+        f"--svd {svd_input(wildcards.model)}" if recipe(wildcards.model, wildcards.run)["safelora"]["ortho_reg"] else ""
+    )
 
 
 @job_function
 def train_gpus(wildcards):
     """The paper's GPU count for this run (Appendix A.5); profiles may override `gpu`."""
     r = recipe(wildcards.model, wildcards.run)
-    return r["batch"]["gpus"]
+    return r["safelora"]["gpus"]
 
 
 @job_function
@@ -216,7 +218,7 @@ def train_mem_mb(wildcards):
 @job_function
 def train_parallelism(wildcards):
     """`model_split` (one process over the job's GPUs) or `data_parallel` (one per GPU)."""
-    return recipe(wildcards.model, wildcards.run)["parallelism"]
+    return recipe(wildcards.model, wildcards.run)["safelora"]["parallelism"]
 
 
 @job_function
@@ -256,7 +258,7 @@ def checkpoint_args(wildcards):
         return f"--base {base_model(model)} --adapter {RESULTS}/orthomerge/{model}/{run}/epoch-{epoch}"
     if run == grid.BASE_RUN:
         return f"--base {base_model(model)}"
-    if recipe(model, run)["method"] == "lora":
+    if recipe(model, run)["safelora"]["method"] == "lora":
         return f"--base {base_model(model)} --adapter {trained_checkpoint(model, run, epoch)}"
     return f"--base {trained_checkpoint(model, run, epoch)}"
 
@@ -555,6 +557,8 @@ def figure_inputs(wildcards):
     reads = registry.FIGURES[wildcards.figure].reads
     if reads == "weights":
         inputs["weights"] = analysis_files()
+    elif reads == "training_logs":
+        inputs["manifests"] = [train_manifest(model, run) for model, run in grid.training_runs(config)]
     elif reads == "agreement":
         inputs["agreement"] = f"{RESULTS}/aggregate/agreement.csv"
     else:
@@ -568,6 +572,8 @@ def figure_args(wildcards):
     args = f"--runs-meta {inputs['meta']} --benchmarks {inputs['benchmarks']}"
     if "weights" in inputs:
         args += " --weights " + " ".join(inputs["weights"])
+    if "manifests" in inputs:
+        args += " --train-manifests " + " ".join(inputs["manifests"])
     if "agreement" in inputs:
         args += f" --agreement {inputs['agreement']}"
     if "table" in inputs:

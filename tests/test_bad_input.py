@@ -77,17 +77,17 @@ CONFIG_CASES = {
         "(checked as training.full)",
     ),
     "zero epochs override": (
-        override(epochs=0),
-        "runs[1] ('full').overrides.epochs: 0 is less than the minimum of 1 (checked as training.full)",
+        override(num_train_epochs=0),
+        "runs[1] ('full').overrides.num_train_epochs: 0 is less than the minimum of 1 (checked as training.full)",
     ),
     "unknown scheduler override": (
-        override(lr_scheduler="bogus_schedule"),
-        "runs[1] ('full').overrides.lr_scheduler: 'bogus_schedule' is not one of ['cosine', 'linear', 'constant'] "
+        override(lr_scheduler_type="bogus_schedule"),
+        "runs[1] ('full').overrides.lr_scheduler_type: 'bogus_schedule' is not one of ['cosine', 'linear', 'constant'] "
         "(checked as training.full)",
     ),
     "an integer written 1.0": (
-        override(epochs=1.0),
-        "runs[1] ('full').overrides.epochs: 1.0 is not of type 'integer' (checked as training.full)",
+        override(num_train_epochs=1.0),
+        "runs[1] ('full').overrides.num_train_epochs: 1.0 is not of type 'integer' (checked as training.full)",
     ),
     "template without {problem}": (
         template("Answer the question."),

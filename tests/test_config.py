@@ -34,7 +34,7 @@ def test_paper_config_is_valid_and_has_the_paper_grid(paper, repo):
     assert {"base", "full", "lora-r4-mlp", "lora-r1-mlp", "lora-r8-mlp", "lora-r64-mlp", "reg-col", "reg-both"} <= set(
         runs
     )
-    assert config["training"]["full"]["epochs"] == 5 and config["training"]["lora"]["epochs"] == 10
+    assert config["training"]["full"]["num_train_epochs"] == 5 and config["training"]["lora"]["num_train_epochs"] == 10
     assert config["orthomerge"]["variants"] == {"col": [1.0], "both": [1.0, 1.15, 1.175, 1.2, 1.25]}
     checkpoints = grid.checkpoints(config)
     # base (2) + full 2x5 + lora-r4 2x10 + 4 single-model LoRA runs x10 + reg 2x2x10
@@ -83,15 +83,20 @@ def test_paper_batches_follow_appendix_a5(paper, repo):
     full14 = grid.training_recipe(config, "r1-14b", "full")
     lora7 = grid.training_recipe(config, "r1-7b", "lora-r4-mlp")
     lora14 = grid.training_recipe(config, "r1-14b", "lora-r4-mlp")
-    assert (full7["batch"]["gpus"], full7["batch"]["per_device_batch"]) == (4, 2)
-    assert (full14["batch"]["gpus"], full14["batch"]["per_device_batch"]) == (8, 1)
-    assert (lora7["batch"]["gpus"], lora7["batch"]["per_device_batch"]) == (2, 2)
-    assert (lora14["batch"]["gpus"], lora14["batch"]["per_device_batch"]) == (4, 2)
-    assert full7["deepspeed"] is None and lora7["deepspeed"] is None
-    assert {r["parallelism"] for r in (full7, full14, lora7, lora14)} == {"model_split"}
-    assert (full7["mixed_precision"], lora7["mixed_precision"]) == ("bf16", "fp16")
-    assert lora7["lora"] == {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.05}
-    assert lora7["learning_rate"] == full7["learning_rate"] == 5e-5
+    batches = [(r["safelora"]["gpus"], r["sft"]["per_device_train_batch_size"]) for r in (full7, full14, lora7, lora14)]
+    assert batches == [(4, 2), (8, 1), (2, 2), (4, 2)]
+    assert [r["safelora"]["global_batch"] for r in (full7, full14, lora7, lora14)] == [2, 1, 2, 2]
+    assert full7["safelora"]["deepspeed"] is None and lora7["safelora"]["deepspeed"] is None
+    assert {r["safelora"]["parallelism"] for r in (full7, full14, lora7, lora14)} == {"model_split"}
+    assert [(r["sft"]["bf16"], r["sft"]["fp16"]) for r in (full7, lora7)] == [(True, False), (False, True)]
+    assert lora7["lora"] == {
+        "r": 4, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["gate_proj", "up_proj", "down_proj"],
+        "task_type": "CAUSAL_LM",
+    }  # fmt: skip
+    assert "lora" not in full7
+    assert lora7["sft"]["learning_rate"] == full7["sft"]["learning_rate"] == 5e-5
+    assert (full7["sft"]["num_train_epochs"], lora7["sft"]["num_train_epochs"]) == (5, 10)
+    assert lora7["sft"]["lr_scheduler_type"] == "cosine" and lora7["sft"]["seed"] == lora7["sft"]["data_seed"] == 42
 
 
 def test_paper_code_steps_per_epoch(paper, repo):
@@ -99,18 +104,18 @@ def test_paper_code_steps_per_epoch(paper, repo):
     on DirectRefusal's 1,000 rows at global batch 2; the data-parallel reading of A.5 gives 125."""
     config = prepared(paper, repo)
     lora14 = grid.training_recipe(config, "r1-14b", "lora-r4-mlp")
-    ranks = grid.data_parallel_ranks(lora14["parallelism"], lora14["batch"]["gpus"])
-    assert ranks == 1 and grid.steps_per_epoch(1000, lora14["batch"], ranks) == 500
-    ddp = {**lora14["batch"], "global_batch": 8}
-    assert grid.steps_per_epoch(1000, ddp, grid.data_parallel_ranks("data_parallel", 4)) == 125
-    assert grid.steps_per_epoch(999, {"gpus": 2, "per_device_batch": 2, "global_batch": 4}, 2) == 250
+    opts, per_device = lora14["safelora"], lora14["sft"]["per_device_train_batch_size"]
+    ranks = grid.data_parallel_ranks(opts["parallelism"], opts["gpus"])
+    assert ranks == 1 and grid.steps_per_epoch(1000, opts["global_batch"], per_device, ranks) == 500
+    assert grid.steps_per_epoch(1000, 8, per_device, grid.data_parallel_ranks("data_parallel", 4)) == 125
+    assert grid.steps_per_epoch(999, 4, 2, 2) == 250
 
 
 def test_gradient_accumulation_keeps_the_global_batch():
     assert grid.gradient_accumulation(8, 2, 4) == 1
     assert grid.gradient_accumulation(8, 2, 2) == 2
     assert grid.gradient_accumulation(8, 1, 1) == 8
-    with pytest.raises(ConfigError, match="not a multiple"):
+    with pytest.raises(ConfigError, match=r"global_batch 8 is not a multiple of 3 process\(es\) x per_device_train"):
         grid.gradient_accumulation(8, 2, 3)
 
 
@@ -126,7 +131,7 @@ def test_recipe_hash_changes_with_one_setting(paper, repo):
     run = grid.run_by_name(config, "lora-r4-mlp")
     run["overrides"] = {"learning_rate": 1e-4}
     assert grid.recipe_hash(grid.training_recipe(config, "r1-7b", "lora-r4-mlp")) != before
-    assert grid.training_recipe(config, "r1-7b", "full")["learning_rate"] == 5e-5
+    assert grid.training_recipe(config, "r1-7b", "full")["sft"]["learning_rate"] == 5e-5
 
 
 def test_runs_meta_names_methods(paper, repo):
@@ -171,9 +176,9 @@ def _append_run(run):
 # (case, mutation, expected text in the error). Documented in docs/errors.md.
 BAD_CONFIGS = [
     ("unknown top-level key", _set(["learning_rate"], 1e-4), "Additional properties"),
-    ("wrong type: epochs as text", _set(["training", "full", "epochs"], "five"), "training/full/epochs"),
+    ("wrong type: epochs as text", _set(["training", "full", "num_train_epochs"], "five"), "full/num_train_epochs"),
     ("negative learning rate", _set(["training", "lora", "learning_rate"], -1), "training/lora/learning_rate"),
-    ("unknown scheduler", _set(["training", "lora", "lr_scheduler"], "cosine_with_restarts"), "lr_scheduler"),
+    ("unknown scheduler", _set(["training", "lora", "lr_scheduler_type"], "cosine_with_restarts"), "lr_scheduler_type"),
     ("missing versions", _delete(["versions"]), "'versions' is a required property"),
     ("model without source", _delete(["models", "r1-7b", "source"]), "models/r1-7b"),
     ("model with two sources", _set(["models", "r1-7b", "source"], {"hub": "a/b", "path": "x"}), "models/r1-7b/source"),
@@ -271,7 +276,7 @@ BAD_CONFIGS = [
     ("run name with a dot", _append_run({"name": "a.b", "method": "full", "models": ["r1-7b"]}), "runs/"),
     (
         "per-device batch that does not divide the global batch",
-        _set(["training", "full", "per_model", "7B", "per_device_batch"], 3),
+        _set(["training", "full", "per_model", "7B", "per_device_train_batch_size"], 3),
         "not a multiple",
     ),
     (
@@ -396,9 +401,12 @@ def test_a_layer_range_run_is_in_its_recipe_hash_and_runs_meta(paper, repo):
     before = grid.recipe_hash(grid.training_recipe(prepared(without, repo), "r1-14b", "lora-r4-mlp"))
     config = prepared(paper, repo)
     recipe = grid.training_recipe(config, "r1-14b", "lora-r1-up-l16-31")
-    assert recipe["lora"] == {"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.05, "layers": [16, 31]}
+    assert recipe["lora"] == {
+        "r": 1, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["up_proj"], "task_type": "CAUSAL_LM",
+        "layers_to_transform": list(range(16, 32)), "layers_pattern": "layers",
+    }  # fmt: skip
     all_layers = grid.training_recipe(config, "r1-14b", "lora-r1-up")
-    assert "layers" not in all_layers["lora"], "all-layer recipes (and their hashes) are as before"
+    assert "layers_to_transform" not in all_layers["lora"], "all-layer recipes (and their hashes) are as before"
     assert grid.recipe_hash(recipe) != grid.recipe_hash(all_layers)
     assert grid.recipe_hash(grid.training_recipe(config, "r1-14b", "lora-r4-mlp")) == before
     meta = grid.runs_meta(config)

@@ -108,22 +108,41 @@ def synthetic_weights(folder: Path, model: str, layers: int = 12) -> list[Path]:
     return paths
 
 
+def synthetic_training_logs(folder: Path, model: str) -> list[Path]:
+    """Manifests naming trainer_state.json files as the trainer writes them (10 steps an epoch, logged every 2)."""
+    manifests = []
+    for run, epochs, reg in (("full", 2, False), ("lora-r4-mlp", 3, False), ("reg-both", 3, True)):
+        log = [{"step": s, "epoch": s / 10, "loss": 2.0 * 0.9 ** (s / 2), "learning_rate": 1e-4, "grad_norm": 1.0,
+                **({"ortho_penalty": 1e-3 * s} if reg else {})} for s in range(2, 10 * epochs + 1, 2)]  # fmt: skip
+        log.append({"step": 10 * epochs, "epoch": float(epochs), "train_loss": 1.0, "train_runtime": 1.0})
+        state = folder / "checkpoints" / model / run / "trainer_state.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"log_history": log, "max_steps": 10 * epochs, "num_train_epochs": epochs}))
+        manifest = folder / "train" / model / run / "manifest.json"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"model": model, "run": run, "training_log": str(state)}))
+        manifests.append(manifest)
+    return manifests
+
+
 EPOCHS = {run: (0 if run == "base" else 2 if run == "full" else 3) for run in RUN_EFFECT}
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, ...]:
     folder = tmp_path_factory.mktemp("synthetic")
     files = agg.read_score_files(synthetic_scores(folder, ["r1-7b"], EPOCHS))
     meta = agg.runs_meta_frame(SYNTHETIC_META)
     table = agg.results_table(agg.scores_frame(files), [], meta, BENCH, n_boot=30)
     weights = agg.load_weight_tables(synthetic_weights(folder, "r1-7b"), meta)
-    return table, agg.agreement_frame(files), weights
+    logs = figures.load_training_logs(synthetic_training_logs(folder, "r1-7b"))
+    return table, agg.agreement_frame(files), weights, logs
 
 
-def _inputs(name: str, synthetic: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
-    table, agreement, weights = synthetic
-    return {"table": table, "agreement": agreement, "weights": weights}[registry.FIGURES[name].reads]
+def _inputs(name: str, synthetic: tuple[pd.DataFrame, ...]) -> pd.DataFrame:
+    table, agreement, weights, logs = synthetic
+    reads = registry.FIGURES[name].reads
+    return {"table": table, "agreement": agreement, "weights": weights, "training_logs": logs}[reads]
 
 
 @pytest.mark.parametrize("name", list(figures.FIGURES))
@@ -218,3 +237,27 @@ def test_titles_name_the_benchmarks_shown(synthetic: tuple[pd.DataFrame, ...]) -
     demo = agg.Benchmarks({"strongreject": "StrongREJECT", "arithmetic": "Arithmetic"})
     columns = agg.headline_reasoning_columns(demo.sorted([agg.ColumnKey("pass@1", "arithmetic")]))
     assert figures.title_with_benchmarks("fig2", columns) == "Figure 2: reasoning vs safety (Arithmetic)"
+
+
+def test_training_curves_from_a_real_regularized_run(tmp_path: Path, tiny_model: Path, train_data: Path) -> None:
+    """Train the tiny model with the regularizer (2 epochs of 3 steps, logging every step), then draw
+    the figure through plot.py from the run's manifest and the trainer_state.json it names."""
+    from tiny_model import recipe
+
+    from safelora.training import sft
+
+    p = sft.TrainPaths(train_data=train_data, base_model=str(tiny_model), state_dir=tmp_path / "state",
+                       checkpoint_dir=tmp_path / "ckpt", manifest=tmp_path / "manifest.json")  # fmt: skip
+    reg = {"mode": "both", "beta": 1.0, "k": 8, "reduction": "sum", "formula": "span", "weighted": True,
+           "normalize": True, "k_schedule": "paper_code", "eps": 1e-8}  # fmt: skip
+    assert sft.train(recipe("lora", run="reg-both", ortho_reg=reg), p) == 0
+    logs = figures.load_training_logs([p.manifest])
+    assert list(logs["step"]) == [1, 2, 3, 4, 5, 6] and set(logs["steps_per_epoch"]) == {3.0}
+    assert logs["loss"].notna().all() and logs["ortho_penalty"].notna().all() and logs["ortho_penalty"].iloc[-1] > 0
+    bench = tmp_path / "benchmarks.json"
+    bench.write_text(json.dumps([{"name": n, "label": label, "kind": "safety"} for n, label in BENCH.labels.items()]))
+    out = tmp_path / "training_curves.png"
+    subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "plot.py"), "--figure", "training_curves",
+                    "--train-manifests", str(p.manifest), "--benchmarks", str(bench), "--out", str(out)],
+                   check=True)  # fmt: skip
+    assert out.read_bytes().startswith(PNG_MAGIC) and out.stat().st_size > 20_000

@@ -207,9 +207,9 @@ def test_finds_every_lora_layer_under_base_weight_names(targets, n_layers):
 def test_a_layer_range_adapter_is_regularized_on_its_modules_only():
     """LoRA on up_proj of layer 1 of 2 (PEFT options as training sets them): the penalty is that one
     module's dense penalty, and only its factors get a gradient."""
-    from safelora.training.sft import lora_config_kwargs
+    from safelora.config import lora_fields
 
-    options = lora_config_kwargs({"rank": 4, "alpha": 16, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 1]})
+    options = lora_fields(4, ["up_proj"], alpha=16, dropout=0.0, layers=[1, 1])
     model, _ = tiny_peft_model(
         options["target_modules"], **{k: options[k] for k in ("layers_to_transform", "layers_pattern")}
     )

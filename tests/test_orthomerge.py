@@ -8,8 +8,8 @@ import pytest
 import torch
 from tiny_model import PROJECTIONS
 
+from safelora.config import lora_fields
 from safelora.training.orthomerge import orthomerge_adapter, project_factors
-from safelora.training.sft import lora_config_kwargs
 from safelora.weights import (
     SafetensorsDir,
     SVDCache,
@@ -69,7 +69,7 @@ def tiny_lora(tmp_path_factory):
     lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(PROJECTIONS), init_lora_weights=False)
     peft.get_peft_model(base, lora_config).save_pretrained(root / "adapter")
     # the paper code's `lora_up_proj_only_from1_to1_r4`, with PEFT options as training sets them
-    layer_range = lora_config_kwargs({"rank": 4, "alpha": 8, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 1]})
+    layer_range = lora_fields(4, ["up_proj"], alpha=8, dropout=0.0, layers=[1, 1])
     base = transformers.Qwen2ForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
     peft.get_peft_model(base, peft.LoraConfig(**layer_range, init_lora_weights=False)).save_pretrained(root / "up-l1")
     compute_base_svd(root / "base", root / "svd.safetensors", k=64, modules=PROJECTIONS)

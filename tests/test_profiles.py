@@ -178,8 +178,10 @@ def test_the_paper_codes_32b_recipe_plans_as_an_overlay_of_config_yaml():
     recipe_cmd = next(line for line in result.stdout.splitlines() if "write_recipe.py" in line)
     words = shlex.split(recipe_cmd)
     recipe = json.loads(words[words.index("--recipe") + 1])
-    assert recipe["model_source"] == {"hub": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"}
-    assert recipe["deepspeed"] == {"stage": 3, "offload_optimizer": True, "offload_params": True}
-    assert (recipe["mixed_precision"], recipe["gradient_checkpointing"], recipe["epochs"]) == ("fp16", True, 1)
-    assert recipe["batch"] == {"gpus": 2, "per_device_batch": 1, "global_batch": 2}  # mem_mb is no recipe key
+    sft, opts = recipe["sft"], recipe["safelora"]
+    assert opts["model_source"] == {"hub": "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"}
+    assert opts["deepspeed"] == {"stage": 3, "offload_optimizer": True, "offload_params": True}
+    assert (sft["fp16"], sft["bf16"], sft["gradient_checkpointing"], sft["num_train_epochs"]) == (True, False, True, 1)
+    assert (opts["gpus"], sft["per_device_train_batch_size"], opts["global_batch"]) == (2, 1, 2)
+    assert "mem_mb" not in json.dumps(recipe)  # the job's memory request is no recipe key
     assert "results/paper-32b/generations/r1-32b/full/epoch-1/aime.jsonl" in result.stdout

@@ -86,7 +86,9 @@ def ci_config(model_dir: Path) -> dict:
     source = config["training_data"]["sources"]["demo"]
     source.update(path=str(REPO / source["path"]), rows=8)
     for method in ("full", "lora"):
-        config["training"][method]["per_model"] = {"tiny": {"gpus": 1, "per_device_batch": 4, "global_batch": 4}}
+        config["training"][method]["per_model"] = {
+            "tiny": {"gpus": 1, "per_device_train_batch_size": 4, "global_batch": 4}
+        }
     config["runs"] = [run for run in config["runs"] if run["name"] in ("base", "lora-r4-mlp")]
     for run in config["runs"]:
         run["models"] = ["tiny"]

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 from tiny_model import recipe
 
-from safelora.config import ConfigError
+from safelora.config import ConfigError, lora_fields
 from safelora.training import sft
+from safelora.training.recipe import parse_recipe
 from safelora.training.sft import PREEMPTED_EXIT_CODE, TrainPaths
 
 
@@ -24,6 +25,13 @@ def paths(tmp_path, tiny_model, train_data, name="run", svd=None):
         manifest=tmp_path / name / "manifest.json",
         svd=svd,
     )
+
+
+def training_log(p):
+    """The run's published training log, as its manifest names it (the trainer's trainer_state.json)."""
+    log = json.loads(p.manifest.read_text())["training_log"]
+    assert log == str(p.checkpoint_dir / "trainer_state.json")
+    return json.loads((p.checkpoint_dir / "trainer_state.json").read_text())
 
 
 def weights(folder):
@@ -53,7 +61,7 @@ def test_lora_writes_an_adapter_per_epoch_and_a_manifest(tmp_path, tiny_model, t
 
 def test_full_fine_tuning_same_code_path(tmp_path, tiny_model, train_data):
     p = paths(tmp_path, tiny_model, train_data)
-    assert sft.train(recipe("full", epochs=1), p) == 0
+    assert sft.train(recipe("full", sft={"num_train_epochs": 1}), p) == 0
     manifest = json.loads(p.manifest.read_text())
     assert manifest["kind"] == "full"
     folder = p.checkpoint_dir / "epoch-1"
@@ -68,10 +76,14 @@ PAPER_CODE = {"formula": "span", "weighted": True, "normalize": True, "k_schedul
 @pytest.mark.parametrize(("mode", "penalty"), [("col", PAPER_TEXT), ("both", PAPER_CODE)])
 def test_regularized_lora_trains_and_logs_the_penalty(tmp_path, tiny_model, train_data, mode, penalty):
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe("lora", epochs=1, ortho_reg={"mode": mode, "beta": 1.0, "k": 8, "reduction": "sum", **penalty})
+    reg = {"mode": mode, "beta": 1.0, "k": 8, "reduction": "sum", **penalty}
+    r = recipe("lora", sft={"num_train_epochs": 1}, ortho_reg=reg)
     assert sft.train(r, p) == 0
-    history = json.loads(p.manifest.read_text())["log_history"]
-    assert any(entry.get("ortho_penalty", 0) > 0 for entry in history)
+    history = training_log(p)["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    assert [e["step"] for e in steps] == [1, 2, 3]  # logging_steps 1: every optimizer step
+    assert all({"ortho_penalty", "learning_rate", "grad_norm", "epoch"} <= set(e) for e in steps)
+    assert steps[-1]["ortho_penalty"] > 0  # B starts at zero (ΔW = 0, no penalty) and moves
     assert (p.checkpoint_dir / "epoch-1" / "adapter_model.safetensors").exists()
 
 
@@ -79,9 +91,7 @@ def test_layer_range_lora_trains_exactly_the_named_modules(tmp_path, tiny_model,
     """`targets: [up_proj]`, `layers: [1, 1]` (the paper code's `lora_up_proj_only_from1_to1`): PEFT wraps
     up_proj of layer 1 alone, the adapter file holds its factors alone, adapter_config.json says so."""
     p = paths(tmp_path, tiny_model, train_data)
-    r = recipe(
-        "lora", epochs=1, lora={"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.0, "layers": [1, 1]}
-    )
+    r = recipe("lora", sft={"num_train_epochs": 1}, lora=lora_fields(1, ["up_proj"], 16, 0.0, layers=[1, 1]))
     assert sft.train(r, p) == 0
     adapter = p.checkpoint_dir / "epoch-1"
     assert sorted(weights(adapter)) == [f"base_model.model.model.layers.1.mlp.up_proj.lora_{f}.weight" for f in "AB"]
@@ -99,7 +109,7 @@ def test_layers_outside_the_model_stop_the_job_before_any_weight_is_read(tmp_pat
     config_only.mkdir()
     (config_only / "config.json").write_text((tiny_model / "config.json").read_text())
     p = dataclasses.replace(paths(tmp_path, tiny_model, train_data), base_model=str(config_only))
-    r = recipe("lora", lora={"rank": 1, "targets": ["up_proj"], "alpha": 16, "dropout": 0.0, "layers": [1, 2]})
+    r = recipe("lora", lora=lora_fields(1, ["up_proj"], 16, 0.0, layers=[1, 2]))
     with pytest.raises(ConfigError) as err:
         sft.train(r, p)
     assert str(err.value) == (
@@ -113,8 +123,8 @@ def test_same_seed_gives_identical_losses(tmp_path, tiny_model, train_data):
     losses = []
     for name in ("a", "b"):
         p = paths(tmp_path, tiny_model, train_data, name)
-        sft.train(recipe("lora", epochs=1), p)
-        losses.append([e["loss"] for e in json.loads(p.manifest.read_text())["log_history"] if "loss" in e])
+        sft.train(recipe("lora", sft={"num_train_epochs": 1}), p)
+        losses.append([e["loss"] for e in training_log(p)["log_history"] if "loss" in e])
     assert losses[0] == losses[1] and len(losses[0]) == 3
 
 
@@ -158,7 +168,8 @@ import json, sys
 from pathlib import Path
 from safelora.config import ConfigError
 from safelora.training import sft
-recipe, state = json.loads(sys.argv[1]), Path(sys.argv[2])
+from safelora.training.recipe import parse_recipe
+recipe, state = parse_recipe(json.loads(sys.argv[1])), Path(sys.argv[2])
 paths = sft.TrainPaths(train_data=state / "unused.jsonl", base_model="unused", state_dir=state,
                             checkpoint_dir=state / "ckpt", manifest=state / "manifest.json")
 configs = [sft.sft_config(recipe, paths, sft.WorldInfo(2, rank, rank), on_gpu=False).hf_deepspeed_config.config
@@ -167,7 +178,7 @@ print(json.dumps(configs))
 """
 
 
-def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp_path):
+def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp_path, repo):
     """Rank 1 builds its trainer arguments first, with rank 0 not started (state folder absent):
     the ZeRO config must not come from a file rank 0 writes. In a subprocess: DeepSpeed's config
     object is process-wide state."""
@@ -177,7 +188,11 @@ def test_a_rank_gets_the_deepspeed_config_before_rank_0_has_written_anything(tmp
     r = recipe("full", deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False})
     state = tmp_path / "state"
     result = subprocess.run(
-        [sys.executable, "-c", RANK_ARGS, json.dumps(r), str(state)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", RANK_ARGS, json.dumps(r), str(state)],
+        env={**os.environ, "PYTHONPATH": str(repo / "src")},  # this checkout's package
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     rank1, rank0 = json.loads(result.stdout.splitlines()[-1])
@@ -194,7 +209,8 @@ def test_loss_scope_switch(tmp_path, tiny_model, train_data, completion_only):
     p = paths(tmp_path, tiny_model, train_data)
     exporter = sft.EpochExporter(p.checkpoint_dir, tokenizer=None, is_main=True)
     world = sft.WorldInfo(world_size=1, rank=0, local_rank=0)
-    trainer = sft.build_trainer(recipe("lora", completion_only_loss=completion_only), p, world, exporter)
+    r = recipe("lora", sft={"completion_only_loss": completion_only})
+    trainer = sft.build_trainer(parse_recipe(r), p, world, exporter)
     batch = next(iter(trainer.get_train_dataloader()))
     labelled, tokens = int((batch["labels"] != -100).sum()), int(batch["attention_mask"].sum())
     if completion_only:
@@ -225,7 +241,8 @@ def test_training_string_puts_think_in_the_loss_only_in_the_paper_code_format(tm
         [example] = build_examples(rows, tokenizer, "I should not answer this question!", fmt)
         atomic_write_jsonl(data, [example])
         p = paths(tmp_path, deepseek_model, data, name=fmt)
-        trainer = sft.build_trainer(recipe("lora"), p, world, sft.EpochExporter(p.checkpoint_dir, None, True))
+        exporter = sft.EpochExporter(p.checkpoint_dir, None, True)
+        trainer = sft.build_trainer(parse_recipe(recipe("lora")), p, world, exporter)
         batch = next(iter(trainer.get_train_dataloader()))
         ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
         assert ids == tokenizer(example["prompt"] + example["completion"])["input_ids"]
@@ -257,7 +274,7 @@ def test_full_fine_tuning_under_deepspeed_zero3_on_cpu(tmp_path, tiny_model, tra
     recipe_path = tmp_path / "recipe.yaml"
     r = recipe(
         "full",
-        epochs=1,
+        sft={"num_train_epochs": 1},
         parallelism="data_parallel",
         deepspeed={"stage": 3, "offload_optimizer": False, "offload_params": False},
     )

@@ -257,12 +257,12 @@ def test_layer_range_up_proj_adapter_served_unmerged_equals_peft_merged(repo, tm
     pytest.importorskip("vllm", reason=INSTALL)
     from tiny_model import build_tiny_model
 
-    from safelora.training.sft import lora_config_kwargs
+    from safelora.config import lora_fields
 
     root = tmp_path_factory.mktemp("layer-range")
     base = build_tiny_model(root / "base", repo, layers=4)
     # alpha 64 (scale 16): random factors on two layers' up_proj strong enough to change a random model's text
-    options = lora_config_kwargs({"rank": 4, "alpha": 64, "dropout": 0.0, "targets": ["up_proj"], "layers": [1, 2]})
+    options = lora_fields(4, ["up_proj"], alpha=64, dropout=0.0, layers=[1, 2])
     adapter = root / "up-l1-2"
     random_adapter(base, adapter, 5, options["target_modules"], lora_alpha=options["lora_alpha"],
                    layers_to_transform=options["layers_to_transform"], layers_pattern=options["layers_pattern"])  # fmt: skip

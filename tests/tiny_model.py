@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safelora.config import lora_fields
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -158,28 +160,41 @@ def random_adapter(model_dir: Path, out: Path, seed: int, targets: list[str], **
 
 
 # A training recipe as safelora.config.training_recipe writes it, sized for the tiny model.
-BASE_RECIPE = {
-    "model": "tiny",
-    "dtype": "float32",
-    "seed": 7,
-    "epochs": 2,
+BASE_SFT = {
+    "num_train_epochs": 2,
     "learning_rate": 1e-3,
     "weight_decay": 1e-4,
-    "lr_scheduler": "cosine",
+    "lr_scheduler_type": "cosine",
     "warmup_steps": 0,
     "gradient_checkpointing": False,
-    "deepspeed": None,
-    "parallelism": "model_split",
-    "mixed_precision": "bf16",
+    "logging_steps": 1,
+    "bf16": True,
+    "fp16": False,
     "completion_only_loss": True,
-    "data": {"max_length": 128},
-    "batch": {"gpus": 1, "per_device_batch": 2, "global_batch": 4},
+    "per_device_train_batch_size": 2,
+    "max_length": 128,
+    "seed": 7,
+    "data_seed": 7,
 }
-LORA = {"rank": 4, "targets": ["gate_proj", "up_proj", "down_proj"], "alpha": 16, "dropout": 0.0}
+BASE_OPTIONS = {
+    "model": "tiny",
+    "model_source": {"path": "tiny"},
+    "dtype": "float32",
+    "data_source": "tiny",
+    "data": {"think": "I should not answer this question!"},
+    "version": 1,
+    "gpus": 1,
+    "global_batch": 4,
+    "parallelism": "model_split",
+    "deepspeed": None,
+    "ortho_reg": None,
+}
+LORA = lora_fields(4, ["gate_proj", "up_proj", "down_proj"], alpha=16, dropout=0.0)
 
 
-def recipe(method, **extra):
-    r = {**BASE_RECIPE, "method": method, "run": method, **extra}
+def recipe(method, sft=None, lora=None, **options):
+    """A recipe of `method` ("full" or "lora"): `sft` and `lora` replace fields, `options` project options."""
+    r = {"sft": {**BASE_SFT, **(sft or {})}, "safelora": {**BASE_OPTIONS, "method": method, "run": method, **options}}
     if method == "lora":
-        r.setdefault("lora", LORA)
+        r["lora"] = lora or LORA
     return r

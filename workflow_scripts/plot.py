@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--agreement", help="judge-agreement CSV (agreement)")
     parser.add_argument("--weights", nargs="*", default=[], help="weight-analysis CSVs (fig1, fig4)")
+    parser.add_argument(
+        "--train-manifests", nargs="*", default=[], help="training manifests, naming their logs (training_curves)"
+    )
     parser.add_argument("--runs-meta", help="runs metadata JSON (needed by fig1, fig4; the table carries it otherwise)")
     parser.add_argument(
         "--benchmarks", required=True, help="JSON list of benchmarks {name, label, kind} (describe_grid)"
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.figure} needs --runs-meta", file=sys.stderr)
             return 2
         data = aggregate.load_weight_tables(args.weights, aggregate.load_runs_meta(args.runs_meta))
+    elif reads == "training_logs":
+        data = figures.load_training_logs(args.train_manifests)
     elif reads == "agreement":
         if not args.agreement:
             print(f"{args.figure} needs --agreement", file=sys.stderr)

@@ -40,7 +40,7 @@ def main() -> int:
         manifest=Path(args.manifest),
         svd=Path(args.svd) if args.svd else None,
     )
-    return train(recipe, paths)
+    return train(recipe, paths, source=args.recipe)
 
 
 if __name__ == "__main__":

@@ -244,20 +244,20 @@ def _check_batches(config: dict[str, Any], run: dict[str, Any], key: str) -> Non
     settings = method_settings(config, run)
     per_model = settings["per_model"]
     where = f"training.{run['method']}"
-    if settings.get("deepspeed") and settings["parallelism"] != "data_parallel":
+    if settings["deepspeed"] and settings["parallelism"] != "data_parallel":
         raise ConfigError(f"{key}: {where}.deepspeed needs parallelism 'data_parallel' (one process per GPU)")
+    if settings["bf16"] and settings["fp16"]:
+        raise ConfigError(f"{key}: {where}: bf16 and fp16 are both true; set bf16: false with fp16: true")
     for model in run["models"]:
         size = config["models"][model]["size"]
         if size not in per_model:
             raise ConfigError(f"{key}: {where}.per_model has no entry for size '{size}' of model '{model}'")
         batch = per_model[size]
         ranks = data_parallel_ranks(settings["parallelism"], batch["gpus"])
-        if batch["global_batch"] % (ranks * batch["per_device_batch"]):
-            raise ConfigError(
-                f"{where}.per_model.{size}: global_batch {batch['global_batch']} is not a multiple of "
-                f"{ranks} process(es) x per_device_batch {batch['per_device_batch']} "
-                f"(parallelism '{settings['parallelism']}')"
-            )
+        try:
+            gradient_accumulation(batch["global_batch"], batch["per_device_train_batch_size"], ranks)
+        except ConfigError as err:
+            raise ConfigError(f"{where}.per_model.{size}: {err} (parallelism '{settings['parallelism']}')") from err
 
 
 def data_parallel_ranks(parallelism: str, gpus: int) -> int:
@@ -265,10 +265,10 @@ def data_parallel_ranks(parallelism: str, gpus: int) -> int:
     return 1 if parallelism == "model_split" else gpus
 
 
-def steps_per_epoch(rows: int, batch: dict[str, int], ranks: int) -> int:
+def steps_per_epoch(rows: int, global_batch: int, per_device_batch: int, ranks: int) -> int:
     """Optimizer steps per epoch as the Trainer counts them (the sampler pads each rank's share)."""
-    accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], ranks)
-    micro_batches = math.ceil(math.ceil(rows / ranks) / batch["per_device_batch"])
+    accumulation = gradient_accumulation(global_batch, per_device_batch, ranks)
+    micro_batches = math.ceil(math.ceil(rows / ranks) / per_device_batch)
     return math.ceil(micro_batches / accumulation)
 
 
@@ -600,7 +600,7 @@ def run_epochs(config: dict[str, Any], name: str) -> int:
     run = run_by_name(config, name)
     if run["method"] == BASE_RUN:
         return 0
-    return int(method_settings(config, run)["epochs"])
+    return int(method_settings(config, run)["num_train_epochs"])
 
 
 def orthomerge_runs(config: dict[str, Any]) -> list[OrthoMergeRun]:
@@ -700,38 +700,72 @@ def is_orthomerge(name: str) -> bool:
     return "." in name
 
 
+# Where a `training.<method>` key goes in the recipe (`safelora.training.recipe`): PEFT `LoraConfig`
+# fields to `lora`, the project's options to `safelora` (`SafeLoraOptions`); every other key is a TRL
+# `SFTConfig` field, `sft` (tests/test_recipe.py checks these names against the libraries' classes).
+LORA_KEYS = ("lora_alpha", "lora_dropout")
+OPTION_KEYS = ("parallelism", "deepspeed")
+
+
 def training_recipe(config: dict[str, Any], model: str, run_name: str) -> dict[str, Any]:
-    """Everything that determines a training run's weights, resolved for one model."""
+    """Everything that determines a training run's weights, resolved for one model: SFTConfig fields
+    (`sft`), LoraConfig fields (`lora`, LoRA runs) and the project's options (`safelora`)."""
     run = run_by_name(config, run_name)
     settings = method_settings(config, run)
     model_cfg = config["models"][model]
     # mem_mb is the job's memory request, not a setting of the weights: left out of the recipe (and its hash)
-    batch = {k: v for k, v in settings.pop("per_model")[model_cfg["size"]].items() if k != "mem_mb"}
+    batch = settings.pop("per_model")[model_cfg["size"]]
     data = config["training_data"]
-    recipe: dict[str, Any] = {
+    sft = {key: value for key, value in settings.items() if key not in LORA_KEYS + OPTION_KEYS}
+    sft.update(
+        per_device_train_batch_size=batch["per_device_train_batch_size"],
+        max_length=data["max_length"],
+        seed=config["seed"],
+        data_seed=config["seed"],
+    )
+    options = {
         "model": model,
         "run": run_name,
         "method": run["method"],
         "model_source": model_cfg["source"],
         "dtype": model_cfg["dtype"],
-        "data": {"think": data["think"], "max_length": data["max_length"], **data["sources"][data["source"]]},
         "data_source": data["source"],
-        "seed": config["seed"],
-        "batch": batch,
+        "data": {"think": data["think"], **data["sources"][data["source"]]},
         "version": config["versions"]["train"],
-        **settings,
+        "gpus": batch["gpus"],
+        "global_batch": batch["global_batch"],
+        **{key: settings[key] for key in OPTION_KEYS},
+        "ortho_reg": run.get("ortho_reg"),
     }
+    recipe: dict[str, Any] = {"sft": sft, "safelora": options}
     if run["method"] == "lora":
-        recipe["lora"] = {
-            "rank": run["rank"],
-            "targets": list(config["lora_targets"][run["targets"]]),
-            "alpha": settings["lora_alpha"],
-            "dropout": settings["lora_dropout"],
-        }
-        if run.get("layers"):  # only when set: the recipe hashes of all-layer runs stay as they were
-            recipe["lora"]["layers"] = list(run["layers"])
-        recipe["ortho_reg"] = run.get("ortho_reg")
+        recipe["lora"] = lora_fields(
+            run["rank"], config["lora_targets"][run["targets"]], settings["lora_alpha"], settings["lora_dropout"],
+            run.get("layers"),
+        )  # fmt: skip
     return recipe
+
+
+def lora_fields(
+    rank: int, targets: list[str], alpha: float, dropout: float, layers: list[int] | None = None
+) -> dict[str, Any]:
+    """PEFT `LoraConfig` fields of a LoRA run (its `rank`, `targets` resolved, `layers`).
+
+    `layers: [from, to]` becomes PEFT's own `layers_to_transform` (from..to, both included) with
+    `layers_pattern="layers"`: the modules named `targets` in `….layers.<i>.…` for those i only, the
+    paper code's `layers.{i}.mlp.{m}` target names. Both keys are saved in adapter_config.json; the
+    adapter file holds exactly those modules' factors, which is what vLLM serves.
+    """
+    fields: dict[str, Any] = {
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": list(targets),
+        "task_type": "CAUSAL_LM",  # paper code (train.py LoraConfig)
+    }
+    if layers:
+        fields.update(layers_to_transform=list(range(layers[0], layers[1] + 1)), layers_pattern="layers")
+    return fields
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -739,12 +773,13 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def gradient_accumulation(global_batch: int, per_device_batch: int, world_size: int) -> int:
-    """Accumulation steps that keep the configured global batch on `world_size` processes."""
+    """Accumulation steps that keep the configured global batch on `world_size` processes (the one
+    place that computes them: the trainer's `gradient_accumulation_steps`, the planning checks, step counts)."""
     per_step = per_device_batch * world_size
     if global_batch % per_step:
         raise ConfigError(
-            f"global batch {global_batch} is not a multiple of per_device_batch {per_device_batch} x "
-            f"{world_size} processes; change the job's GPU count or the per-device batch"
+            f"global_batch {global_batch} is not a multiple of {world_size} process(es) x "
+            f"per_device_train_batch_size {per_device_batch}"
         )
     return global_batch // per_step
 

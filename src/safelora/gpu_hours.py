@@ -200,10 +200,12 @@ def train_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> floa
     runs one per GPU; `model_split` runs one, its layers spread over the GPUs, so one GPU computes
     at a time and the job's throughput is one GPU's while it holds all of them."""
     recipe = grid.training_recipe(config, job.wildcards["model"], job.wildcards["run"])
-    key = (recipe["method"], config["models"][job.wildcards["model"]]["size"])
-    rows = recipe["data"].get("rows") or a.train_rows
-    processes = grid.data_parallel_ranks(recipe["parallelism"], job.gpus)
-    seconds = a.train_start_s + recipe["epochs"] * (rows / (a.train_samples_s[key] * processes) + a.export_s[key])
+    opts = recipe["safelora"]
+    key = (opts["method"], config["models"][job.wildcards["model"]]["size"])
+    rows = opts["data"].get("rows") or a.train_rows
+    processes = grid.data_parallel_ranks(opts["parallelism"], job.gpus)
+    epoch_s = rows / (a.train_samples_s[key] * processes) + a.export_s[key]
+    seconds = a.train_start_s + recipe["sft"]["num_train_epochs"] * epoch_s
     return seconds / 3600
 
 

@@ -132,8 +132,8 @@ def grader_and_variant(stem: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure of the report. `reads`: the results `table`, the judge `agreement` table or the
-    weight-analysis tables (`weights`). `title` is its heading; figures over benchmarks add the
+    """A figure of the report. `reads`: the results `table`, the judge `agreement` table, the
+    weight-analysis tables (`weights`) or the training runs' logs (`training_logs`). `title` is its heading; figures over benchmarks add the
     labels of the benchmarks they show (config `benchmarks.<name>.label`)."""
 
     name: str
@@ -156,6 +156,7 @@ FIGURES = {
         Figure("fig4", "weights", "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"),
         Figure("overrefusal", "table", "Safety vs over-refusal"),
         Figure("agreement", "agreement", "Judge agreement (Cohen's κ) per checkpoint"),
+        Figure("training_curves", "training_logs", "Training loss per step (dashed: epoch ends)"),
     )
 }
 

@@ -34,8 +34,10 @@ def tiny_config(model_dir: Path) -> dict:
     source.update(path=str(REPO / source["path"]), rows=16)
     config["training_data"]["max_length"] = 128
     for method, epochs in (("full", 1), ("lora", 2)):
-        config["training"][method]["epochs"] = epochs
-        config["training"][method]["per_model"] = {"tiny": {"gpus": 1, "per_device_batch": 4, "global_batch": 8}}
+        config["training"][method]["num_train_epochs"] = epochs
+        config["training"][method]["per_model"] = {
+            "tiny": {"gpus": 1, "per_device_train_batch_size": 4, "global_batch": 8}
+        }
     for run in config["runs"]:
         run["models"] = ["tiny"]
     config["orthomerge"] = {"sources": ["lora-r4-mlp"], "epochs": "last", "variants": {"both": [1.2]}, "k": 8}

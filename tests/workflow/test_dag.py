@@ -39,6 +39,9 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
     manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
     assert manifest["global_batch"] == 8 and manifest["gradient_accumulation"] == 2
+    log = json.loads((finished_run / manifest["training_log"]).read_text())["log_history"]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]  # 2 epochs of 2 steps, logged every step
+    assert (finished_run / "results/tiny/figures/training_curves.png").stat().st_size > 20_000  # drawn, not "Not drawn"
 
 
 @pytest.mark.slow
@@ -241,7 +244,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 11, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 12, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]

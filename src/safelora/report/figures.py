@@ -11,9 +11,11 @@ read in grayscale. Matplotlib is used through `Figure` objects only (no pyplot g
 from __future__ import annotations
 
 import io
+import json
 import os
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -763,6 +765,64 @@ def fig4_alignment(weights: pd.DataFrame, benchmarks: Benchmarks, out: str | os.
         _save(fig, out)
 
 
+def load_training_logs(manifests: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """One row per logged training step of each run: model, run, step, loss, learning_rate, grad_norm,
+    ortho_penalty (NaN where the run has no regularizer), steps_per_epoch and epochs, read from the trainer's
+    `trainer_state.json` that each training manifest names (`training_log`)."""
+    frames = []
+    for path in manifests:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        state = json.loads(Path(manifest["training_log"]).read_text(encoding="utf-8"))
+        steps = pd.DataFrame([e for e in state["log_history"] if "loss" in e])
+        if steps.empty:
+            continue
+        steps = steps.reindex(columns=["step", "loss", "learning_rate", "grad_norm", "ortho_penalty"])
+        epochs = state["num_train_epochs"]
+        frames.append(steps.assign(model=manifest["model"], run=manifest["run"], epochs=epochs,
+                                   steps_per_epoch=state["max_steps"] / epochs))  # fmt: skip
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def training_curves(logs: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
+    """Training loss against optimizer step per run, one row of panels per model, dashed lines at the
+    runs' epoch ends; a second panel with the orthogonality regularizer's term where a run has one."""
+    title = registry.FIGURES["training_curves"].title
+    if logs.empty:
+        placeholder(out, title, "no training log (the training manifests' trainer_state.json) with a logged loss.")
+        return
+    models = list(dict.fromkeys(logs["model"]))
+    with_reg = bool(logs["ortho_penalty"].notna().any())
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(len(models), 2 if with_reg else 1, (6.4, 3.4))
+        handles: dict[str, Line2D] = {}
+        styles = dict(zip(dict.fromkeys(logs["run"]), SERIES * len(logs), strict=False))
+        for row, model in zip(axes, models, strict=True):
+            rows = logs[logs["model"] == model]
+            for run, group in rows.groupby("run", sort=False):
+                color, marker = styles[run]
+                style = {"color": color, "marker": marker, "markersize": 3, "linewidth": 1, "label": run,
+                         "markevery": max(1, len(group) // 12)}  # fmt: skip
+                handles[run] = row[0].plot(group["step"], group["loss"], **style)[0]
+                for epoch in range(1, int(group["epochs"].iloc[0]) + 1):
+                    row[0].axvline(epoch * group["steps_per_epoch"].iloc[0], color=color, linestyle="--",
+                                   linewidth=0.8, alpha=0.6)  # fmt: skip
+                if with_reg and group["ortho_penalty"].notna().any():
+                    row[1].plot(group["step"], group["ortho_penalty"], **style)
+            row[0].set_title(f"{model}: training loss")
+            row[0].set_xlabel("optimizer step")
+            row[0].set_ylabel("loss (logged mean)")
+            if with_reg:
+                row[1].set_title(f"{model}: orthogonality regularizer term")
+                row[1].set_xlabel("optimizer step")
+                if rows["ortho_penalty"].notna().any():
+                    row[1].set_ylabel("β · penalty (logged mean)")
+                else:
+                    _empty_panel(row[1], "no regularized run of this model")
+        _suptitle(fig, title)
+        _bottom_legend(fig, list(handles.values()), title="run")
+        _save(fig, out)
+
+
 # ---------------------------------------------------------------------------------------------
 
 # name -> function; what each reads and its title: safelora/registry.py FIGURES
@@ -778,5 +838,6 @@ FIGURES: dict[str, Callable[[pd.DataFrame, Benchmarks, str | os.PathLike[str]], 
     "layers": layer_ranges_all_epochs,
     "overrefusal": overrefusal_vs_safety,
     "agreement": judge_agreement,
+    "training_curves": training_curves,
 }
 registry.check_implemented("figures", list(registry.FIGURES), FIGURES)

@@ -26,10 +26,15 @@ from safelora.config import ConfigError, gradient_accumulation, layer_range_prob
 from safelora.io import atomic_dir, atomic_write_json, read_jsonl
 from safelora.locks import writer_lock
 from safelora.training import published
+from safelora.training.recipe import JOB_ARGS, Recipe, parse_recipe, sft_dataclass
 
 # Exit code after a SIGTERM-triggered save: the job failed, so Snakemake's --retries (or SLURM's
 # requeue) reruns it, and the rerun resumes from the saved state.
 PREEMPTED_EXIT_CODE = 75
+
+# The trainer's state file (transformers' TrainerState.save_to_json), published beside the epoch folders
+# for its `log_history`: the run's per-step training log.
+TRAINING_LOG = "trainer_state.json"
 
 # Files of a trainer checkpoint that make up the model (everything else is optimizer/RNG state).
 _STATE_ONLY = ("optimizer.pt", "scheduler.pt", "rng_state", "trainer_state.json", "training_args.bin", "global_step")
@@ -89,100 +94,65 @@ def _torch_dtype(name: str, on_gpu: bool) -> Any:
     return getattr(torch, name)
 
 
-def _device_map(recipe: dict[str, Any], on_gpu: bool) -> str | None:
+def _device_map(recipe: Recipe, on_gpu: bool) -> str | None:
     """`auto` (split the layers over every visible GPU, as the paper code) for `model_split` on GPUs."""
-    return "auto" if on_gpu and recipe["parallelism"] == "model_split" else None
+    return "auto" if on_gpu and recipe.options.parallelism == "model_split" else None
 
 
-def _load_model_and_tokenizer(recipe: dict[str, Any], base_model: str, on_gpu: bool) -> tuple[Any, Any]:
+def _load_model_and_tokenizer(recipe: Recipe, base_model: str, on_gpu: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype=_torch_dtype(recipe["dtype"], on_gpu), device_map=_device_map(recipe, on_gpu)
+        base_model, dtype=_torch_dtype(recipe.options.dtype, on_gpu), device_map=_device_map(recipe, on_gpu)
     )
-    if recipe["method"] == "lora":
-        from peft import LoraConfig, get_peft_model
+    if recipe.lora is not None:
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(**lora_config_kwargs(recipe["lora"])))
+        model = get_peft_model(model, recipe.lora)
     return model, tokenizer
 
 
-def lora_config_kwargs(lora: dict[str, Any]) -> dict[str, Any]:
-    """PEFT `LoraConfig` arguments of a recipe's `lora` block.
-
-    `layers: [from, to]` becomes PEFT's own `layers_to_transform` (from..to, both included) with
-    `layers_pattern="layers"`: the modules named `targets` in `….layers.<i>.…` for those i only, the
-    paper code's `layers.{i}.mlp.{m}` target names. Both keys are saved in adapter_config.json; the
-    adapter file holds exactly those modules' factors, which is what vLLM serves.
-    """
-    kwargs: dict[str, Any] = {
-        "r": lora["rank"],
-        "lora_alpha": lora["alpha"],
-        "lora_dropout": lora["dropout"],
-        "target_modules": list(lora["targets"]),
-        "bias": "none",
-        "task_type": "CAUSAL_LM",
-    }
-    if lora.get("layers"):
-        first, last = lora["layers"]
-        kwargs.update(layers_to_transform=list(range(first, last + 1)), layers_pattern="layers")
-    return kwargs
-
-
-def check_lora_layers(recipe: dict[str, Any], base_model: str) -> None:
+def check_lora_layers(recipe: Recipe, base_model: str) -> None:
     """Reject a LoRA layer range outside the base model, reading only its config (no weights).
 
     Planning checks this for local `source.path` models; hub and GGUF-converted models are checked here.
     """
-    layers = (recipe.get("lora") or {}).get("layers")
+    layers = recipe.lora.layers_to_transform if recipe.lora is not None else None
     if not layers:
         return
     from transformers import AutoConfig
 
     num_layers = AutoConfig.from_pretrained(base_model).get_text_config().num_hidden_layers
-    problem = layer_range_problem(layers, num_layers)
+    problem = layer_range_problem([min(layers), max(layers)], num_layers)
     if problem:
-        raise ConfigError(f"runs ('{recipe['run']}').layers: {problem} of model '{recipe['model']}' ({base_model})")
+        opts = recipe.options
+        raise ConfigError(f"runs ('{opts.run}').layers: {problem} of model '{opts.model}' ({base_model})")
 
 
-def sft_config(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, on_gpu: bool) -> Any:
-    from trl import SFTConfig
+def sft_config(recipe: Recipe, paths: TrainPaths, world: WorldInfo, on_gpu: bool) -> Any:
+    """The trainer's `SFTConfig`: the recipe's fields, the job's (`recipe.JOB_ARGS`) and the device's.
 
-    batch = recipe["batch"]
-    accumulation = gradient_accumulation(batch["global_batch"], batch["per_device_batch"], world.world_size)
-    bf16 = on_gpu and recipe["mixed_precision"] == "bf16"
-    fp16 = on_gpu and recipe["mixed_precision"] == "fp16"
-    # A dict, built by every rank from the recipe: no file that rank 0 writes while the others read it.
-    deepspeed = deepspeed_config(recipe["deepspeed"], bf16, fp16) if recipe.get("deepspeed") else None
-    return SFTConfig(
-        output_dir=str(paths.state_dir),
-        num_train_epochs=recipe["epochs"],
-        per_device_train_batch_size=batch["per_device_batch"],
-        gradient_accumulation_steps=accumulation,
-        learning_rate=recipe["learning_rate"],
-        weight_decay=recipe["weight_decay"],
-        lr_scheduler_type=recipe["lr_scheduler"],
-        warmup_steps=recipe["warmup_steps"],
-        gradient_checkpointing=recipe.get("gradient_checkpointing", False),
-        max_length=recipe["data"]["max_length"],
-        completion_only_loss=recipe["completion_only_loss"],
-        packing=False,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=not on_gpu,
-        deepspeed=deepspeed,
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_steps=1,
-        seed=recipe["seed"],
-        data_seed=recipe["seed"],
-        report_to="none",
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False if world.world_size > 1 else None,
-    )
+    Gradient accumulation keeps the recipe's global batch on the job's processes; on CPU (the demo,
+    the tests) there is no mixed precision.
+    """
+    declared, opts = recipe.declared, recipe.options
+    bf16, fp16 = on_gpu and declared.bf16, on_gpu and declared.fp16
+    device_args = {
+        "output_dir": str(paths.state_dir),
+        "gradient_accumulation_steps": gradient_accumulation(
+            opts.global_batch, declared.per_device_train_batch_size, world.world_size
+        ),
+        "bf16": bf16,
+        "fp16": fp16,
+        "use_cpu": not on_gpu,
+        # A dict, built by every rank from the recipe: no file that rank 0 writes while the others read it.
+        "deepspeed": deepspeed_config(opts.deepspeed, bf16, fp16) if opts.deepspeed else None,
+        "ddp_find_unused_parameters": False if world.world_size > 1 else None,
+    }
+    return sft_dataclass({**recipe.sft, **JOB_ARGS, **device_args}, "recipe: sft")
 
 
 class EpochExporter:
@@ -395,18 +365,18 @@ def _human(size: float) -> str:
     return f"{size / 1024:.1f} TiB"
 
 
-def build_trainer(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, exporter: EpochExporter) -> Any:
+def build_trainer(recipe: Recipe, paths: TrainPaths, world: WorldInfo, exporter: EpochExporter) -> Any:
     import torch
     from datasets import Dataset
     from transformers import set_seed
 
     on_gpu = torch.cuda.is_available()
-    set_seed(recipe["seed"])  # before the model exists: LoRA's initialization draws from the RNG
+    args = sft_config(recipe, paths, world, on_gpu)
+    set_seed(args.seed)  # before the model exists: LoRA's initialization draws from the RNG
     model, tokenizer = _load_model_and_tokenizer(recipe, paths.base_model, on_gpu)
     exporter.tokenizer = tokenizer
     records = read_jsonl(paths.train_data)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
-    args = sft_config(recipe, paths, world, on_gpu)
     trainer_cls, extra = _trainer_class(recipe, paths)
     return trainer_cls(
         model=model,
@@ -418,10 +388,10 @@ def build_trainer(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, e
     )
 
 
-def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict[str, Any]]:
+def _trainer_class(recipe: Recipe, paths: TrainPaths) -> tuple[Any, dict[str, Any]]:
     from trl import SFTTrainer
 
-    reg = recipe.get("ortho_reg")
+    reg = recipe.options.ortho_reg
     if not reg:
         return SFTTrainer, {}
     from safelora.training.ortho_reg import OrthoRegConfig, OrthoSFTTrainer
@@ -437,13 +407,14 @@ def _trainer_class(recipe: dict[str, Any], paths: TrainPaths) -> tuple[Any, dict
         reduction=reg["reduction"],
         eps=reg["eps"],
         svd_cache=str(paths.svd) if paths.svd else None,
-        seed=recipe["seed"],
+        seed=recipe.declared.seed,
     )
     return OrthoSFTTrainer, {"ortho": config}
 
 
-def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
-    """Run (or resume) one training job; return the process exit code."""
+def train(recipe_values: dict[str, Any], paths: TrainPaths, source: str = "recipe") -> int:
+    """Run (or resume) one training job from a recipe (`source` names it in errors); return the exit code."""
+    recipe = parse_recipe(recipe_values, source)
     check_lora_layers(recipe, paths.base_model)
     world = WorldInfo.from_env()
     paths.state_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +424,7 @@ def train(recipe: dict[str, Any], paths: TrainPaths) -> int:
         return _train(recipe, paths, world)
 
 
-def _train(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo) -> int:
+def _train(recipe: Recipe, paths: TrainPaths, world: WorldInfo) -> int:
     exporter = EpochExporter(paths.checkpoint_dir, tokenizer=None, is_main=world.rank == 0)
     exporter.install_sigterm_handler()
     trainer = build_trainer(recipe, paths, world, exporter)
@@ -464,7 +435,7 @@ def _train(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo) -> int:
         trainer.train(resume_from_checkpoint=resume)
     except Exception as err:
         if _write_failure(err) and world.rank == 0:
-            raise disk_full_error(paths, trainer, recipe["method"]) from err
+            raise disk_full_error(paths, trainer, recipe.options.method) from err
         raise
     if exporter.preempted:
         print(f"SIGTERM: state saved in {paths.state_dir}; rerun to resume", flush=True)
@@ -484,30 +455,37 @@ def epoch_losses(log_history: list[dict[str, Any]]) -> dict[int, float]:
     return {epoch: sum(values) / len(values) for epoch, values in sums.items()}
 
 
-def write_manifest(recipe: dict[str, Any], paths: TrainPaths, world: WorldInfo, trainer: Any) -> None:
+def write_manifest(recipe: Recipe, paths: TrainPaths, world: WorldInfo, trainer: Any) -> None:
+    """The run's manifest, after its training log (`trainer_state.json` beside the epoch folders,
+    the trainer's own file: `log_history` has loss, learning rate, grad norm and `ortho_penalty` per
+    logged step)."""
     losses = epoch_losses(trainer.state.log_history)
     epochs = []
-    for epoch in range(1, recipe["epochs"] + 1):
+    for epoch in range(1, round(trainer.args.num_train_epochs) + 1):
         folder = paths.checkpoint_dir / f"epoch-{epoch}"
         if not folder.is_dir():
             raise RuntimeError(f"epoch {epoch} finished but {folder} was not published")
         entry = {"epoch": epoch, "path": str(folder), "train_loss": losses.get(epoch)}
         epochs.append({**entry, "files": published.file_records(folder)})
-    batch = recipe["batch"]
+    log = paths.checkpoint_dir / TRAINING_LOG
+    tmp = log.with_name(f".{log.name}.tmp")
+    trainer.state.save_to_json(str(tmp))
+    tmp.replace(log)
+    opts, args = recipe.options, trainer.args
     atomic_write_json(
         paths.manifest,
         {
-            "model": recipe["model"],
-            "run": recipe["run"],
-            "method": recipe["method"],
+            "model": opts.model,
+            "run": opts.run,
+            "method": opts.method,
             "base_model": paths.base_model,
-            "kind": "adapter" if recipe["method"] == "lora" else "full",
+            "kind": "adapter" if opts.method == "lora" else "full",
             "world_size": world.world_size,
-            "per_device_batch": batch["per_device_batch"],
-            "gradient_accumulation": trainer.args.gradient_accumulation_steps,
-            "global_batch": batch["per_device_batch"] * world.world_size * trainer.args.gradient_accumulation_steps,
+            "per_device_batch": args.per_device_train_batch_size,
+            "gradient_accumulation": args.gradient_accumulation_steps,
+            "global_batch": args.per_device_train_batch_size * world.world_size * args.gradient_accumulation_steps,
             "global_step": trainer.state.global_step,
             "epochs": epochs,
-            "log_history": trainer.state.log_history,
+            "training_log": str(log),
         },
     )
