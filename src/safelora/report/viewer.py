@@ -1,0 +1,499 @@
+"""The response viewer: every checkpoint's responses and verdicts, one row per prompt and sample.
+
+The `viewer` rule writes a folder of HTML pages that the Snakemake report shows (docs/aggregation.md,
+"Response viewer"):
+
+- `index.html`: one line per (model, benchmark) page, with its rows, checkpoints and flag counts;
+- `<model>/<benchmark>.html`: the grid, one row per (prompt, sample) and one column per checkpoint.
+  A cell holds each grader's verdict and a preview of the response, thinking folded; the table is
+  DataTables, bundled by itables for offline use (the page loads nothing from outside): search over
+  prompts and previews, paging, column visibility, and search panes that filter on the row flags
+  (judges disagree, verdict changes between epochs, truncated, thinking never closed, unparseable);
+- `<model>/<benchmark>/r<row>.html`: one row's full responses at every checkpoint, thinking folded
+  (`<details>`), each with every grader's verdict and raw output.
+
+The grid carries previews only, so its size grows with prompts x checkpoints, not with response
+length; the full texts are a click away, one page per row (benchmarks/viewer_scale.py measures
+the paper grid's StrongREJECT). The inputs are the files docs/design.md names: generation records
+(`generations/{model}/{run}/epoch-{e}/{benchmark}.jsonl`), verdict records
+(`verdicts/{model}/{run}/epoch-{e}/{benchmark}/{grader}.jsonl`) and the benchmark items
+(`data/bench/{benchmark}.jsonl`); one generation file and its verdicts are in memory at a time.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from safelora.io import atomic_dir, read_generations, read_jsonl
+from safelora.registry import grader_and_variant
+from safelora.report.aggregate import Benchmarks
+
+THINK_START, THINK_END = "<think>", "</think>"
+PREVIEW_CHARS = 240  # of the thinking and of the answer, in a grid cell
+RAW_TITLE_CHARS = 300  # of a judge's raw output, in a verdict's tooltip
+PAGE_LENGTH = 10  # grid rows per page (the reader may choose 25, 50 or 100)
+
+# Row flags: the grid's filter columns, in order.
+FLAGS = {
+    "disagree": "judges disagree",  # two graders gave a sample different values
+    "changes": "verdict changes",  # a grader's value of a sample changes between a run's epochs
+    "truncated": "truncated",  # finish reason "length"
+    "unclosed": "think unclosed",  # thinking opened and </think> never written
+    "unparseable": "unparseable",  # a grader's output could not be parsed
+}
+
+_GENERATIONS = re.compile(
+    r"generations/(?P<model>[^/]+)/(?P<run>[^/]+)/epoch-(?P<epoch>\d+)/(?P<benchmark>[^/]+)\.jsonl$"
+)
+_VERDICTS = re.compile(
+    r"verdicts/(?P<model>[^/]+)/(?P<run>[^/]+)/epoch-(?P<epoch>\d+)/(?P<benchmark>[^/]+)/(?P<stem>[^/]+)\.jsonl$"
+)
+_ITEMS = re.compile(r"data/bench/(?P<benchmark>[^/]+)\.jsonl$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+@dataclass(frozen=True)
+class Response:
+    """One generated sample as the viewer shows it: its thinking (None when the model did not
+    think), its final answer, and why it may be cut short."""
+
+    thinking: str | None
+    answer: str
+    truncated: bool  # finish reason "length": the sampling budget ran out
+    unclosed: bool  # thinking opened (in the prompt or the text) and never closed by </think>
+
+
+def split_response(prompt: str, text: str, finish_reason: str) -> Response:
+    """Split a completion into thinking and answer. The answer is the text after the last
+    `</think>` (what `evaluation.parsers.strip_thinking` hands the graders); thinking is opened by
+    `<think>` in the text, or by a rendered prompt that ends with it (DeepSeek-R1's chat template)."""
+    opened = THINK_START in text or prompt.rstrip().endswith(THINK_START)
+    head, closed, tail = text.rpartition(THINK_END)
+    truncated = finish_reason == "length"
+    if closed:
+        return Response(head.replace(THINK_START, "", 1).strip(), tail.strip(), truncated, unclosed=False)
+    if opened:
+        return Response(text.replace(THINK_START, "", 1).strip(), "", truncated, unclosed=True)
+    return Response(None, text.strip(), truncated, unclosed=False)
+
+
+def verdict_key(prompt_id: str, sample_index: int, item: Mapping[str, Any]) -> tuple[str, int]:
+    """Where a generation's verdicts are filed: under its own prompt and sample, except a GPQA
+    item's, filed as sample `sample_offset + i` of its question (as `evaluation.graders` files them)."""
+    meta = item.get("meta") or {}
+    if "question" not in meta:
+        return prompt_id, sample_index
+    return str(meta["question"]), meta["sample_offset"] + sample_index
+
+
+@dataclass(frozen=True)
+class Verdict:
+    stem: str  # the verdict file's name: the grader, and its variant (evalplus_plus)
+    value: float | None
+    label: str
+    raw: str
+
+    @property
+    def unparseable(self) -> bool:
+        return self.value is None or self.label == "unparseable"
+
+
+def disagree(verdicts: Iterable[Verdict]) -> bool:
+    """Two graders (not two variants of one grader) both gave a value, and different ones."""
+    values: dict[str, set[float]] = {}
+    for v in verdicts:
+        if v.value is not None:
+            values.setdefault(grader_and_variant(v.stem)[0], set()).add(v.value)
+    return len({frozenset(vals) for vals in values.values()}) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """One checkpoint's generation file of a benchmark and its verdict files."""
+
+    run: str
+    epoch: int
+    generations: Path
+    verdicts: tuple[Path, ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.run} e{self.epoch}"
+
+    @property
+    def anchor(self) -> str:
+        return f"{self.run}-e{self.epoch}"
+
+
+@dataclass(frozen=True)
+class PageSource:
+    """Everything one grid page shows: a model's checkpoints on one benchmark."""
+
+    model: str
+    benchmark: str
+    label: str
+    items: Path
+    checkpoints: tuple[CheckpointFiles, ...]
+
+
+def _match(pattern: re.Pattern[str], path: Path, what: str) -> dict[str, str]:
+    found = pattern.search(path.as_posix())
+    if not found:
+        raise ValueError(f"{path}: not a {what} path (docs/design.md, Paths)")
+    return found.groupdict()
+
+
+def collect_sources(
+    generations: Sequence[Path],
+    verdicts: Sequence[Path],
+    items: Sequence[Path],
+    benchmarks: Benchmarks,
+    runs: Sequence[str],
+) -> list[PageSource]:
+    """The pages to build from the files' paths: a page per (model, benchmark) in display order
+    (benchmarks as `benchmarks`, runs in `runs` order, then epoch). A verdict file without its
+    generation file, or a generation file without its benchmark's items, is an error naming it."""
+    items_of = {_match(_ITEMS, p, "benchmark items")["benchmark"]: p for p in items}
+    verdicts_of: dict[tuple[str, str, int, str], list[Path]] = {}
+    for path in verdicts:
+        m = _match(_VERDICTS, path, "verdict file")
+        verdicts_of.setdefault((m["model"], m["run"], int(m["epoch"]), m["benchmark"]), []).append(path)
+    pages: dict[tuple[str, str], list[CheckpointFiles]] = {}
+    for path in generations:
+        m = _match(_GENERATIONS, path, "generation file")
+        key = (m["model"], m["run"], int(m["epoch"]), m["benchmark"])
+        if m["benchmark"] not in items_of:
+            raise ValueError(
+                f"{path}: no benchmark items given for '{m['benchmark']}' (data/bench/{m['benchmark']}.jsonl)"
+            )
+        if m["run"] not in runs:
+            raise ValueError(f"{path}: run '{m['run']}' is not in the runs' metadata ({', '.join(runs)})")
+        files = tuple(sorted(verdicts_of.pop(key, []), key=lambda p: p.name))
+        pages.setdefault((m["model"], m["benchmark"]), []).append(
+            CheckpointFiles(m["run"], int(m["epoch"]), path, files)
+        )
+    if verdicts_of:
+        orphan = next(iter(verdicts_of.values()))[0]
+        raise ValueError(f"{orphan}: a verdict file without the generation file it grades")
+    return [
+        PageSource(
+            model,
+            benchmark,
+            benchmarks.labels.get(benchmark, benchmark),
+            items_of[benchmark],
+            tuple(sorted(ckpts, key=lambda c: (runs.index(c.run), c.epoch))),
+        )
+        for (model, benchmark), ckpts in sorted(pages.items(), key=lambda kv: (kv[0][0], benchmarks.order(kv[0][1])))
+    ]
+
+
+def read_verdicts(paths: Sequence[Path], keys: set[tuple[str, int]]) -> dict[tuple[str, int], list[Verdict]]:
+    """Each sample's verdicts from a checkpoint's verdict files; a verdict of a sample the
+    generations do not hold (a stale or foreign file) is an error naming the file and line."""
+    by_key: dict[tuple[str, int], list[Verdict]] = {key: [] for key in keys}
+    for path in paths:
+        for lineno, record in enumerate(read_jsonl(path), start=1):
+            key = (str(record.get("prompt_id")), record.get("sample_index"))
+            if key not in by_key:
+                raise ValueError(
+                    f"{path}: line {lineno}: prompt '{key[0]}' sample {key[1]} is not among the generations"
+                )
+            by_key[key].append(
+                Verdict(path.stem, record.get("value"), str(record.get("label", "")), str(record.get("raw", "")))
+            )
+    return by_key
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    return _esc(text if len(text) <= limit else text[:limit].rstrip() + " …")
+
+
+def _value_class(v: Verdict) -> str:
+    return "vn" if v.value is None else f"v{round(v.value)}" if v.value in (0.0, 1.0) else "vp"
+
+
+def verdict_badges(verdicts: Sequence[Verdict], raw_chars: int | None = RAW_TITLE_CHARS) -> str:
+    """One badge per verdict: grader, label and value, the judge's raw output as its tooltip."""
+    badges = []
+    for v in verdicts:
+        raw = v.raw if raw_chars is None or len(v.raw) <= raw_chars else v.raw[:raw_chars] + " …"
+        value = "null" if v.value is None else f"{v.value:g}"
+        badges.append(
+            f'<span class="v {_value_class(v)}" title="{_esc(raw)}">{_esc(v.stem)}: {_esc(v.label)} ({value})</span>'
+        )
+    return " ".join(badges) or '<span class="v vn">no verdict</span>'
+
+
+def _flag_marks(r: Response) -> str:
+    marks = [FLAGS["truncated"]] if r.truncated else []
+    marks += [FLAGS["unclosed"]] if r.unclosed else []
+    return "".join(f'<span class="flag">{m}</span>' for m in marks)
+
+
+def grid_cell(r: Response, verdicts: Sequence[Verdict], link: str) -> str:
+    """A grid cell: verdicts, flags, the thinking folded, the answer's preview, a link to the full text."""
+    parts = [verdict_badges(verdicts), _flag_marks(r)]
+    if r.thinking is not None:
+        parts.append(
+            f"<details><summary>thinking ({len(r.thinking):,} chars)</summary>{_preview(r.thinking)}</details>"
+        )
+    parts.append(f'<div class="ans">{_preview(r.answer) or "<i>no answer</i>"}</div>')
+    parts.append(f'<a href="{link}">full text</a>')
+    return "".join(parts)
+
+
+def detail_section(c: CheckpointFiles, record: Mapping[str, Any], r: Response, verdicts: Sequence[Verdict]) -> str:
+    """A checkpoint's full response on a row's page."""
+    thinking = (
+        ""
+        if r.thinking is None
+        else f"<details><summary>thinking ({len(r.thinking):,} chars)</summary><pre>{_esc(r.thinking)}</pre></details>"
+    )
+    raws = "".join(f"<li><b>{_esc(v.stem)}</b>: <pre>{_esc(v.raw)}</pre></li>" for v in verdicts if v.raw)
+    return (
+        f'<section id="{_esc(c.anchor)}"><h2>{_esc(c.title)}</h2>'
+        f"<p>{verdict_badges(verdicts, None)} {_flag_marks(r)} finish reason: {_esc(str(record.get('finish_reason')))},"
+        f" {record.get('completion_tokens')} tokens</p>{thinking}"
+        f'<pre class="ans">{_esc(r.answer) or "<i>no answer</i>"}</pre>'
+        + (f"<details><summary>graders' raw output</summary><ul>{raws}</ul></details>" if raws else "")
+        + "</section>\n"
+    )
+
+
+CSS = """
+body { font-family: sans-serif; font-size: 14px; margin: 1em; }
+pre { white-space: pre-wrap; word-break: break-word; margin: 0.3em 0; }
+.v { display: inline-block; border-radius: 3px; padding: 0 4px; margin: 1px; font-size: 12px; }
+.v1 { background: #c8e6c9; } .v0 { background: #ffcdd2; } .vn { background: #e0e0e0; } .vp { background: #fff9c4; }
+.flag { display: inline-block; background: #ffe0b2; border-radius: 3px; padding: 0 4px; margin: 1px; font-size: 12px; }
+.ans { margin-top: 2px; } details summary { color: #555; cursor: pointer; }
+td { vertical-align: top; min-width: 14em; max-width: 24em; }
+section { border-top: 1px solid #ccc; margin-top: 1em; }
+table.index td, table.index th { border: 1px solid #ccc; padding: 2px 6px; min-width: 0; }
+"""
+
+
+def _page(title: str, body: str, up: str | None) -> str:
+    nav = f'<p><a href="{up}">all pages</a></p>' if up else ""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{CSS}</style></head><body>{nav}<h1>{_esc(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages
+
+
+@dataclass
+class Row:
+    """One (prompt, sample) of a page: its cells so far and its flags."""
+
+    number: int
+    prompt_id: str
+    sample: int
+    item: Mapping[str, Any]
+    cells: dict[str, str] = field(default_factory=dict)
+    flags: set[str] = field(default_factory=set)
+    values: dict[tuple[str, str], set[float]] = field(default_factory=dict)  # (run, stem) -> values over epochs
+
+    @property
+    def file(self) -> str:
+        return f"r{self.number:05d}.html"
+
+    def prompt_cell(self, link: str) -> str:
+        prompt = str(self.item.get("prompt", ""))
+        reference = self.item.get("answer")
+        answer = f"<div>reference: <code>{_preview(str(reference), 80)}</code></div>" if reference is not None else ""
+        return (
+            f'<a href="{link}"><b>{_esc(self.prompt_id)}</b></a>'
+            + (f" sample {self.sample}" if self.sample else "")
+            + f"<details><summary>{_preview(prompt, 120)}</summary>{_esc(prompt)}</details>{answer}"
+        )
+
+
+@dataclass(frozen=True)
+class PageSummary:
+    model: str
+    benchmark: str
+    label: str
+    rows: int
+    checkpoints: int
+    flagged: Mapping[str, int]
+
+    @property
+    def path(self) -> str:
+        return f"{quote(self.model)}/{quote(self.benchmark)}.html"
+
+
+def _rows(items: list[dict[str, Any]], n: int) -> list[Row]:
+    return [Row(i * n + s, str(item["id"]), s, item) for i, item in enumerate(items) for s in range(n)]
+
+
+def _add_checkpoint(
+    c: CheckpointFiles, rows: dict[tuple[str, int], Row], items: list[dict[str, Any]], folder: Path, benchmark: str
+) -> None:
+    """Read one checkpoint's generations and verdicts: a cell per row in the grid, a section per
+    row on its page (appended to the row's page file)."""
+    generations = read_generations(c.generations, items)
+    by_id = {str(item["id"]): item for item in items}
+    keys = {verdict_key(str(g["prompt_id"]), g["sample_index"], by_id[str(g["prompt_id"])]) for g in generations}
+    verdicts = read_verdicts(c.verdicts, keys)
+    for record in generations:
+        row = rows.get((str(record["prompt_id"]), record["sample_index"]))
+        if row is None:
+            raise ValueError(
+                f"{c.generations}: prompt '{record['prompt_id']}' sample {record['sample_index']} is beyond the first file's n"
+            )
+        response = split_response(str(record.get("prompt", "")), str(record["text"]), str(record.get("finish_reason")))
+        own = verdicts[verdict_key(row.prompt_id, row.sample, row.item)]
+        row.cells[c.title] = grid_cell(response, own, f"{quote(benchmark)}/{row.file}#{quote(c.anchor)}")
+        for v in own:
+            if v.value is not None:
+                row.values.setdefault((c.run, v.stem), set()).add(v.value)
+        row.flags |= {
+            flag
+            for flag, on in (
+                ("disagree", disagree(own)),
+                ("truncated", response.truncated),
+                ("unclosed", response.unclosed),
+                ("unparseable", any(v.unparseable for v in own)),
+            )
+            if on
+        }
+        with open(folder / row.file, "a", encoding="utf-8") as fh:
+            fh.write(detail_section(c, record, response, own))
+
+
+def _detail_header(source: PageSource, row: Row) -> str:
+    prompt = str(row.item.get("prompt", ""))
+    reference = row.item.get("answer")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(row.prompt_id)}</title>'
+        f'<style>{CSS}</style></head><body><p><a href="../{quote(source.benchmark)}.html">{_esc(source.label)} grid</a></p>'
+        f"<h1>{_esc(source.label)}, {_esc(source.model)}: {_esc(row.prompt_id)} sample {row.sample}</h1>"
+        f"<h2>Prompt</h2><pre>{_esc(prompt)}</pre>"
+        + (f"<p>reference answer: <code>{_esc(str(reference))}</code></p>" if reference is not None else "")
+        + "<p>Checkpoints: "
+        + " ".join(f'<a href="#{quote(c.anchor)}">{_esc(c.title)}</a>' for c in source.checkpoints)
+        + "</p>\n"
+    )
+
+
+def _grid_html(source: PageSource, rows: list[Row]) -> str:
+    import pandas as pd
+    from itables import to_html_datatable
+
+    titles = [c.title for c in source.checkpoints]
+    frame = pd.DataFrame(
+        [
+            [row.prompt_cell(f"{quote(source.benchmark)}/{row.file}")]
+            + ["yes" if flag in row.flags else "no" for flag in FLAGS]
+            + [row.cells.get(t, "") for t in titles]
+            for row in rows
+        ],
+        columns=["prompt", *FLAGS.values(), *titles],
+    )
+    flag_columns = list(range(1, 1 + len(FLAGS)))
+    return to_html_datatable(
+        frame,
+        table_id="grid",
+        connected=False,
+        display_logo_when_loading=False,
+        allow_html=True,
+        maxBytes=0,  # never downsample: every row and column is on the page
+        showIndex=False,
+        classes="display compact cell-border",
+        pageLength=PAGE_LENGTH,
+        lengthMenu=[10, 25, 50, 100],
+        scrollX=True,
+        fixedColumns={"start": 1},
+        layout={"top1": "searchPanes", "topStart": "buttons", "topEnd": "search"},
+        buttons=["pageLength", "colvis"],
+        searchPanes={
+            "columns": flag_columns,
+            "layout": f"columns-{len(FLAGS)}",
+            "cascadePanes": True,
+            "dtOpts": {"scrollY": "4.5em"},  # each pane lists yes and no
+        },
+        columnDefs=[{"targets": flag_columns, "visible": False}],
+    )
+
+
+def write_page(source: PageSource, out: Path) -> PageSummary:
+    """The grid page of one (model, benchmark) and its rows' pages, under `out`."""
+    from itables import options
+    from itables.javascript import generate_init_offline_itables_html
+
+    items = read_jsonl(source.items)
+    first = read_generations(source.checkpoints[0].generations, items)
+    n = first[0]["sampling"]["n"]
+    rows = _rows(items, n)
+    by_key = {(row.prompt_id, row.sample): row for row in rows}
+    folder = out / source.model / source.benchmark
+    folder.mkdir(parents=True)
+    for row in rows:
+        (folder / row.file).write_text(_detail_header(source, row), encoding="utf-8")
+    for c in source.checkpoints:
+        _add_checkpoint(c, by_key, items, folder, source.benchmark)
+    for row in rows:
+        if any(len(values) > 1 for values in row.values.values()):
+            row.flags.add("changes")
+        with open(folder / row.file, "a", encoding="utf-8") as fh:
+            fh.write("</body></html>\n")
+    flagged = {flag: sum(flag in row.flags for row in rows) for flag in FLAGS}
+    intro = (
+        f"<p>{len(rows)} rows (prompt x sample) x {len(source.checkpoints)} checkpoints. A cell shows each grader's"
+        " verdict (value 1: safe, refused or correct, as the benchmark's metric; hover for the raw output), the"
+        " thinking folded and a preview of the answer; <i>full text</i> opens the row's page. Search covers"
+        " prompts and previews; the panes filter rows by flag; <i>Column visibility</i> picks checkpoints.</p>"
+    )
+    body = intro + generate_init_offline_itables_html(options.dt_bundle) + _grid_html(source, rows)
+    (out / source.model / f"{source.benchmark}.html").write_text(
+        _page(f"{source.label}: {source.model}", body, "../index.html"), encoding="utf-8"
+    )
+    return PageSummary(source.model, source.benchmark, source.label, len(rows), len(source.checkpoints), flagged)
+
+
+def index_html(pages: Sequence[PageSummary]) -> str:
+    head = "".join(f"<th>{_esc(t)}</th>" for t in ("model", "benchmark", "rows", "checkpoints", *FLAGS.values()))
+    lines = "".join(
+        f'<tr><td>{_esc(p.model)}</td><td><a href="{p.path}">{_esc(p.label)}</a></td><td>{p.rows}</td>'
+        f"<td>{p.checkpoints}</td>" + "".join(f"<td>{p.flagged[flag]}</td>" for flag in FLAGS) + "</tr>"
+        for p in pages
+    )
+    body = (
+        "<p>Every checkpoint's responses and verdicts, a page per model and benchmark; the flag columns count"
+        " the rows (prompt x sample) with that flag.</p>"
+        f'<table class="index"><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>'
+    )
+    return _page("Responses and verdicts", body, None)
+
+
+def build_viewer(sources: Sequence[PageSource], out: str | Path) -> list[PageSummary]:
+    """Write the viewer's pages into folder `out` (replaced as a whole, atomically)."""
+    with atomic_dir(out) as tmp:
+        summaries = [write_page(source, tmp) for source in sources]
+        (tmp / "index.html").write_text(index_html(summaries), encoding="utf-8")
+    return summaries
