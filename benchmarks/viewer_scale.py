@@ -7,8 +7,10 @@ count in config.yaml: the base model and every epoch of its runs, OrthoMerge inc
 responses of about 2,048 tokens (8,192 characters: thinking, then an answer; one in 20 cut at the
 budget without closing </think>), each graded by two graders (a judge and the refusal matcher, one
 verdict in 50 unparseable). Then it builds the viewer (safelora.report.viewer), prints the page
-count, total and largest page size, and opens the largest page and the grid page in headless
-Chromium, printing the time to DOMContentLoaded and until the interactive table is drawn.
+count, total size and the largest grid and row page, and opens those two in headless Chromium,
+printing the best of `--loads` times to DOMContentLoaded and until the page is shown (the grid's
+interactive table drawn). The machine's load average is printed with them: timings on a shared
+machine vary by 2x.
 `--quick`: 20 prompts x 6 checkpoints x 2,000 characters (seconds).
 """
 
@@ -163,6 +165,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=313, help="StrongREJECT's prompts (default 313)")
     parser.add_argument("--checkpoints", type=int, default=142, help="r1-14b's checkpoints in config.yaml (142)")
     parser.add_argument("--chars", type=int, default=8192, help="characters per response (2,048 tokens x 4)")
+    parser.add_argument("--loads", type=int, default=3, help="loads per page; the best is printed (default 3)")
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     if args.quick:
@@ -178,26 +181,27 @@ def main() -> int:
         sources = collect_sources(files["generations"], files["verdicts"], files["items"], Benchmarks({}), runs)
         start = time.perf_counter()
         build_viewer(sources, root / "viewer")
-        print(f"viewer built in {time.perf_counter() - start:.1f} s")
-        pages = sorted((p for p in (root / "viewer").rglob("*.html")), key=lambda p: p.stat().st_size)
-        total = sum(p.stat().st_size for p in pages)
-        grid = root / f"viewer/{MODEL}/{BENCHMARK}.html"
-        print(f"pages: {len(pages)}, total {total / 1e6:.1f} MB")
-        print(f"grid page: {grid.stat().st_size / 1e6:.2f} MB")
-        print(f"largest row page: {pages[-1].name if pages[-1] != grid else pages[-2].name},"
-              f" {max(p.stat().st_size for p in pages if p != grid) / 1e6:.2f} MB")  # fmt: skip
+        print(f"viewer built in {time.perf_counter() - start:.1f} s (load average {os.getloadavg()[0]:.1f})")
+        pages = list((root / "viewer").rglob("*.html"))
+        grids = sorted((p for p in pages if p.name.startswith("grid-")), key=lambda p: p.stat().st_size)
+        rows = sorted((p for p in pages if p.name.startswith("r")), key=lambda p: p.stat().st_size)
+        print(f"pages: {len(pages)}, total {sum(p.stat().st_size for p in pages) / 1e6:.1f} MB")
+        print(f"grid pages: {len(grids)}, largest {grids[-1].stat().st_size / 1e6:.2f} MB ({grids[-1].name})")
+        print(f"row pages: {len(rows)}, largest {rows[-1].stat().st_size / 1e6:.2f} MB ({rows[-1].name})")
         binary = shutil.which("chromium") or shutil.which("chromium-browser")
         if binary is None:
             print("load time: not measured (no chromium on PATH; Debian: apt-get install chromium)")
             return 0
         browser = Chromium(binary, scratch / "chromium-profile")
         try:
-            row_page = max((p for p in pages if p != grid), key=lambda p: p.stat().st_size)
-            dom, ready = browser.load(row_page.as_uri(), "document.querySelectorAll('section').length > 0")
-            print(f"largest row page load: DOMContentLoaded {dom:.2f} s, sections shown {ready:.2f} s")
-            dom, ready = browser.load(grid.as_uri(), "document.querySelector('#grid tbody tr td a') !== null"
-                                      " && document.querySelector('.dt-container') !== null")  # fmt: skip
-            print(f"grid page load: DOMContentLoaded {dom:.2f} s, table drawn {ready:.2f} s")
+            for label, page, ready in (
+                ("largest grid page", grids[-1], "document.querySelector('#grid tbody tr td a') !== null"
+                 " && document.querySelector('.dt-container') !== null"),
+                ("largest row page", rows[-1], "document.querySelectorAll('section').length > 0"),
+            ):  # fmt: skip
+                times = [browser.load(page.as_uri(), ready) for _ in range(args.loads)]
+                dom, shown = min(t[0] for t in times), min(t[1] for t in times)
+                print(f"{label} load (best of {args.loads}): DOMContentLoaded {dom:.2f} s, shown {shown:.2f} s")
         finally:
             browser.close()
     finally:

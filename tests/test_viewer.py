@@ -142,8 +142,9 @@ def test_pages_per_model_and_benchmark_with_rows_flags_and_checkpoints_in_order(
     (summary,) = summaries
     assert (summary.model, summary.label, summary.rows, summary.checkpoints) == ("m", "StrongREJECT", 2, 3)
     assert summary.flagged == {"disagree": 1, "changes": 1, "truncated": 1, "unclosed": 1, "unparseable": 1}
-    assert 'href="m/sr.html"' in (out / "index.html").read_text()
-    page = (out / "m/sr.html").read_text()
+    assert summary.grids == (("grid-1.html", "base e0", "lora e2"),)
+    assert '<a href="m/sr/grid-1.html">base e0 … lora e2</a>' in (out / "index.html").read_text()
+    page = (out / "m/sr/grid-1.html").read_text()
     args = dt_args(page)
     assert re.findall(r"<th>([^<]*)</th>", args["table_html"]) == [
         "prompt",
@@ -159,7 +160,7 @@ def test_pages_per_model_and_benchmark_with_rows_flags_and_checkpoints_in_order(
 
 def test_the_grid_is_offline_and_escapes_responses(built):
     out, _ = built
-    page = (out / "m/sr.html").read_text()
+    page = (out / "m/sr/grid-1.html").read_text()
     assert "unpkg" not in page and "<script src=" not in page  # DataTables is inlined
     assert "<b>tension</b>" not in page and "&lt;b&gt;tension&lt;/b&gt;" in page
 
@@ -175,6 +176,37 @@ def test_a_rows_page_has_every_checkpoints_full_response_thinking_folded_and_raw
     assert "guard: unparseable (null)" in lora2 and "&lt;raw None&gt;" in lora2
     assert "finish reason: length" in lora2 and "truncated" in lora2 and "think unclosed" in lora2
     assert page.rstrip().endswith("</body></html>")
+
+
+def test_checkpoints_beyond_a_pages_budget_go_to_further_grid_pages_runs_kept_together():
+    ckpts = [
+        viewer.CheckpointFiles(run, e, Path(), ())
+        for run, e in [("base", 0), ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("b", 3)]
+    ]
+    assert viewer.split_columns(ckpts, [10] * 6, budget=1000) == [[0, 1, 2, 3, 4, 5]]
+    assert viewer.split_columns(ckpts, [10] * 6, budget=30) == [[0, 1, 2], [3, 4, 5]]
+    assert viewer.split_columns(ckpts, [10] * 6, budget=25) == [[0], [1, 2], [3, 4], [5]]  # run b alone is too big
+    assert viewer.split_columns(ckpts, [40] * 6, budget=25) == [
+        [0],
+        [1],
+        [2],
+        [3],
+        [4],
+        [5],
+    ]  # one column a page at least
+
+
+def test_split_grid_pages_each_filter_on_their_own_checkpoints(tmp_path):
+    files = write_grid(tmp_path)
+    sources = viewer.collect_sources(
+        files["generations"], files["verdicts"], files["items"], Benchmarks({}), ["base", "lora"]
+    )
+    (summary,) = viewer.build_viewer(sources, tmp_path / "viewer", page_bytes=1)
+    assert [name for name, _, _ in summary.grids] == ["grid-1.html", "grid-2.html", "grid-3.html"]
+    pages = [dt_args((tmp_path / "viewer/m/sr" / name).read_text()) for name, _, _ in summary.grids]
+    assert [re.findall(r"<th>([^<]*)</th>", a["table_html"])[-1] for a in pages] == ["base e0", "lora e1", "lora e2"]
+    p1 = [json.loads(a["data_json"])[1][1:6] for a in pages]  # p1's flags on each page
+    assert p1 == [["no"] * 5, ["yes", "yes", "no", "no", "no"], ["no", "yes", "yes", "yes", "yes"]]
 
 
 def test_collect_sources_names_a_verdict_without_its_generations_and_a_foreign_path(tmp_path):

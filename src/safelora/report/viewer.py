@@ -3,21 +3,23 @@
 The `viewer` rule writes a folder of HTML pages that the Snakemake report shows (docs/aggregation.md,
 "Response viewer"):
 
-- `index.html`: one line per (model, benchmark) page, with its rows, checkpoints and flag counts;
-- `<model>/<benchmark>.html`: the grid, one row per (prompt, sample) and one column per checkpoint.
-  A cell holds each grader's verdict and a preview of the response, thinking folded; the table is
-  DataTables, bundled by itables for offline use (the page loads nothing from outside): search over
-  prompts and previews, paging, column visibility, and search panes that filter on the row flags
-  (judges disagree, verdict changes between epochs, truncated, thinking never closed, unparseable);
+- `index.html`: one line per (model, benchmark), with its rows, checkpoints, flag counts and grid pages;
+- `<model>/<benchmark>/grid-<k>.html`: the grid, one row per (prompt, sample) and one column per
+  checkpoint. A cell holds each grader's verdict and a preview of the response, thinking folded.
+  The table is DataTables, bundled by itables for offline use (the page loads nothing from outside):
+  search over prompts and previews, paging, column visibility, and search panes that filter on the
+  row flags (judges disagree, verdict changes between epochs, truncated, thinking never closed,
+  unparseable). Checkpoints go to further grid pages where one page's cells would pass
+  `GRID_PAGE_BYTES` (a run's epochs kept together), so every grid page loads in seconds;
 - `<model>/<benchmark>/r<row>.html`: one row's full responses at every checkpoint, thinking folded
   (`<details>`), each with every grader's verdict and raw output.
 
-The grid carries previews only, so its size grows with prompts x checkpoints, not with response
-length; the full texts are a click away, one page per row (benchmarks/viewer_scale.py measures
-the paper grid's StrongREJECT). The inputs are the files docs/design.md names: generation records
+Grid pages carry previews only: their size grows with prompts x checkpoints, not with response
+length; the full texts are a click away (benchmarks/viewer_scale.py measures the paper grid's
+StrongREJECT). The inputs are the files docs/design.md names: generation records
 (`generations/{model}/{run}/epoch-{e}/{benchmark}.jsonl`), verdict records
 (`verdicts/{model}/{run}/epoch-{e}/{benchmark}/{grader}.jsonl`) and the benchmark items
-(`data/bench/{benchmark}.jsonl`); one generation file and its verdicts are in memory at a time.
+(`data/bench/{benchmark}.jsonl`); one generation file and its verdicts are read at a time.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from safelora.registry import grader_and_variant
 from safelora.report.aggregate import Benchmarks
 
 THINK_START, THINK_END = "<think>", "</think>"
-PREVIEW_CHARS = 240  # of the thinking and of the answer, in a grid cell
+PREVIEW_CHARS = 160  # of the thinking and of the answer, in a grid cell
+# Cells per grid page, in bytes: more checkpoints go to further grid pages (benchmarks/viewer_scale.py:
+# a page's load time in Chromium grows with its size, about 0.3-0.5 s per MB here).
+GRID_PAGE_BYTES = 4_000_000
 RAW_TITLE_CHARS = 300  # of a judge's raw output, in a verdict's tooltip
 PAGE_LENGTH = 10  # grid rows per page (the reader may choose 25, 50 or 100)
 
@@ -239,21 +244,22 @@ def verdict_badges(verdicts: Sequence[Verdict], raw_chars: int | None = RAW_TITL
     for v in verdicts:
         raw = v.raw if raw_chars is None or len(v.raw) <= raw_chars else v.raw[:raw_chars] + " …"
         value = "null" if v.value is None else f"{v.value:g}"
-        badges.append(
-            f'<span class="v {_value_class(v)}" title="{_esc(raw)}">{_esc(v.stem)}: {_esc(v.label)} ({value})</span>'
-        )
+        title = f' title="{_esc(raw)}"' if raw else ""
+        badges.append(f'<span class="v {_value_class(v)}"{title}>{_esc(v.stem)}: {_esc(v.label)} ({value})</span>')
     return " ".join(badges) or '<span class="v vn">no verdict</span>'
 
 
-def _flag_marks(r: Response) -> str:
-    marks = [FLAGS["truncated"]] if r.truncated else []
-    marks += [FLAGS["unclosed"]] if r.unclosed else []
-    return "".join(f'<span class="flag">{m}</span>' for m in marks)
+def _flag_marks(flags: Iterable[str]) -> str:
+    return "".join(f'<span class="flag">{FLAGS[f]}</span>' for f in FLAGS if f in flags)
 
 
-def grid_cell(r: Response, verdicts: Sequence[Verdict], link: str) -> str:
+def _response_flags(r: Response) -> set[str]:
+    return {f for f, on in (("truncated", r.truncated), ("unclosed", r.unclosed)) if on}
+
+
+def grid_cell(r: Response, verdicts: Sequence[Verdict], link: str, flags: Iterable[str]) -> str:
     """A grid cell: verdicts, flags, the thinking folded, the answer's preview, a link to the full text."""
-    parts = [verdict_badges(verdicts), _flag_marks(r)]
+    parts = [verdict_badges(verdicts), _flag_marks(flags)]
     if r.thinking is not None:
         parts.append(
             f"<details><summary>thinking ({len(r.thinking):,} chars)</summary>{_preview(r.thinking)}</details>"
@@ -273,7 +279,7 @@ def detail_section(c: CheckpointFiles, record: Mapping[str, Any], r: Response, v
     raws = "".join(f"<li><b>{_esc(v.stem)}</b>: <pre>{_esc(v.raw)}</pre></li>" for v in verdicts if v.raw)
     return (
         f'<section id="{_esc(c.anchor)}"><h2>{_esc(c.title)}</h2>'
-        f"<p>{verdict_badges(verdicts, None)} {_flag_marks(r)} finish reason: {_esc(str(record.get('finish_reason')))},"
+        f"<p>{verdict_badges(verdicts, None)} {_flag_marks(_response_flags(r))} finish reason: {_esc(str(record.get('finish_reason')))},"
         f" {record.get('completion_tokens')} tokens</p>{thinking}"
         f'<pre class="ans">{_esc(r.answer) or "<i>no answer</i>"}</pre>'
         + (f"<details><summary>graders' raw output</summary><ul>{raws}</ul></details>" if raws else "")
@@ -307,44 +313,80 @@ def _page(title: str, body: str, up: str | None) -> str:
 
 
 @dataclass
+class Cell:
+    """A row's grid cell at one checkpoint, and its flags (FLAGS keys)."""
+
+    html: str
+    flags: set[str]
+
+
+@dataclass
 class Row:
-    """One (prompt, sample) of a page: its cells so far and its flags."""
+    """One (prompt, sample) of a benchmark: its cells by checkpoint title, and each grader's
+    values over each run's epochs (which find verdicts that change between epochs)."""
 
     number: int
     prompt_id: str
     sample: int
     item: Mapping[str, Any]
-    cells: dict[str, str] = field(default_factory=dict)
-    flags: set[str] = field(default_factory=set)
-    values: dict[tuple[str, str], set[float]] = field(default_factory=dict)  # (run, stem) -> values over epochs
+    cells: dict[str, Cell] = field(default_factory=dict)
+    values: dict[tuple[str, str], set[float]] = field(default_factory=dict)  # (run, stem) -> values
 
     @property
     def file(self) -> str:
         return f"r{self.number:05d}.html"
 
-    def prompt_cell(self, link: str) -> str:
+    def prompt_cell(self) -> str:
         prompt = str(self.item.get("prompt", ""))
         reference = self.item.get("answer")
         answer = f"<div>reference: <code>{_preview(str(reference), 80)}</code></div>" if reference is not None else ""
         return (
-            f'<a href="{link}"><b>{_esc(self.prompt_id)}</b></a>'
+            f'<a href="{self.file}"><b>{_esc(self.prompt_id)}</b></a>'
             + (f" sample {self.sample}" if self.sample else "")
             + f"<details><summary>{_preview(prompt, 120)}</summary>{_esc(prompt)}</details>{answer}"
         )
 
+    def flags(self, titles: Iterable[str]) -> set[str]:
+        return set().union(*(self.cells[t].flags for t in titles if t in self.cells))
+
+
+def split_columns(checkpoints: Sequence[CheckpointFiles], sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Checkpoint columns (indices) per grid page: in order, each page's cells at most `budget`
+    bytes where one column allows, a run's epochs on one page where they fit in one."""
+    runs: list[list[int]] = []
+    for i, c in enumerate(checkpoints):
+        if runs and checkpoints[runs[-1][0]].run == c.run:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    pages: list[list[int]] = [[]]
+    for run in runs:
+        used = sum(sizes[i] for i in pages[-1])
+        if pages[-1] and used + sum(sizes[i] for i in run) > budget:
+            pages.append([])
+        for i in run:
+            if pages[-1] and sum(sizes[j] for j in pages[-1]) + sizes[i] > budget:
+                pages.append([])
+            pages[-1].append(i)
+    return pages
+
 
 @dataclass(frozen=True)
 class PageSummary:
+    """One (model, benchmark): its rows and checkpoints, the rows with each flag, its grid pages
+    (file name, first and last checkpoint)."""
+
     model: str
     benchmark: str
     label: str
     rows: int
     checkpoints: int
     flagged: Mapping[str, int]
+    grids: tuple[tuple[str, str, str], ...]
 
     @property
-    def path(self) -> str:
-        return f"{quote(self.model)}/{quote(self.benchmark)}.html"
+    def folder(self) -> str:
+        return f"{quote(self.model)}/{quote(self.benchmark)}"
 
 
 def _rows(items: list[dict[str, Any]], n: int) -> list[Row]:
@@ -352,7 +394,7 @@ def _rows(items: list[dict[str, Any]], n: int) -> list[Row]:
 
 
 def _add_checkpoint(
-    c: CheckpointFiles, rows: dict[tuple[str, int], Row], items: list[dict[str, Any]], folder: Path, benchmark: str
+    c: CheckpointFiles, rows: dict[tuple[str, int], Row], items: list[dict[str, Any]], folder: Path
 ) -> None:
     """Read one checkpoint's generations and verdicts: a cell per row in the grid, a section per
     row on its page (appended to the row's page file)."""
@@ -368,22 +410,23 @@ def _add_checkpoint(
             )
         response = split_response(str(record.get("prompt", "")), str(record["text"]), str(record.get("finish_reason")))
         own = verdicts[verdict_key(row.prompt_id, row.sample, row.item)]
-        row.cells[c.title] = grid_cell(response, own, f"{quote(benchmark)}/{row.file}#{quote(c.anchor)}")
+        flags = _response_flags(response)
+        flags |= {"disagree"} if disagree(own) else set()
+        flags |= {"unparseable"} if any(v.unparseable for v in own) else set()
+        row.cells[c.title] = Cell(grid_cell(response, own, f"{row.file}#{quote(c.anchor)}", flags), flags)
         for v in own:
             if v.value is not None:
                 row.values.setdefault((c.run, v.stem), set()).add(v.value)
-        row.flags |= {
-            flag
-            for flag, on in (
-                ("disagree", disagree(own)),
-                ("truncated", response.truncated),
-                ("unclosed", response.unclosed),
-                ("unparseable", any(v.unparseable for v in own)),
-            )
-            if on
-        }
         with open(folder / row.file, "a", encoding="utf-8") as fh:
             fh.write(detail_section(c, record, response, own))
+
+
+def _mark_changes(row: Row, checkpoints: Sequence[CheckpointFiles]) -> None:
+    """Flag each cell of a run whose grader gave this row different values over the run's epochs."""
+    changed = {run for (run, _), values in row.values.items() if len(values) > 1}
+    for c in checkpoints:
+        if c.run in changed and c.title in row.cells:
+            row.cells[c.title].flags.add("changes")
 
 
 def _detail_header(source: PageSource, row: Row) -> str:
@@ -391,7 +434,7 @@ def _detail_header(source: PageSource, row: Row) -> str:
     reference = row.item.get("answer")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(row.prompt_id)}</title>'
-        f'<style>{CSS}</style></head><body><p><a href="../{quote(source.benchmark)}.html">{_esc(source.label)} grid</a></p>'
+        f'<style>{CSS}</style></head><body><p><a href="../../index.html">all pages</a></p>'
         f"<h1>{_esc(source.label)}, {_esc(source.model)}: {_esc(row.prompt_id)} sample {row.sample}</h1>"
         f"<h2>Prompt</h2><pre>{_esc(prompt)}</pre>"
         + (f"<p>reference answer: <code>{_esc(str(reference))}</code></p>" if reference is not None else "")
@@ -401,17 +444,17 @@ def _detail_header(source: PageSource, row: Row) -> str:
     )
 
 
-def _grid_html(source: PageSource, rows: list[Row]) -> str:
+def _grid_table(rows: list[Row], titles: list[str]) -> str:
     import pandas as pd
     from itables import to_html_datatable
 
-    titles = [c.title for c in source.checkpoints]
     frame = pd.DataFrame(
         [
-            [row.prompt_cell(f"{quote(source.benchmark)}/{row.file}")]
-            + ["yes" if flag in row.flags else "no" for flag in FLAGS]
-            + [row.cells.get(t, "") for t in titles]
+            [row.prompt_cell()]
+            + ["yes" if flag in flags else "no" for flag in FLAGS]
+            + [row.cells[t].html if t in row.cells else "" for t in titles]
             for row in rows
+            for flags in [row.flags(titles)]
         ],
         columns=["prompt", *FLAGS.values(), *titles],
     )
@@ -441,59 +484,81 @@ def _grid_html(source: PageSource, rows: list[Row]) -> str:
     )
 
 
-def write_page(source: PageSource, out: Path) -> PageSummary:
-    """The grid page of one (model, benchmark) and its rows' pages, under `out`."""
+def _grid_links(grids: Sequence[tuple[str, str, str]], current: str | None = None) -> str:
+    return " | ".join(
+        f"<b>{_esc(first)} … {_esc(last)}</b>"
+        if name == current
+        else f'<a href="{name}">{_esc(first)} … {_esc(last)}</a>'
+        for name, first, last in grids
+    )
+
+
+def write_page(source: PageSource, out: Path, page_bytes: int = GRID_PAGE_BYTES) -> PageSummary:
+    """One (model, benchmark): its grid pages (as many as keep each within `page_bytes` of cells)
+    and its rows' pages, in `out/<model>/<benchmark>/`."""
     from itables import options
     from itables.javascript import generate_init_offline_itables_html
 
     items = read_jsonl(source.items)
     first = read_generations(source.checkpoints[0].generations, items)
-    n = first[0]["sampling"]["n"]
-    rows = _rows(items, n)
+    rows = _rows(items, first[0]["sampling"]["n"])
     by_key = {(row.prompt_id, row.sample): row for row in rows}
     folder = out / source.model / source.benchmark
     folder.mkdir(parents=True)
     for row in rows:
         (folder / row.file).write_text(_detail_header(source, row), encoding="utf-8")
     for c in source.checkpoints:
-        _add_checkpoint(c, by_key, items, folder, source.benchmark)
+        _add_checkpoint(c, by_key, items, folder)
     for row in rows:
-        if any(len(values) > 1 for values in row.values.values()):
-            row.flags.add("changes")
+        _mark_changes(row, source.checkpoints)
         with open(folder / row.file, "a", encoding="utf-8") as fh:
             fh.write("</body></html>\n")
-    flagged = {flag: sum(flag in row.flags for row in rows) for flag in FLAGS}
-    intro = (
-        f"<p>{len(rows)} rows (prompt x sample) x {len(source.checkpoints)} checkpoints. A cell shows each grader's"
-        " verdict (value 1: safe, refused or correct, as the benchmark's metric; hover for the raw output), the"
-        " thinking folded and a preview of the answer; <i>full text</i> opens the row's page. Search covers"
-        " prompts and previews; the panes filter rows by flag; <i>Column visibility</i> picks checkpoints.</p>"
-    )
-    body = intro + generate_init_offline_itables_html(options.dt_bundle) + _grid_html(source, rows)
-    (out / source.model / f"{source.benchmark}.html").write_text(
-        _page(f"{source.label}: {source.model}", body, "../index.html"), encoding="utf-8"
-    )
-    return PageSummary(source.model, source.benchmark, source.label, len(rows), len(source.checkpoints), flagged)
+    titles = [c.title for c in source.checkpoints]
+    sizes = [sum(len(row.cells[t].html) for row in rows if t in row.cells) for t in titles]
+    parts = [[titles[i] for i in part] for part in split_columns(source.checkpoints, sizes, page_bytes)]
+    grids = tuple((f"grid-{k}.html", part[0], part[-1]) for k, part in enumerate(parts, start=1))
+    bundle = generate_init_offline_itables_html(options.dt_bundle)
+    for (name, _, _), part in zip(grids, parts, strict=True):
+        intro = (
+            f"<p>{len(rows)} rows (prompt x sample) x {len(part)} of {len(titles)} checkpoints. Checkpoint pages:"
+            f" {_grid_links(grids, name)}</p><p>A cell shows each grader's verdict (value 1: safe, refused or correct,"
+            " as the benchmark's metric; hover for a judge's raw output), the thinking folded and a preview of the"
+            " answer; <i>full text</i> opens the row's page, every checkpoint's full response. Search covers prompts"
+            " and previews; the panes filter rows by flag (over this page's checkpoints); <i>Column visibility</i>"
+            " hides checkpoints.</p>"
+        )
+        (folder / name).write_text(
+            _page(f"{source.label}: {source.model}", intro + bundle + _grid_table(rows, part), "../../index.html"),
+            encoding="utf-8",
+        )
+    flagged = {flag: sum(flag in row.flags(titles) for row in rows) for flag in FLAGS}
+    return PageSummary(source.model, source.benchmark, source.label, len(rows), len(titles), flagged, grids)
 
 
 def index_html(pages: Sequence[PageSummary]) -> str:
-    head = "".join(f"<th>{_esc(t)}</th>" for t in ("model", "benchmark", "rows", "checkpoints", *FLAGS.values()))
+    head = "".join(
+        f"<th>{_esc(t)}</th>" for t in ("model", "benchmark", "rows", "checkpoints", *FLAGS.values(), "grid pages")
+    )
     lines = "".join(
-        f'<tr><td>{_esc(p.model)}</td><td><a href="{p.path}">{_esc(p.label)}</a></td><td>{p.rows}</td>'
-        f"<td>{p.checkpoints}</td>" + "".join(f"<td>{p.flagged[flag]}</td>" for flag in FLAGS) + "</tr>"
+        f"<tr><td>{_esc(p.model)}</td><td>{_esc(p.label)}</td><td>{p.rows}</td><td>{p.checkpoints}</td>"
+        + "".join(f"<td>{p.flagged[flag]}</td>" for flag in FLAGS)
+        + f"<td>{_grid_links([(f'{p.folder}/{name}', a, b) for name, a, b in p.grids])}</td></tr>"
         for p in pages
     )
     body = (
-        "<p>Every checkpoint's responses and verdicts, a page per model and benchmark; the flag columns count"
-        " the rows (prompt x sample) with that flag.</p>"
+        "<p>Every checkpoint's responses and verdicts, pages per model and benchmark (checkpoints split over"
+        " several grid pages where one would be too large to load quickly); the flag columns count the rows"
+        " (prompt x sample) with that flag at some checkpoint.</p>"
         f'<table class="index"><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>'
     )
     return _page("Responses and verdicts", body, None)
 
 
-def build_viewer(sources: Sequence[PageSource], out: str | Path) -> list[PageSummary]:
+def build_viewer(
+    sources: Sequence[PageSource], out: str | Path, page_bytes: int = GRID_PAGE_BYTES
+) -> list[PageSummary]:
     """Write the viewer's pages into folder `out` (replaced as a whole, atomically)."""
     with atomic_dir(out) as tmp:
-        summaries = [write_page(source, tmp) for source in sources]
+        summaries = [write_page(source, tmp, page_bytes) for source in sources]
         (tmp / "index.html").write_text(index_html(summaries), encoding="utf-8")
     return summaries
