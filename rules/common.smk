@@ -613,5 +613,6 @@ def final_targets():
         f"{RESULTS}/aggregate/results.csv",
         f"{RESULTS}/aggregate/results.md",
         *[f"{RESULTS}/figures/{name}.png" for name in registry.FIGURES],
+        f"{RESULTS}/viewer",
         *prune_targets(),
     ]
