@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from safelora.io import atomic_write_json, atomic_write_jsonl  # noqa: E402
-from safelora.report.aggregate import Benchmarks  # noqa: E402
+from safelora.io import atomic_write_jsonl  # noqa: E402
+from safelora.report.aggregate import Benchmarks, ExpectedCheckpoint  # noqa: E402
 from safelora.report.viewer import build_viewer, collect_sources  # noqa: E402
 
 MODEL, BENCHMARK = "r1-14b", "strongreject"
@@ -49,18 +49,13 @@ def text_of(rng: random.Random, chars: int) -> str:
     return " ".join(words)[:chars]
 
 
-def write_grid(root: Path, prompts: int, checkpoints: int, chars: int, seed: int = 0) -> dict[str, list[Path]]:
-    """The synthetic grid's files under `root` (a results/<experiment> folder), by kind."""
+def write_grid(root: Path, prompts: int, checkpoints: int, chars: int, seed: int = 0) -> list[ExpectedCheckpoint]:
+    """The synthetic grid's files under `root` (a results/<experiment> folder); its checkpoints."""
     rng = random.Random(seed)
     items = [{"id": str(i), "prompt": f"Forbidden prompt {i}: " + text_of(rng, 200), "answer": None, "meta": {}}
              for i in range(prompts)]  # fmt: skip
     atomic_write_jsonl(root / f"data/bench/{BENCHMARK}.jsonl", items)
     runs = [("base", 0)] + [(f"run-{r:02d}", e) for r in range(checkpoints) for e in range(1, 6)]
-    files: dict[str, list[Path]] = {
-        "generations": [],
-        "verdicts": [],
-        "items": [root / f"data/bench/{BENCHMARK}.jsonl"],
-    }
     for run, epoch in runs[:checkpoints]:
         folder = f"{MODEL}/{run}/epoch-{epoch}"
         gens, judge, match = [], [], []
@@ -83,15 +78,10 @@ def write_grid(root: Path, prompts: int, checkpoints: int, chars: int, seed: int
             refused = safe if rng.random() < 0.9 else not safe
             match.append({"prompt_id": item["id"], "sample_index": 0, "grader": "refusal_match",
                           "value": float(refused), "label": "refused" if refused else "complied", "raw": ""})  # fmt: skip
-        gen_path = root / f"generations/{folder}/{BENCHMARK}.jsonl"
-        atomic_write_jsonl(gen_path, gens)
-        files["generations"].append(gen_path)
+        atomic_write_jsonl(root / f"generations/{folder}/{BENCHMARK}.jsonl", gens)
         for grader, records in (("llama_guard", judge), ("refusal_match", match)):
-            path = root / f"verdicts/{folder}/{BENCHMARK}/{grader}.jsonl"
-            atomic_write_jsonl(path, records)
-            files["verdicts"].append(path)
-    atomic_write_json(root / "aggregate/runs_meta.json", {run: {"method": "lora"} for run, _ in runs[:checkpoints]})
-    return files
+            atomic_write_jsonl(root / f"verdicts/{folder}/{BENCHMARK}/{grader}.jsonl", records)
+    return [ExpectedCheckpoint(MODEL, run, epoch, (BENCHMARK,)) for run, epoch in runs[:checkpoints]]
 
 
 class Chromium:
@@ -174,11 +164,12 @@ def main() -> int:
     try:
         root = scratch / "results/scale"
         start = time.perf_counter()
-        files = write_grid(root, args.prompts, args.checkpoints, args.chars)
+        expected = write_grid(root, args.prompts, args.checkpoints, args.chars)
         print(f"synthetic grid: {args.prompts} prompts x {args.checkpoints} checkpoints x {args.chars:,} characters,"
               f" written in {time.perf_counter() - start:.1f} s")  # fmt: skip
-        runs = list(json.loads((root / "aggregate/runs_meta.json").read_text()))
-        sources = collect_sources(files["generations"], files["verdicts"], files["items"], Benchmarks({}), runs)
+        runs = list(dict.fromkeys(c.run for c in expected))
+        stems = {BENCHMARK: ["llama_guard", "refusal_match"]}
+        sources = collect_sources(root, expected, stems, Benchmarks({BENCHMARK: "StrongREJECT"}), runs)
         start = time.perf_counter()
         build_viewer(sources, root / "viewer")
         print(f"viewer built in {time.perf_counter() - start:.1f} s (load average {os.getloadavg()[0]:.1f})")

@@ -15,12 +15,20 @@ def viewer_items():
     return [f"{RESULTS}/data/bench/{b}.jsonl" for b in config["benchmarks"] if b in evaluated]
 
 
+def viewer_verdict_stems():
+    """Each benchmark's verdict file names (as verdict_files names them), for the script to find them."""
+    return stable_json(
+        {b: [s for g in spec["graders"] for s in registry.verdict_stems(g)] for b, spec in config["benchmarks"].items()}
+    )
+
+
 rule viewer:
     input:
         generations=viewer_generations(),
         verdicts=viewer_verdicts(),
         benchmark_items=viewer_items(),
         meta="<results>/aggregate/runs_meta.json",
+        expected="<results>/aggregate/expected.json",
         benchmarks="<results>/aggregate/benchmarks.json",
     output:
         report(
@@ -32,6 +40,8 @@ rule viewer:
     log:
         "<results>/logs/viewer/viewer.log",
     params:
+        results=RESULTS,
+        stems=viewer_verdict_stems(),
         version=config["versions"]["aggregate"],
     # reads every generation file once; one file and its verdicts are in memory at a time
     resources:
@@ -39,7 +49,9 @@ rule viewer:
         runtime=60,
     conda:
         "../envs/eval.yaml"
+    # the script finds the files at their paths under {params.results}: on the paper grid their
+    # names alone would pass the 128 KiB limit of one shell command (Linux MAX_ARG_STRLEN)
     shell:
         f"python {SCRIPTS}/viewer.py"
-        " --generations {input.generations} --verdicts {input.verdicts} --items {input.benchmark_items}"
+        " --results {params.results} --expected {input.expected} --verdict-stems {params.stems:q}"
         " --runs-meta {input.meta} --benchmarks {input.benchmarks} --out {output} > {log} 2>&1"

@@ -11,7 +11,7 @@ from safelora.evaluation.graders import _as_sample_of_question
 from safelora.evaluation.parsers import strip_thinking
 from safelora.io import atomic_write_jsonl
 from safelora.report import viewer
-from safelora.report.aggregate import Benchmarks
+from safelora.report.aggregate import Benchmarks, ExpectedCheckpoint
 
 SAMPLING = {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "seed": 0}
 R1_PROMPT = "<｜User｜>{}<｜Assistant｜><think>\n"
@@ -81,7 +81,15 @@ def test_disagreement_is_between_graders_not_variants_and_ignores_unparseable():
     assert not viewer.disagree([v("evalplus_base", 1.0, "pass", ""), v("evalplus_plus", 0.0, "fail", "")])
 
 
-def write_grid(root: Path) -> dict[str, list[Path]]:
+EXPECTED = [ExpectedCheckpoint("m", run, epoch, ("sr",)) for run, epoch in (("lora", 2), ("base", 0), ("lora", 1))]
+STEMS = {"sr": ["refusal_match", "guard"]}
+
+
+def sources(root: Path, runs=("base", "lora"), expected=EXPECTED, stems=STEMS) -> list:
+    return viewer.collect_sources(root, expected, stems, Benchmarks({"sr": "StrongREJECT"}), list(runs))
+
+
+def write_grid(root: Path) -> None:
     """Two prompts answered by base (epoch 0) and a LoRA run's epochs 1 and 2, two graders each.
     Prompt `p1`: at LoRA epoch 1 the judge finds unsafe what the matcher finds refused; at epoch 2
     the response is cut inside its thinking (the matcher's verdict changes) and the judge's output is
@@ -98,7 +106,6 @@ def write_grid(root: Path) -> dict[str, list[Path]]:
         ("lora", 2): [("no\n</think>\n\nI can't help.", "stop"), ("thinking on and on", "length")],
     }
     judge = {("base", 0): [0.0, 0.0], ("lora", 1): [1.0, 0.0], ("lora", 2): [1.0, None]}
-    files: dict[str, list[Path]] = {"generations": [], "verdicts": [], "items": [root / "data/bench/sr.jsonl"]}
     for (run, epoch), texts in responses.items():
         folder = root / f"generations/m/{run}/epoch-{epoch}"
         prompt = "{}" if run == "base" else R1_PROMPT
@@ -106,7 +113,6 @@ def write_grid(root: Path) -> dict[str, list[Path]]:
             folder / "sr.jsonl",
             [gen(i["id"], t, f, prompt.format(i["prompt"])) for i, (t, f) in zip(items, texts, strict=True)],
         )
-        files["generations"].append(folder / "sr.jsonl")
         vfolder = root / f"verdicts/m/{run}/epoch-{epoch}/sr"
         guard = [verdict(i["id"], "guard", v, "unparseable" if v is None else "safe" if v else "unsafe", raw=f"<raw {v}>")
                  for i, v in zip(items, judge[run, epoch], strict=True)]  # fmt: skip
@@ -114,21 +120,12 @@ def write_grid(root: Path) -> dict[str, list[Path]]:
                  for i, (t, _) in zip(items, texts, strict=True)]  # fmt: skip
         for name, records in (("guard", guard), ("refusal_match", match)):
             atomic_write_jsonl(vfolder / f"{name}.jsonl", records)
-            files["verdicts"].append(vfolder / f"{name}.jsonl")
-    return files
 
 
 @pytest.fixture
 def built(tmp_path):
-    files = write_grid(tmp_path)
-    sources = viewer.collect_sources(
-        files["generations"][::-1],
-        files["verdicts"],
-        files["items"],
-        Benchmarks({"sr": "StrongREJECT"}),
-        ["base", "lora"],
-    )
-    summaries = viewer.build_viewer(sources, tmp_path / "viewer")
+    write_grid(tmp_path)
+    summaries = viewer.build_viewer(sources(tmp_path), tmp_path / "viewer")
     return tmp_path / "viewer", summaries
 
 
@@ -197,11 +194,8 @@ def test_checkpoints_beyond_a_pages_budget_go_to_further_grid_pages_runs_kept_to
 
 
 def test_split_grid_pages_each_filter_on_their_own_checkpoints(tmp_path):
-    files = write_grid(tmp_path)
-    sources = viewer.collect_sources(
-        files["generations"], files["verdicts"], files["items"], Benchmarks({}), ["base", "lora"]
-    )
-    (summary,) = viewer.build_viewer(sources, tmp_path / "viewer", page_bytes=1)
+    write_grid(tmp_path)
+    (summary,) = viewer.build_viewer(sources(tmp_path), tmp_path / "viewer", page_bytes=1)
     assert [name for name, _, _ in summary.grids] == ["grid-1.html", "grid-2.html", "grid-3.html"]
     pages = [dt_args((tmp_path / "viewer/m/sr" / name).read_text()) for name, _, _ in summary.grids]
     assert [re.findall(r"<th>([^<]*)</th>", a["table_html"])[-1] for a in pages] == ["base e0", "lora e1", "lora e2"]
@@ -209,26 +203,28 @@ def test_split_grid_pages_each_filter_on_their_own_checkpoints(tmp_path):
     assert p1 == [["no"] * 5, ["yes", "yes", "no", "no", "no"], ["no", "yes", "yes", "yes", "yes"]]
 
 
-def test_collect_sources_names_a_verdict_without_its_generations_and_a_foreign_path(tmp_path):
-    files = write_grid(tmp_path)
-    orphan = tmp_path / "verdicts/m/lora/epoch-3/sr/guard.jsonl"
-    with pytest.raises(ValueError, match=r"lora/epoch-3/sr/guard.jsonl: a verdict file without the generation file"):
-        viewer.collect_sources(
-            files["generations"], [*files["verdicts"], orphan], files["items"], Benchmarks({}), ["base", "lora"]
-        )
-    with pytest.raises(ValueError, match=r"scores/x.json: not a generation file path"):
-        viewer.collect_sources([tmp_path / "scores/x.json"], [], files["items"], Benchmarks({}), ["base", "lora"])
-    with pytest.raises(ValueError, match=r"run 'lora' is not in the runs' metadata"):
-        viewer.collect_sources(files["generations"], files["verdicts"], files["items"], Benchmarks({}), ["base"])
+def test_collect_sources_finds_the_files_at_their_paths_and_names_what_it_cannot_place(tmp_path):
+    (source,) = sources(tmp_path)
+    assert [(c.run, c.epoch) for c in source.checkpoints] == [("base", 0), ("lora", 1), ("lora", 2)]
+    lora1 = source.checkpoints[1]
+    assert lora1.generations == tmp_path / "generations/m/lora/epoch-1/sr.jsonl"
+    assert lora1.verdicts == (
+        tmp_path / "verdicts/m/lora/epoch-1/sr/guard.jsonl",
+        tmp_path / "verdicts/m/lora/epoch-1/sr/refusal_match.jsonl",
+    )
+    assert source.items == tmp_path / "data/bench/sr.jsonl"
+    with pytest.raises(ValueError, match=r"checkpoint m lora epoch 2: run 'lora' is not in the runs' metadata"):
+        sources(tmp_path, runs=["base"])
+    with pytest.raises(ValueError, match=r"checkpoint m lora epoch 2: benchmark 'sr' has no verdict files named"):
+        sources(tmp_path, stems={"xstest": ["refusal_match"]})
+    with pytest.raises(ValueError, match=r"checkpoint m base epoch 0 names no benchmarks"):
+        sources(tmp_path, expected=[ExpectedCheckpoint("m", "base", 0)])
 
 
 def test_a_verdict_of_a_sample_not_generated_is_named_with_its_file_and_line(tmp_path):
-    files = write_grid(tmp_path)
-    stale = files["verdicts"][0]
+    write_grid(tmp_path)
+    stale = tmp_path / "verdicts/m/lora/epoch-1/sr/guard.jsonl"
     atomic_write_jsonl(stale, [verdict("p0", "guard", 1.0, "safe"), verdict("p9", "guard", 1.0, "safe")])
-    sources = viewer.collect_sources(
-        files["generations"], files["verdicts"], files["items"], Benchmarks({}), ["base", "lora"]
-    )
     with pytest.raises(ValueError, match=rf"{stale}: line 2: prompt 'p9' sample 0 is not among the generations"):
-        viewer.build_viewer(sources, tmp_path / "viewer")
+        viewer.build_viewer(sources(tmp_path), tmp_path / "viewer")
     assert not (tmp_path / "viewer").exists()  # nothing half-written

@@ -25,7 +25,6 @@ StrongREJECT). The inputs are the files docs/design.md names: generation records
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from urllib.parse import quote
 
 from safelora.io import atomic_dir, read_generations, read_jsonl
 from safelora.registry import grader_and_variant
-from safelora.report.aggregate import Benchmarks
+from safelora.report.aggregate import Benchmarks, ExpectedCheckpoint
 
 THINK_START, THINK_END = "<think>", "</think>"
 PREVIEW_CHARS = 160  # of the thinking and of the answer, in a grid cell
@@ -52,15 +51,6 @@ FLAGS = {
     "unclosed": "think unclosed",  # thinking opened and </think> never written
     "unparseable": "unparseable",  # a grader's output could not be parsed
 }
-
-_GENERATIONS = re.compile(
-    r"generations/(?P<model>[^/]+)/(?P<run>[^/]+)/epoch-(?P<epoch>\d+)/(?P<benchmark>[^/]+)\.jsonl$"
-)
-_VERDICTS = re.compile(
-    r"verdicts/(?P<model>[^/]+)/(?P<run>[^/]+)/epoch-(?P<epoch>\d+)/(?P<benchmark>[^/]+)/(?P<stem>[^/]+)\.jsonl$"
-)
-_ITEMS = re.compile(r"data/bench/(?P<benchmark>[^/]+)\.jsonl$")
-
 
 # ---------------------------------------------------------------------------------------------
 # Responses
@@ -154,51 +144,36 @@ class PageSource:
     checkpoints: tuple[CheckpointFiles, ...]
 
 
-def _match(pattern: re.Pattern[str], path: Path, what: str) -> dict[str, str]:
-    found = pattern.search(path.as_posix())
-    if not found:
-        raise ValueError(f"{path}: not a {what} path (docs/design.md, Paths)")
-    return found.groupdict()
-
-
 def collect_sources(
-    generations: Sequence[Path],
-    verdicts: Sequence[Path],
-    items: Sequence[Path],
+    results: Path,
+    expected: Sequence[ExpectedCheckpoint],
+    stems: Mapping[str, Sequence[str]],
     benchmarks: Benchmarks,
     runs: Sequence[str],
 ) -> list[PageSource]:
-    """The pages to build from the files' paths: a page per (model, benchmark) in display order
-    (benchmarks as `benchmarks`, runs in `runs` order, then epoch). A verdict file without its
-    generation file, or a generation file without its benchmark's items, is an error naming it."""
-    items_of = {_match(_ITEMS, p, "benchmark items")["benchmark"]: p for p in items}
-    verdicts_of: dict[tuple[str, str, int, str], list[Path]] = {}
-    for path in verdicts:
-        m = _match(_VERDICTS, path, "verdict file")
-        verdicts_of.setdefault((m["model"], m["run"], int(m["epoch"]), m["benchmark"]), []).append(path)
+    """The pages to build: one per (model, benchmark) of the `expected` checkpoints, reading the
+    files at docs/design.md's paths under `results` and each benchmark's verdict files `stems`.
+    Benchmarks in display order; columns in `runs` order (runs_meta.json), then epoch."""
     pages: dict[tuple[str, str], list[CheckpointFiles]] = {}
-    for path in generations:
-        m = _match(_GENERATIONS, path, "generation file")
-        key = (m["model"], m["run"], int(m["epoch"]), m["benchmark"])
-        if m["benchmark"] not in items_of:
-            raise ValueError(
-                f"{path}: no benchmark items given for '{m['benchmark']}' (data/bench/{m['benchmark']}.jsonl)"
-            )
-        if m["run"] not in runs:
-            raise ValueError(f"{path}: run '{m['run']}' is not in the runs' metadata ({', '.join(runs)})")
-        files = tuple(sorted(verdicts_of.pop(key, []), key=lambda p: p.name))
-        pages.setdefault((m["model"], m["benchmark"]), []).append(
-            CheckpointFiles(m["run"], int(m["epoch"]), path, files)
-        )
-    if verdicts_of:
-        orphan = next(iter(verdicts_of.values()))[0]
-        raise ValueError(f"{orphan}: a verdict file without the generation file it grades")
+    for c in expected:
+        where = f"expected checkpoint {c.model} {c.run} epoch {c.epoch}"
+        if c.benchmarks is None:
+            raise ValueError(f"{where} names no benchmarks (expected.json as describe_grid writes it names them)")
+        if c.run not in runs:
+            raise ValueError(f"{where}: run '{c.run}' is not in the runs' metadata ({', '.join(runs)})")
+        checkpoint = Path(c.model, c.run, f"epoch-{c.epoch}")
+        for b in c.benchmarks:
+            if b not in stems:
+                raise ValueError(f"{where}: benchmark '{b}' has no verdict files named (known: {', '.join(stems)})")
+            verdicts = tuple(Path(results, "verdicts", checkpoint, b, f"{s}.jsonl") for s in sorted(stems[b]))
+            generations = Path(results, "generations", checkpoint, f"{b}.jsonl")
+            pages.setdefault((c.model, b), []).append(CheckpointFiles(c.run, c.epoch, generations, verdicts))
     return [
         PageSource(
             model,
             benchmark,
             benchmarks.labels.get(benchmark, benchmark),
-            items_of[benchmark],
+            Path(results, "data", "bench", f"{benchmark}.jsonl"),
             tuple(sorted(ckpts, key=lambda c: (runs.index(c.run), c.epoch))),
         )
         for (model, benchmark), ckpts in sorted(pages.items(), key=lambda kv: (kv[0][0], benchmarks.order(kv[0][1])))
