@@ -2,26 +2,6 @@
 # as a folder of HTML pages in the report (safelora/report/viewer.py, docs/aggregation.md).
 
 
-def viewer_generations():
-    return [f"{RESULTS}/generations/{c.model}/{c.run}/epoch-{c.epoch}/{b}.jsonl" for c, b in EVALUATIONS]
-
-
-def viewer_verdicts():
-    return [path for c, b in EVALUATIONS for path in verdict_files(c.model, c.run, c.epoch, b)]
-
-
-def viewer_items():
-    evaluated = {b for _, b in EVALUATIONS}
-    return [f"{RESULTS}/data/bench/{b}.jsonl" for b in config["benchmarks"] if b in evaluated]
-
-
-def viewer_verdict_stems():
-    """Each benchmark's verdict file names (as verdict_files names them), for the script to find them."""
-    return stable_json(
-        {b: [s for g in spec["graders"] for s in registry.verdict_stems(g)] for b, spec in config["benchmarks"].items()}
-    )
-
-
 rule viewer:
     input:
         generations=viewer_generations(),
@@ -40,7 +20,7 @@ rule viewer:
     log:
         "<results>/logs/viewer/viewer.log",
     params:
-        results=RESULTS,
+        results=lambda wildcards, input: Path(input.expected).parents[1],  # results/<experiment>
         stems=viewer_verdict_stems(),
         version=config["versions"]["aggregate"],
     # reads every generation file once; one file and its verdicts are in memory at a time

@@ -135,7 +135,7 @@ class CheckpointFiles:
 
 @dataclass(frozen=True)
 class PageSource:
-    """Everything one grid page shows: a model's checkpoints on one benchmark."""
+    """One model on one benchmark: its benchmark items and its checkpoints, in column order."""
 
     model: str
     benchmark: str
