@@ -20,7 +20,7 @@ rule viewer:
     log:
         "<results>/logs/viewer/viewer.log",
     params:
-        results=lambda wildcards, input: Path(input.expected).parents[1],  # results/<experiment>
+        results=lambda wildcards, input: str(Path(input.expected).parents[1]),  # results/<experiment>
         stems=viewer_verdict_stems(),
         version=config["versions"]["aggregate"],
     # reads every generation file once; one file and its verdicts are in memory at a time
