@@ -455,7 +455,8 @@ def _grid_table(rows: list[Row], titles: list[str]) -> str:
             "cascadePanes": True,
             "dtOpts": {"scrollY": "4.5em"},  # each pane lists yes and no
         },
-        columnDefs=[{"targets": flag_columns, "visible": False}],
+        # flag columns: hidden, each a search pane even where every row has one value
+        columnDefs=[{"targets": flag_columns, "visible": False, "searchPanes": {"show": True}}],
     )
 
 
