@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from safelora.io import atomic_write_jsonl  # noqa: E402
 from safelora.report.aggregate import Benchmarks, ExpectedCheckpoint  # noqa: E402
-from safelora.report.viewer import build_viewer, collect_sources  # noqa: E402
+from safelora.report.viewer import GRID_PAGE_BYTES, build_viewer, collect_sources  # noqa: E402
 
 MODEL, BENCHMARK = "r1-14b", "strongreject"
 WORDS = ["the", "a", "to", "of", "and", "is", "in", "that", "it", "for", "this", "be", "as", "are", "not", "request",
@@ -155,6 +155,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=313, help="StrongREJECT's prompts (default 313)")
     parser.add_argument("--checkpoints", type=int, default=142, help="r1-14b's checkpoints in config.yaml (142)")
     parser.add_argument("--chars", type=int, default=8192, help="characters per response (2,048 tokens x 4)")
+    parser.add_argument(
+        "--page-bytes", type=int, default=GRID_PAGE_BYTES, help=f"cells per grid page (default {GRID_PAGE_BYTES:,})"
+    )
     parser.add_argument("--loads", type=int, default=3, help="loads per page; the best is printed (default 3)")
     parser.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
@@ -171,7 +174,7 @@ def main() -> int:
         stems = {BENCHMARK: ["llama_guard", "refusal_match"]}
         sources = collect_sources(root, expected, stems, Benchmarks({BENCHMARK: "StrongREJECT"}), runs)
         start = time.perf_counter()
-        build_viewer(sources, root / "viewer")
+        build_viewer(sources, root / "viewer", args.page_bytes)
         print(f"viewer built in {time.perf_counter() - start:.1f} s (load average {os.getloadavg()[0]:.1f})")
         pages = list((root / "viewer").rglob("*.html"))
         grids = sorted((p for p in pages if p.name.startswith("grid-")), key=lambda p: p.stat().st_size)
