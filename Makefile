@@ -66,7 +66,7 @@ dryrun: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n --quiet rules
 
 report: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --report results/demo/report.html
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml --report results/demo/report.zip
 
 clean:
-	rm -rf results .snakemake report.html
+	rm -rf results .snakemake report.html report.zip

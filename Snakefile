@@ -26,6 +26,7 @@ include: "rules/judge.smk"
 include: "rules/score.smk"
 include: "rules/weights.smk"
 include: "rules/aggregate.smk"
+include: "rules/viewer.smk"
 include: "rules/prune.smk"
 
 

@@ -582,6 +582,30 @@ def figure_args(wildcards):
 
 
 # ------------------------------------------------------------------------------------------
+# Response viewer (rules/viewer.smk): every evaluated checkpoint's files, listed at parse time
+
+
+def viewer_generations():
+    return [f"{RESULTS}/generations/{c.model}/{c.run}/epoch-{c.epoch}/{b}.jsonl" for c, b in EVALUATIONS]
+
+
+def viewer_verdicts():
+    return [path for c, b in EVALUATIONS for path in verdict_files(c.model, c.run, c.epoch, b)]
+
+
+def viewer_items():
+    evaluated = {b for _, b in EVALUATIONS}
+    return [f"{RESULTS}/data/bench/{b}.jsonl" for b in config["benchmarks"] if b in evaluated]
+
+
+def viewer_verdict_stems():
+    """Each benchmark's verdict file names (as verdict_files names them), for the script to find them."""
+    return stable_json(
+        {b: [s for g in spec["graders"] for s in registry.verdict_stems(g)] for b, spec in config["benchmarks"].items()}
+    )
+
+
+# ------------------------------------------------------------------------------------------
 # Pruning
 
 
@@ -619,5 +643,6 @@ def final_targets():
         f"{RESULTS}/aggregate/results.csv",
         f"{RESULTS}/aggregate/results.md",
         *[f"{RESULTS}/figures/{name}.png" for name in registry.FIGURES],
+        f"{RESULTS}/viewer",
         *prune_targets(),
     ]

@@ -25,6 +25,7 @@ RUNS = {
     "ortho_reg_overhead.py": (["--help"], "usage:"),
     "svd_stable_rank.py": (["--quick"], "truncated_svd k=64"),
     "train_steps.py": (DEMO, "| smollm2 | lora-r4-mlp | 0 | model_split | 1 |"),
+    "viewer_scale.py": (["--quick", "--loads", "1"], "grid pages: 1, largest"),
 }
 
 

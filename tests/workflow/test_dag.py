@@ -1,9 +1,13 @@
 """The whole DAG on a tiny real model: trains, evaluates, analyzes, aggregates; reruns are exact."""
 
+import html
 import json
 import os
+import re
 import shutil
+import subprocess
 import time
+import zipfile
 from collections import Counter
 
 import pytest
@@ -19,7 +23,7 @@ def finished_run(tmp_path_factory, tiny_model):
     write_config(workdir, tiny_config(tiny_model))
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    report = snakemake(workdir, "--report", str(workdir / "results/tiny/report.html"))
+    report = snakemake(workdir, "--report", str(workdir / "results/tiny/report.zip"))  # a zip: the viewer is a folder
     assert report.returncode == 0, report.stderr[-3000:]
     # the user's terminal stays readable: no warnings of Snakemake's unawaited input-size coroutines
     assert "never awaited" not in result.stderr + report.stderr
@@ -32,7 +36,9 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     for run in ("base", "full", "lora-r4-mlp", "lora-r4-mlp.om-both-l1.2"):
         assert f",{run}," in table
     assert (finished_run / "results/tiny/figures/fig2.png").stat().st_size > 10_000
-    assert (finished_run / "results/tiny/report.html").stat().st_size > 100_000  # figures embedded
+    with zipfile.ZipFile(finished_run / "results/tiny/report.zip") as report:
+        names = report.namelist()
+    assert "report/report.html" in names and sum(name.endswith("/fig2.png") for name in names) == 1
     weights = (finished_run / "results/tiny/analysis/weights/tiny/full/epoch-1.csv").read_text().splitlines()
     assert weights[0].startswith("layer,module,adapted,stable_rank") and len(weights) == 1 + 2 * 7
     score = json.loads((finished_run / "results/tiny/scores/tiny/lora-r4-mlp/epoch-2/strongreject.json").read_text())
@@ -42,6 +48,46 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     log = json.loads((finished_run / manifest["training_log"]).read_text())["log_history"]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]  # 2 epochs of 2 steps, logged every step
     assert (finished_run / "results/tiny/figures/training_curves.png").stat().st_size > 20_000  # drawn, not "Not drawn"
+
+
+@pytest.mark.slow
+def test_the_reports_viewer_shows_a_prompts_three_runs_and_their_verdicts_in_a_browser(finished_run, tmp_path):
+    """The viewer's grid page as the report's zip holds it, opened in headless Chromium: DataTables
+    draws the table (not itables' static preview), and the first arithmetic prompt's row (sample 0)
+    holds its base, full and LoRA responses, each with its grader's verdict, in that checkpoint's
+    column. (Arithmetic: the tiny model answers StrongREJECT with newlines only.)"""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    with zipfile.ZipFile(finished_run / "results/tiny/report.zip") as report:
+        report.extractall(tmp_path)
+    (grid,) = tmp_path.glob("report/data/raw/*/tiny/arithmetic/grid-1.html")
+    browser = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", grid.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert browser.returncode == 0, browser.stderr[-3000:]
+    dom = browser.stdout
+    start = dom.index('<table id="grid"')
+    assert "dataTable" in dom[start : dom.index(">", start)]  # drawn by DataTables
+    head = dom[dom.rindex('class="dt-scroll-head', 0, start) : start]  # the header DataTables drew
+    titles = re.findall(r'class="dt-column-title"[^>]*>([^<]*)<', head)
+    body = dom[start : dom.index("</table>", start)]
+    results = finished_run / "results/tiny"
+    item = json.loads((results / "data/bench/arithmetic.jsonl").read_text().splitlines()[0])
+    (row,) = [tr for tr in body.split("<tr")[1:] if f"<b>{html.escape(item['id'])}</b></a><details>" in tr]
+    cells = dict(zip(titles, row.split("<td")[1:], strict=True))
+    assert html.escape(item["prompt"], quote=False) in cells["prompt"]
+    for checkpoint in ("base/epoch-0", "full/epoch-1", "lora-r4-mlp/epoch-2"):
+        cell = cells[checkpoint.replace("/epoch-", " e")]
+        key = (item["id"], 0)
+        generations = results / f"generations/tiny/{checkpoint}/arithmetic.jsonl"
+        (gen,) = [g for g in map(json.loads, generations.open()) if (g["prompt_id"], g["sample_index"]) == key]
+        assert gen["text"].strip() and html.escape(gen["text"].strip(), quote=False) in cell
+        verdicts = results / f"verdicts/tiny/{checkpoint}/arithmetic/last_number.jsonl"
+        (v,) = [v for v in map(json.loads, verdicts.open()) if (v["prompt_id"], v["sample_index"]) == key]
+        assert f"last_number: {html.escape(v['label'])} ({v['value']:g})" in cell
+        print(f"\n{checkpoint}: {re.sub(r'<[^>]+>', ' ', cell.split('>', 1)[1])}")
 
 
 @pytest.mark.slow
@@ -60,7 +106,7 @@ def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
         config["benchmarks"]["arithmetic"]["scorer_version"] = 1
         write_config(finished_run, config)
     # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
-    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "all": 1}
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "viewer": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -156,8 +202,9 @@ def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
     ]
     assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
     counts = Counter(job.rule for job in jobs)
-    # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it
-    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 9, "all": 1}
+    # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it; the viewer
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 9, "viewer": 1,
+                      "all": 1}  # fmt: skip
     print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
 
@@ -177,7 +224,7 @@ def edited_plan(workdir, data_file, old, new):
 @pytest.mark.slow
 def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo):
     jobs = edited_plan(finished_run, repo / "data/demo/arithmetic.jsonl", b'"answer": "14"', b'"answer": "15"')
-    # 5 checkpoints x arithmetic, its one text grader; the table and the figures that read it.
+    # 5 checkpoints x arithmetic, its one text grader; the table and the figures that read it; the viewer.
     assert jobs == {
         "build_benchmark": 1,
         "check_context": 1,
@@ -186,6 +233,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "score": 5,
         "aggregate": 1,
         "figure": 9,
+        "viewer": 1,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
@@ -242,9 +290,9 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     }
     write_config(workdir, config)
     jobs = planned_jobs(workdir)
-    # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
+    # 5 checkpoints x the new benchmark; the grid description, the table, every figure and the viewer.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 12, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 12, "viewer": 1, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
