@@ -156,6 +156,7 @@ FIGURES = {
         Figure("fig4", "weights", "Figure 4: alignment of ΔW with the initial weights $W_I$ (mean over layers)"),
         Figure("overrefusal", "table", "Safety vs over-refusal"),
         Figure("agreement", "agreement", "Judge agreement (Cohen's κ) per checkpoint"),
+        Figure("truncation", "table", "Samples cut at the token limit, per epoch"),
     )
 }
 

@@ -57,7 +57,7 @@ def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
         config["benchmarks"]["arithmetic"]["scorer_version"] = 1
         write_config(finished_run, config)
     # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
-    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "all": 1}
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 10, "all": 1}
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
     finally:
         score.write_text(original)
     # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
-    assert jobs == {"aggregate": 1, "figure": 9, "all": 1}
+    assert jobs == {"aggregate": 1, "figure": 10, "all": 1}
 
 
 @pytest.mark.slow
@@ -154,7 +154,7 @@ def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
     assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
     counts = Counter(job.rule for job in jobs)
     # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it
-    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 9, "all": 1}
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 10, "all": 1}
     print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
 
@@ -182,7 +182,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "grade_text": 5,
         "score": 5,
         "aggregate": 1,
-        "figure": 9,
+        "figure": 10,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
