@@ -26,6 +26,7 @@ include: "rules/judge.smk"
 include: "rules/score.smk"
 include: "rules/weights.smk"
 include: "rules/aggregate.smk"
+include: "rules/cost.smk"
 include: "rules/prune.smk"
 
 
@@ -38,6 +39,7 @@ localrules:
     grade_text,
     score,
     aggregate,
+    cost,
     figure,
 
 

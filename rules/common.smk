@@ -612,6 +612,7 @@ def final_targets():
     return [
         f"{RESULTS}/aggregate/results.csv",
         f"{RESULTS}/aggregate/results.md",
+        f"{RESULTS}/aggregate/cost.md",
         *[f"{RESULTS}/figures/{name}.png" for name in registry.FIGURES],
         *prune_targets(),
     ]

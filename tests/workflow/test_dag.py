@@ -2,14 +2,19 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 
+import pandas as pd
 import pytest
 import yaml
 from dag import FAKE_TOKEN, planned, planned_jobs, snakemake, tiny_config, write_config
 
+from safelora.io import read_jsonl
 from safelora.registry import rule_family
 
 
@@ -39,6 +44,80 @@ def test_dag_produces_table_figures_and_weight_analysis(finished_run):
     assert {m["grader"] for m in score["metrics"]} == {"refusal_match", "tiny_guard"}
     manifest = json.loads((finished_run / "results/tiny/train/tiny/lora-r4-mlp/manifest.json").read_text())
     assert manifest["global_batch"] == 8 and manifest["gradient_accumulation"] == 2
+
+
+@pytest.mark.slow
+def test_truncation_counts_come_from_the_generations_and_reach_the_table(finished_run, capsys):
+    """Each Score record counts its generation file's samples stopped at the token limit (finish
+    reason `length`, known from the records); the results table shows the shares per benchmark."""
+    results = finished_run / "results/tiny"
+    counted = 0
+    for path in sorted((results / "scores").rglob("*.json")):
+        generations = read_jsonl(results / "generations" / path.relative_to(results / "scores").with_suffix(".jsonl"))
+        truncation = json.loads(path.read_text())["truncation"]
+        assert truncation["samples"] == len(generations)
+        assert truncation["truncated"] == sum(g["finish_reason"] == "length" for g in generations)
+        assert truncation["unclosed_think"] == 0  # the tiny model's template opens no thinking
+        counted += truncation["truncated"]
+    assert counted > 0  # 4 to 8 new tokens: the tiny model is cut
+    table = pd.read_csv(results / "aggregate/results.csv").set_index(["run", "epoch"])
+    lora = json.loads((results / "scores/tiny/lora-r4-mlp/epoch-2/arithmetic.json").read_text())["truncation"]
+    assert table.loc[("lora-r4-mlp", 2), "truncated_share:arithmetic"] == lora["truncated"] / lora["samples"]
+    assert {f"{p}:{b}" for p in ("truncated_share", "unclosed_think_share")
+            for b in ("strongreject", "arithmetic", "humaneval")} <= set(table.columns)  # fmt: skip
+    markdown = (results / "aggregate/results.md").read_text()
+    assert "| arithmetic at token limit | arithmetic </think> unclosed |" in markdown.splitlines()[0]
+    with capsys.disabled():
+        print(f"\nresults/tiny/aggregate/results.md:\n{markdown}")
+
+
+@pytest.mark.slow
+def test_cost_table_sets_each_rules_measured_jobs_beside_their_estimate(finished_run, capsys):
+    """aggregate/cost.csv: every job with a `benchmark:` file, by rule; the local profile gives no job
+    a GPU, so each counts wall hours and no GPU-hours, as the estimate does."""
+    results = finished_run / "results/tiny"
+    cost = pd.read_csv(results / "aggregate/cost.csv").set_index("rule")
+    # 5 checkpoints x 3 benchmarks; the tiny judge on StrongREJECT per run (4); 2 trainings; 1 base SVD
+    assert cost["jobs"].to_dict() == {"generate": 15, "judge": 4, "train": 2, "base_svd": 1}
+    assert (cost["wall_hours"] > 0).all() and (cost["gpu_hours"] == 0).all()
+    assert (cost["estimated_gpu_hours"] == 0).all() and (cost["priced_jobs"] == cost["jobs"]).all()
+    with capsys.disabled():
+        print(f"\nresults/tiny/aggregate/cost.md:\n{(results / 'aggregate/cost.md').read_text()}")
+
+
+@pytest.mark.slow
+def test_gpu_hours_prices_the_rerun_after_one_setting_changed(finished_run, tmp_path, repo, capsys):
+    """benchmarks/gpu_hours.py on the finished workflow after one setting changed (arithmetic's
+    sampling temperature): it plans with `snakemake -n`, so it prices exactly the stale jobs, the
+    arithmetic generations of the 5 checkpoints, on the GPUs the cluster profile gives them."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["benchmarks"]["arithmetic"]["sampling"]["temperature"] = 0.7
+    write_config(finished_run, config)
+    assumptions = tmp_path / "assumptions.yaml"
+    assumptions.write_text("decode_tok_s: {tiny: 100.0}\n")  # a pilot's figure for the tiny model
+    try:
+        stale = [out for job in planned(finished_run) if job.rule == "generate" for out in job.outputs]
+        result = subprocess.run(
+            [sys.executable, repo / "benchmarks/gpu_hours.py", "--configfile", finished_run / "config.yaml",
+             "--profile", repo / "profiles/slurm", "--directory", finished_run, "--assumptions", assumptions],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        config["benchmarks"]["arithmetic"]["sampling"]["temperature"] = 0.6
+        write_config(finished_run, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(stale) == [f"results/tiny/generations/tiny/{c}/arithmetic.jsonl"
+                             for c in ("base/epoch-0", "full/epoch-1", "lora-r4-mlp.om-both-l1.2/epoch-2",
+                                       "lora-r4-mlp/epoch-1", "lora-r4-mlp/epoch-2")]  # fmt: skip
+    # per generate job: 180 s engine start + 3 items x n=2 x 4 tokens at 100 tok/s, on 1 GPU
+    gpu_h = 5 * (180 + 3 * 2 * 4 / 100) / 3600
+    headline = result.stdout.splitlines()[0]
+    assert re.fullmatch(rf"still to run: \d+ jobs, {gpu_h:.1f} GPU-h; done: \d+ jobs \(config.yaml, profile slurm\)",
+                        headline), headline  # fmt: skip
+    assert f"| generate | 5 | 1 | {gpu_h:,.1f} |" in result.stdout and gpu_h > 0
+    assert "| train |" not in result.stdout and "| judge |" not in result.stdout
+    with capsys.disabled():
+        print(f"\nbenchmarks/gpu_hours.py after arithmetic's temperature 0.6 -> 0.7:\n{result.stdout}")
 
 
 @pytest.mark.slow
@@ -154,7 +233,8 @@ def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
     assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
     counts = Counter(job.rule for job in jobs)
     # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it
-    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 10, "all": 1}
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 10, "cost": 1,
+                      "all": 1}  # fmt: skip
     print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
 
@@ -183,6 +263,7 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "score": 5,
         "aggregate": 1,
         "figure": 10,
+        "cost": 1,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
@@ -241,7 +322,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table and every figure.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 11, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 12, "cost": 1, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]
