@@ -334,5 +334,5 @@ def format_table(rows: list[RuleEstimate]) -> str:
         lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |" + (f" {row.unpriced} |" * unpriced))
     total = sum(r.gpu_hours for r in rows)
     tail = f" {sum(r.unpriced for r in rows)} |" * unpriced
-    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** |{tail}")
+    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.1f}** |{tail}")
     return "\n".join(lines)
