@@ -278,9 +278,20 @@ def test_cost_table_sets_measured_gpu_hours_beside_the_estimate_of_the_same_jobs
     assert unpriced.loc[0, "priced_jobs"] == 0 and "| – (0) | – |" in cost_markdown(unpriced)
 
 
-def test_a_benchmark_file_without_the_extended_columns_is_refused_naming_it(tmp_path):
-    plain = tmp_path / "plain.tsv"
+def test_a_benchmark_file_without_the_extended_columns_adds_wall_hours_only(demo_config, tmp_path):
+    """A file from before the profiles set benchmark-extended: its rule from its folder, `?` GPUs."""
+    plain = tmp_path / "results/demo/benchmarks/generate/smollm2/base/epoch-0/arithmetic.tsv"
+    plain.parent.mkdir(parents=True)
     plain.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-                     "3.1\t0:00:03\t100\t1\t1\t1\t0\t0\t0\t0\n")  # fmt: skip
-    with pytest.raises(ValueError, match=f"{plain}: no jobid, rule_name, wildcards, resources: .*--benchmark-extended"):
-        read_benchmark(plain)
+                     "36.0\t0:00:36\t100\t1\t1\t1\t0\t0\t0\t0\n")  # fmt: skip
+    extended = _benchmark_file(tmp_path / "g.tsv", "generate", 72.0, 1, model="smollm2", run="full", epoch="1",
+                               benchmark="arithmetic")  # fmt: skip
+    old = read_benchmark(plain)
+    assert (old.rule, old.job, old.wall_s) == ("generate", None, 36.0)
+    row = cost_table([old, read_benchmark(extended)], demo_config, _assumptions()).iloc[0]
+    assert (row["jobs"], row["gpus_per_job"], row["gpus_unrecorded"], row["priced_jobs"]) == (2, "1, ?", 1, 1)
+    assert row["wall_hours"] == pytest.approx(0.03) and row["gpu_hours"] == pytest.approx(0.02)
+    stray = tmp_path / "stray.tsv"
+    stray.write_text(plain.read_text())
+    with pytest.raises(ValueError, match=f"{stray}: no extended columns and no benchmarks/<rule>/ folder"):
+        read_benchmark(stray)

@@ -4,7 +4,9 @@ GPU-hour estimate of the same job (`safelora.gpu_hours.job_gpu_hours`), per rule
 The files are written with `--benchmark-extended` (both profiles set it), whose columns name the
 job's rule, wildcards and resources, so a file alone says which job it measured on how many GPUs.
 Measured GPU-hours are wall seconds x the job's GPUs / 3600; a job without GPUs counts none and
-shows its wall hours. See docs/aggregation.md.
+shows its wall hours. A file written before the profiles set `benchmark-extended` names its rule
+by its folder only: it adds wall hours, and `?` GPUs, neither GPU-hours nor an estimate. See
+docs/aggregation.md.
 """
 
 from __future__ import annotations
@@ -23,30 +25,36 @@ from safelora.gpu_hours import Assumptions, PlannedJob, job_gpu_hours
 from safelora.io import atomic_write_text
 
 EXTENDED_COLUMNS = ("s", "max_rss", "jobid", "rule_name", "wildcards", "resources")
-COST_COLUMNS = ("rule", "jobs", "gpus_per_job", "wall_hours", "gpu_hours", "priced_jobs", "estimated_gpu_hours",
+COST_COLUMNS = ("rule", "jobs", "gpus_per_job", "gpus_unrecorded", "wall_hours", "gpu_hours", "priced_jobs", "estimated_gpu_hours",
                 "measured_over_estimated", "max_rss_gb")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class MeasuredJob:
-    """One job's `benchmark:` file: the job (rule, wildcards, GPUs), its wall seconds and peak RSS (MB)."""
+    """One job's `benchmark:` file: its rule, the job (wildcards, GPUs; None where the file does not
+    record them), its wall seconds and peak RSS (MB)."""
 
     path: str
-    job: PlannedJob
+    rule: str
+    job: PlannedJob | None
     wall_s: float
     max_rss_mb: float
 
 
 def read_benchmark(path: str | Path) -> MeasuredJob:
-    """A `benchmark:` TSV of one job; its last row where Snakemake repeated the job (`repeat()`)."""
+    """A `benchmark:` TSV of one job (`results/<experiment>/benchmarks/<rule>/...`); its last row
+    where Snakemake repeated the job (`repeat()`). Without the extended columns the job is None."""
     frame = pd.read_csv(path, sep="\t")
-    absent = [c for c in EXTENDED_COLUMNS if c not in frame.columns]
-    if absent or frame.empty:
-        raise ValueError(
-            f"{path}: no {', '.join(absent) or 'rows'}: not a benchmark file written with --benchmark-extended "
-            "(profiles/*/config.yaml set `benchmark-extended: true`); the next run of its job writes one"
-        )
+    if "s" not in frame.columns or frame.empty:
+        raise ValueError(f"{path}: not a Snakemake benchmark file (no `s` column, or no row)")
     row = frame.iloc[-1]
+    rss = float(pd.to_numeric(row.get("max_rss"), errors="coerce"))  # "-" where not measured
+    if any(c not in frame.columns for c in EXTENDED_COLUMNS):
+        folders = Path(path).parts[:-1]
+        if "benchmarks" not in folders[:-1]:
+            raise ValueError(f"{path}: no extended columns and no benchmarks/<rule>/ folder to name its rule")
+        rule = folders[len(folders) - folders[::-1].index("benchmarks")]  # the folder after the last `benchmarks`
+        return MeasuredJob(str(path), rule, None, float(row["s"]), rss)
     try:
         wildcards, resources = ast.literal_eval(row["wildcards"]), ast.literal_eval(row["resources"])
     except (ValueError, SyntaxError) as err:
@@ -57,8 +65,7 @@ def read_benchmark(path: str | Path) -> MeasuredJob:
         wildcards={str(k): str(v) for k, v in wildcards.items()},
         resources={"gpu": str(resources.get("gpu", 0))},
     )
-    rss = pd.to_numeric(row["max_rss"], errors="coerce")  # "-" where not measured
-    return MeasuredJob(str(path), job, float(row["s"]), float(rss))
+    return MeasuredJob(str(path), job.rule, job, float(row["s"]), rss)
 
 
 def cost_table(measured: Iterable[MeasuredJob], config: dict[str, Any], a: Assumptions | None = None) -> pd.DataFrame:
@@ -68,15 +75,19 @@ def cost_table(measured: Iterable[MeasuredJob], config: dict[str, Any], a: Assum
     a = a or Assumptions()
     rows: dict[str, dict[str, Any]] = {}
     for m in measured:
-        family = registry.rule_family(m.job.rule)
-        row = rows.setdefault(family, {"rule": family, "jobs": 0, "gpus": set(), "wall_s": 0.0, "gpu_s": 0.0,
-                                       "priced": 0, "priced_gpu_s": 0.0, "estimate_h": 0.0, "rss": math.nan})  # fmt: skip
-        estimate = job_gpu_hours(m.job, config, a)
+        family = registry.rule_family(m.rule)
+        row = rows.setdefault(family, {"rule": family, "jobs": 0, "gpus": set(), "unrecorded": 0, "wall_s": 0.0,
+                                       "gpu_s": 0.0, "priced": 0, "priced_gpu_s": 0.0, "estimate_h": 0.0,
+                                       "rss": math.nan})  # fmt: skip
         row["jobs"] += 1
-        row["gpus"].add(m.job.gpus)
         row["wall_s"] += m.wall_s
-        row["gpu_s"] += m.wall_s * m.job.gpus
         row["rss"] = max(row["rss"], m.max_rss_mb) if not math.isnan(row["rss"]) else m.max_rss_mb
+        if m.job is None:
+            row["unrecorded"] += 1
+            continue
+        estimate = job_gpu_hours(m.job, config, a)
+        row["gpus"].add(m.job.gpus)
+        row["gpu_s"] += m.wall_s * m.job.gpus
         if estimate is not None:
             row["priced"] += 1
             row["priced_gpu_s"] += m.wall_s * m.job.gpus
@@ -85,7 +96,11 @@ def cost_table(measured: Iterable[MeasuredJob], config: dict[str, Any], a: Assum
         {
             "rule": r["rule"],
             "jobs": r["jobs"],
-            "gpus_per_job": "-".join(str(g) for g in sorted({min(r["gpus"]), max(r["gpus"])})),
+            "gpus_per_job": ", ".join(
+                ["-".join(str(g) for g in sorted({min(r["gpus"]), max(r["gpus"])}))] * bool(r["gpus"])
+                + ["?"] * bool(r["unrecorded"])
+            ),
+            "gpus_unrecorded": r["unrecorded"],
             "wall_hours": r["wall_s"] / 3600,
             "gpu_hours": r["gpu_s"] / 3600,
             "priced_jobs": r["priced"],
