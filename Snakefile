@@ -27,6 +27,7 @@ include: "rules/score.smk"
 include: "rules/weights.smk"
 include: "rules/aggregate.smk"
 include: "rules/viewer.smk"
+include: "rules/cost.smk"
 include: "rules/prune.smk"
 
 
@@ -39,6 +40,7 @@ localrules:
     grade_text,
     score,
     aggregate,
+    cost,
     figure,
 
 

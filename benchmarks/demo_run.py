@@ -50,6 +50,8 @@ def main() -> int:
     missing = (ROOT / "results/demo/aggregate/missing.txt").read_text().strip()
     print(f"missing: {missing or 'nothing'}")
     print("figures: results/demo/figures/*.png; report: results/demo/report.zip (unzip, open report/report.html)")
+    print("\n== Cost, measured against estimated (results/demo/aggregate/cost.md) ==")
+    print((ROOT / "results/demo/aggregate/cost.md").read_text())
     print(f"\ndemo wall time: {wall:.0f} s on {args.cores} cores")
     print(f"peak RSS of a single process: {peak_mb:.0f} MB")
     for rule, mb in sorted(rule_peaks(ROOT / "results/demo/benchmarks").items()):

@@ -547,6 +547,29 @@ def svd_input(model):
 
 
 # ------------------------------------------------------------------------------------------
+# Cost
+
+
+def benchmark_files():
+    """The `benchmark:` file of every job of the grid that writes one (the `benchmark:` directives
+    of rules generate, judge, train and base_svd), so the table waits for them and follows them.
+    base_svd runs for the models that weight analysis, OrthoMerge or ortho_reg training read it for."""
+    judged = {(c.model, c.run, b, g) for c, b in EVALUATIONS for g in config["benchmarks"][b]["graders"] if g in JUDGES}
+    trained = grid.training_runs(config)
+    svd_models = (
+        {c.model for c in ANALYSIS_CHECKPOINTS}
+        | {c.model for c in CHECKPOINTS if grid.is_orthomerge(c.run)}
+        | {m for m, r in trained if grid.training_recipe(config, m, r).get("ortho_reg")}
+    )
+    return [
+        *(f"{RESULTS}/benchmarks/train/{m}/{r}.tsv" for m, r in trained),
+        *(f"{RESULTS}/benchmarks/generate/{c.model}/{c.run}/epoch-{c.epoch}/{b}.tsv" for c, b in EVALUATIONS),
+        *(f"{RESULTS}/benchmarks/judge/{m}/{r}/{b}/{g}.tsv" for m, r, b, g in sorted(judged)),
+        *(f"{RESULTS}/benchmarks/base_svd/{m}.tsv" for m in sorted(svd_models)),
+    ]
+
+
+# ------------------------------------------------------------------------------------------
 # Targets
 
 
@@ -642,6 +665,7 @@ def final_targets():
     return [
         f"{RESULTS}/aggregate/results.csv",
         f"{RESULTS}/aggregate/results.md",
+        f"{RESULTS}/aggregate/cost.md",
         *[f"{RESULTS}/figures/{name}.png" for name in registry.FIGURES],
         f"{RESULTS}/viewer",
         *prune_targets(),

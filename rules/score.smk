@@ -1,10 +1,12 @@
-# Scoring: verdicts -> one score summary per (checkpoint, benchmark), per-problem values kept.
+# Scoring: verdicts -> one score summary per (checkpoint, benchmark), per-problem values kept,
+# with the generations' truncation counts beside them.
 
 
 rule score:
     input:
         verdicts=score_inputs,
         benchmark_items="<results>/data/bench/{benchmark}.jsonl",  # the verdicts must cover its items x n, once each
+        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",  # truncation counts
     output:
         "<results>/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
     log:
@@ -21,4 +23,5 @@ rule score:
         f"python {SCRIPTS}/score.py"
         " --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
-        " --verdicts {input.verdicts} --items {input.benchmark_items} --n {params.n} --out {output} > {log} 2>&1"
+        " --verdicts {input.verdicts} --generations {input.generations}"
+        " --items {input.benchmark_items} --n {params.n} --out {output} > {log} 2>&1"

@@ -50,8 +50,9 @@ def score_record(
     model: str, run: str, epoch: int, benchmark: str, metrics: list[dict[str, Any]],
     agreement: list[dict[str, Any]] | None = None, **extra: Any,
 ) -> dict[str, Any]:  # fmt: skip
+    truncation = {"samples": metrics[0]["n_samples"], "truncated": 0, "unclosed_think": 0}
     return {"model": model, "run": run, "epoch": epoch, "benchmark": benchmark, "scorer_version": 1,
-            "metrics": metrics, "agreement": agreement or [], **extra}  # fmt: skip
+            "metrics": metrics, "agreement": agreement or [], "truncation": truncation, **extra}  # fmt: skip
 
 
 def write_scores(folder: Path, records: list[dict[str, Any]]) -> list[Path]:
@@ -170,6 +171,39 @@ def test_seeds_are_averaged_and_resampled(tmp_path: Path) -> None:
     assert table.loc[0, "pass@1:aime"] == pytest.approx(0.75)
     # resampling seeds too: an all-ones seed drawn twice gives a replicate mean of 1
     assert table.loc[0, "pass@1:aime_hi"] == pytest.approx(1.0)
+
+
+def test_truncation_shares_sit_beside_the_scores_per_benchmark(tmp_path: Path) -> None:
+    """Shares over a checkpoint's seeds, each Score file counted once however many metrics it has;
+    a benchmark without a Score file is NaN; the Markdown shows them as percentages."""
+    code = [metric_entry("pass@1", problems([1, 0]), variant=v, grader="evalplus") for v in ("base", "plus")]
+    records = [
+        score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 0, 1, 0]))], seed=0,
+                     truncation={"samples": 8, "truncated": 4, "unclosed_think": 2}),
+        score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1, 1, 1, 1]))], seed=1,
+                     truncation={"samples": 8, "truncated": 2, "unclosed_think": 0}),
+        score_record("m", "base", 0, "humaneval", code, truncation={"samples": 4, "truncated": 1, "unclosed_think": 1}),
+        score_record("m", "full", 1, "aime", [metric_entry("pass@1", problems([0, 0]))],
+                     truncation={"samples": 2, "truncated": 0, "unclosed_think": 0}),
+    ]  # fmt: skip
+    scores = agg.load_scores(write_scores(tmp_path, records))
+    table = agg.results_table(scores, expected(("m", "base", 0), ("m", "full", 1)), meta(), BENCH, n_boot=50)
+    assert [c for c in table.columns if "_share:" in c] == [
+        "truncated_share:aime", "unclosed_think_share:aime", "truncated_share:humaneval",
+        "unclosed_think_share:humaneval",
+    ]  # fmt: skip
+    base, full = table.iloc[0], table.iloc[1]
+    assert base["truncated_share:aime"] == pytest.approx(6 / 16) and base["unclosed_think_share:aime"] == 2 / 16
+    assert base["truncated_share:humaneval"] == 0.25 and base["pass@1:aime"] == pytest.approx(0.75)
+    assert full["truncated_share:aime"] == 0.0 and math.isnan(full["truncated_share:humaneval"])
+    lines = agg.to_markdown(table, BENCH).splitlines()
+    assert lines[0].endswith("| AIME at token limit | AIME </think> unclosed | HumanEval at token limit "
+                             "| HumanEval </think> unclosed |")  # fmt: skip
+    assert lines[2].endswith("| 37.5% | 12.5% | 25.0% | 25.0% |") and lines[3].endswith("| 0.0% | 0.0% | – | – |")
+    bad = score_record("m", "base", 0, "aime", [metric_entry("pass@1", problems([1]))],
+                       truncation={"samples": 1, "truncated": 2, "unclosed_think": 0})  # fmt: skip
+    with pytest.raises(agg.ScoreFileError, match="truncation counts .* exceed its samples"):
+        agg.load_scores(write_scores(tmp_path / "bad", [bad]))
 
 
 def test_bootstrap_covers_the_true_mean_about_95_percent() -> None:

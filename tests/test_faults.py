@@ -74,6 +74,12 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
     v = verdicts(tmp_path)
     items = tmp_path / "items.jsonl"
     atomic_write_jsonl(items, [{"id": f"p{i}", "prompt": "", "answer": None, "meta": {}} for i in range(2000)])
+    gens = tmp_path / "generations.jsonl"
+    sampling = {"n": 4, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
+    atomic_write_jsonl(gens, [{"prompt_id": f"p{i}", "sample_index": j, "prompt": "", "text": "no.",
+                               "finish_reason": "length" if j else "stop", "prompt_tokens": 1, "completion_tokens": 2,
+                               "sampling": sampling, "engine": "transformers"}
+                              for i in range(2000) for j in range(4)])  # fmt: skip
     settings = json.dumps(
         {
             "kind": "safety",
@@ -100,6 +106,8 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
             settings,
             "--verdicts",
             v,
+            "--generations",
+            gens,
             "--items",
             items,
             "--n",
@@ -156,6 +164,7 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
                         }
                     ],
                     "agreement": [],
+                    "truncation": {"samples": 300, "truncated": 0, "unclosed_think": 0},
                 },
             )
             scores.append(path)
@@ -476,7 +485,8 @@ def test_hand_edited_verdicts_are_not_scored_naming_file_and_record(tmp_path, ca
         verdicts.parent.mkdir()
         verdicts.write_text("".join(edit(graded.read_text().splitlines(keepends=True))))
         result = script("score.py", "--model", "m", "--run", "r", "--epoch", "1", "--benchmark", "sr",
-                        "--settings", json.dumps(settings), "--verdicts", verdicts, "--items", items, "--n", "2",
+                        "--settings", json.dumps(settings), "--verdicts", verdicts, "--generations", gens,
+                        "--items", items, "--n", "2",
                         "--out", out)  # fmt: skip
         if expected is None:
             assert result.returncode == 0, result.stderr[-2000:]
@@ -502,7 +512,8 @@ def test_hand_edited_score_files_are_not_aggregated_naming_file_and_field(tmp_pa
     atomic_write_json(score, {"model": "m", "run": "base", "epoch": 0, "benchmark": "sr", "scorer_version": 1,
                               "metrics": [{"metric": "safety", "variant": None, "grader": "g", "primary": True,
                                            "value": 0.5, "n_problems": 4, "n_samples": 8, "unparseable": 0,
-                                           "per_problem": per_problem}], "agreement": []})  # fmt: skip
+                                           "per_problem": per_problem}], "agreement": [],
+                              "truncation": {"samples": 8, "truncated": 1, "unclosed_think": 0}})  # fmt: skip
     original = json.loads(score.read_text())
     command, outs = aggregate_command(tmp_path, [score], [["m", "base", 0]])
     edits = [

@@ -78,7 +78,11 @@ def synthetic_scores(folder: Path, models: list[str], epochs: dict[str, int], se
                         per = (rng.binomial(k, p) / k).tolist()
                         entries.append(metric_entry("pass@1", dict(enumerate(per)), variant=variant, grader="g",
                                                     samples_per_problem=k))  # fmt: skip
-                    records.append(score_record(*ck, bench, entries))
+                    # long reasoning hits the token limit less as training shortens it; most cut ones are mid-thought
+                    samples = n * k
+                    truncated = int(rng.binomial(samples, 0.3 * keep * (1 - 0.3 * t)))
+                    records.append(score_record(*ck, bench, entries, truncation={
+                        "samples": samples, "truncated": truncated, "unclosed_think": int(0.8 * truncated)}))  # fmt: skip
     return write_scores(folder, records)
 
 

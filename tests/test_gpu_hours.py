@@ -1,11 +1,13 @@
 """GPU-hour estimate: dry-run parsing and the per-job arithmetic."""
 
 import copy
+import math
 
 import pytest
 import yaml
 
 from safelora import config as grid
+from safelora.cost import cost_markdown, cost_table, read_benchmark
 from safelora.data import DataError
 from safelora.evaluation.items import load_benchmark
 from safelora.gpu_hours import (
@@ -14,7 +16,9 @@ from safelora.gpu_hours import (
     estimate,
     format_table,
     generate_runtime,
+    job_gpu_hours,
     judge_runtime,
+    load_assumptions,
     parse_dryrun,
     samples,
 )
@@ -207,3 +211,87 @@ def test_table_lists_rules_gpu_ranges_and_total(demo_config):
     table = format_table(estimate(jobs, demo_config, _assumptions()))
     assert "| train | 2 | 2-4 |" in table and "| score | 1 | 0 | 0.0 |" in table
     assert table.splitlines()[-1].startswith("| **total** | 3 |")
+
+
+def test_jobs_without_a_throughput_are_counted_not_priced(demo_config):
+    job = _job("generate", 1, model="smollm2", run="base", epoch="0", benchmark="arithmetic")
+    assert job_gpu_hours(job, demo_config, _assumptions(decode_tok_s={"7B": 3000.0})) is None
+    assert job_gpu_hours(_job("score", 0), demo_config, _assumptions()) == 0.0
+    (row,) = estimate([job, job], demo_config, _assumptions(decode_tok_s={"7B": 3000.0}))
+    assert (row.jobs, row.unpriced, row.gpu_hours) == (2, 2, 0.0)
+    table = format_table([row])
+    assert table.splitlines()[0].endswith("| GPU-hours | not priced |") and "| generate | 2 | 1 | 0.0 | 2 |" in table
+
+
+def test_assumptions_from_a_file_replace_the_entries_they_name(tmp_path):
+    path = tmp_path / "pilot.yaml"
+    path.write_text("decode_tok_s: {7B: 2400.0}\nengine_start_s: 90\ntrain_samples_s: {'lora,7B': 8.0}\n")
+    a = load_assumptions(path)
+    assert a.decode_tok_s == {"7B": 2400.0, "14B": 1000.0} and a.engine_start_s == 90
+    assert a.train_samples_s[("lora", "7B")] == 8.0 and a.train_samples_s[("full", "14B")] == 1.5
+    path.write_text("decode_tokens: {7B: 1}\n")
+    with pytest.raises(ValueError, match="pilot.yaml: unknown assumption\\(s\\) \\['decode_tokens'\\]"):
+        load_assumptions(path)
+
+
+# Snakemake 9.27's `--benchmark-extended` header and a row as it writes them
+EXTENDED_HEADER = (
+    "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\tjobid\trule_name"
+    "\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb\n"
+)
+
+
+def _benchmark_file(path, rule, seconds, gpus, rss="812.5", **wildcards):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resources = {"tmpdir": "/tmp", "mem_mb": 64000, "gpu": gpus, "_cores": 8}
+    path.write_text(
+        EXTENDED_HEADER + f"{seconds}\t0:00:00\t{rss}\t0\t0\t0\t0.00\t0.00\t0.00\t0.00\t7\t{rule}\t{wildcards!r}\t{{}}"
+        f"\t8\t0\t{resources!r}\t{{}}\n"
+    )
+    return path
+
+
+def test_cost_table_sets_measured_gpu_hours_beside_the_estimate_of_the_same_jobs(demo_config, tmp_path):
+    config = copy.deepcopy(demo_config)
+    config["benchmarks"]["arithmetic"].update(limit=10)
+    gen = dict(model="smollm2", run="base", epoch="0", benchmark="arithmetic")
+    files = [
+        _benchmark_file(tmp_path / "g0.tsv", "generate", 90.0, 2, **gen),
+        _benchmark_file(tmp_path / "g1.tsv", "generate", 54.0, 2, **{**gen, "run": "full", "epoch": "1"}),
+        _benchmark_file(tmp_path / "j.tsv", "judge_epochs_0", 36.0, 0, "-", **{**gen, "judge": "guard"}),
+    ]
+    table = cost_table([read_benchmark(f) for f in files], config, _assumptions(engine_start_s=36.0))
+    generate, judge = table.set_index("rule").loc["generate"], table.set_index("rule").loc["judge"]
+    # measured: (90 + 54) s x 2 GPUs; estimated: 2 jobs x (36 s + 40 x 12 tokens / 2,000 tok/s) x 2 GPUs
+    assert generate["gpu_hours"] == pytest.approx(288 / 3600) and generate["wall_hours"] == pytest.approx(144 / 3600)
+    assert generate["estimated_gpu_hours"] == pytest.approx(2 * 2 * 36.24 / 3600)
+    assert generate["measured_over_estimated"] == pytest.approx(288 / (4 * 36.24))
+    assert generate["max_rss_gb"] == pytest.approx(812.5 / 1024) and generate["gpus_per_job"] == "2"
+    # a judge job on no GPU: its wall hours, no GPU-hours, an estimate of 0 and no ratio; RSS not measured
+    assert judge["gpu_hours"] == 0 and judge["wall_hours"] == pytest.approx(0.01) and judge["estimated_gpu_hours"] == 0
+    assert math.isnan(judge["measured_over_estimated"]) and math.isnan(judge["max_rss_gb"])
+    markdown = cost_markdown(table)
+    assert "| generate | 2 | 2 | 0.040 | 0.080 | 0.040 (2) | 1.99 | 0.8 |" in markdown
+    assert markdown.splitlines()[-1] == "| **total** | 3 | | 0.050 | 0.080 | 0.040 (3) | | |"
+    config["models"]["smollm2"]["size"] = "3B"  # no throughput in the assumptions: no estimate
+    unpriced = cost_table([read_benchmark(f) for f in files[:2]], config, _assumptions())
+    assert unpriced.loc[0, "priced_jobs"] == 0 and "| – (0) | – |" in cost_markdown(unpriced)
+
+
+def test_a_benchmark_file_without_the_extended_columns_adds_wall_hours_only(demo_config, tmp_path):
+    """A file from before the profiles set benchmark-extended: its rule from its folder, `?` GPUs."""
+    plain = tmp_path / "results/demo/benchmarks/generate/smollm2/base/epoch-0/arithmetic.tsv"
+    plain.parent.mkdir(parents=True)
+    plain.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                     "36.0\t0:00:36\t100\t1\t1\t1\t0\t0\t0\t0\n")  # fmt: skip
+    extended = _benchmark_file(tmp_path / "g.tsv", "generate", 72.0, 1, model="smollm2", run="full", epoch="1",
+                               benchmark="arithmetic")  # fmt: skip
+    old = read_benchmark(plain)
+    assert (old.rule, old.job, old.wall_s) == ("generate", None, 36.0)
+    row = cost_table([old, read_benchmark(extended)], demo_config, _assumptions()).iloc[0]
+    assert (row["jobs"], row["gpus_per_job"], row["gpus_unrecorded"], row["priced_jobs"]) == (2, "1, ?", 1, 1)
+    assert row["wall_hours"] == pytest.approx(0.03) and row["gpu_hours"] == pytest.approx(0.02)
+    stray = tmp_path / "stray.tsv"
+    stray.write_text(plain.read_text())
+    with pytest.raises(ValueError, match=f"{stray}: no extended columns and no benchmarks/<rule>/ folder"):
+        read_benchmark(stray)

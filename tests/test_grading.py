@@ -5,6 +5,7 @@ import json
 import pytest
 
 from safelora.evaluation.graders import grade_text, judge_messages, parse_judge, settled_without_judge
+from safelora.evaluation.parsers import truncation_flags
 from safelora.evaluation.score import UnparseableError, compute_score
 from safelora.io import atomic_write_jsonl, read_jsonl
 
@@ -138,11 +139,21 @@ def write_verdicts(path, values, grader="g"):
 SETTINGS = {"kind": "math", "graders": ["g"], "primary": "g", "scorer_version": 3, "max_unparseable_share": 0.3}
 
 
-def score_of(ids, settings, paths):
-    """compute_score with the items x n the first verdict file covers (ids in order, n samples each)."""
+def generation(prompt_id, sample_index, n, text="answer", finish_reason="stop", prompt="question"):
+    sampling = {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
+    return {"prompt_id": prompt_id, "sample_index": sample_index, "prompt": prompt, "text": text,
+            "finish_reason": finish_reason, "prompt_tokens": 5, "completion_tokens": 3, "sampling": sampling,
+            "engine": "transformers"}  # fmt: skip
+
+
+def score_of(ids, settings, paths, generations=None):
+    """compute_score with the items x n the first verdict file covers (ids in order, n samples each),
+    and `generations` (default: each sample stopped, no thinking)."""
     keys = [(v["prompt_id"], v["sample_index"]) for v in read_jsonl(paths[0])]
     items = [{"id": p} for p in dict.fromkeys(p for p, _ in keys)]
-    return compute_score(ids, settings, paths, items, max(i for _, i in keys) + 1)
+    n = max(i for _, i in keys) + 1
+    generations = generations or [generation(p, i, n) for p, i in keys]
+    return compute_score(ids, settings, paths, items, n, generations)
 
 
 def test_score_is_mean_of_per_problem_pass_at_1(tmp_path):
@@ -151,6 +162,26 @@ def test_score_is_mean_of_per_problem_pass_at_1(tmp_path):
     [metric] = score["metrics"]
     assert metric["value"] == pytest.approx(0.75) and metric["per_problem"] == {"a": 0.5, "b": 1.0}
     assert metric["metric"] == "pass@1" and metric["primary"] and score["scorer_version"] == 3
+
+
+def test_truncation_is_counted_beside_an_unchanged_score(tmp_path):
+    """Samples at the token limit and with unclosed thinking are counted; the score is the verdicts' alone.
+    R1-Distill's chat template opens the thinking in the prompt, so its text may hold only `</think>`."""
+    r1_prompt = "<｜User｜>What is 3 + 4?<｜Assistant｜><think>\n"
+    gens = [
+        generation("a", 0, 2, "<think>3 + 4 = 7</think>\\boxed{7}"),  # closed, stopped
+        generation("a", 1, 2, "<think>3 + 4 is", "length"),  # cut inside the thinking
+        generation("b", 0, 2, "so 7.</think>\\boxed{7}", prompt=r1_prompt),  # template-opened, closed
+        generation("b", 1, 2, "3 + 4, let me see", "length", prompt=r1_prompt),  # template-opened, cut
+    ]
+    path = write_verdicts(tmp_path / "g.jsonl", [("a", 0, 1.0), ("a", 1, 0.0), ("b", 0, 1.0), ("b", 1, 0.0)])
+    score = score_of({}, SETTINGS, [path], gens)
+    assert score["truncation"] == {"samples": 4, "truncated": 2, "unclosed_think": 2}
+    assert score["metrics"][0]["value"] == pytest.approx(0.5)
+    stopped_unclosed = generation("c", 0, 1, "<think>I refuse.", "stop")  # the model ended inside its thinking
+    assert truncation_flags(stopped_unclosed["prompt"], stopped_unclosed["text"], "stop") == (False, True)
+    assert truncation_flags("no template thinking", "cut plain answer", "length") == (True, False)
+    assert truncation_flags("q", "<think>a</think>b<think>again", "stop") == (False, True)  # reopened
 
 
 def test_unparseable_are_counted_and_too_many_fail(tmp_path):

@@ -34,9 +34,14 @@ def score_cli(
     settings = json.dumps({**SETTINGS, "kind": kind, "primary": primary, "max_unparseable_share": 0.5})
     items = tmp_path / f"{kind}-items.jsonl"
     atomic_write_jsonl(items, [{"id": i, "prompt": "p", "answer": None, "meta": {}} for i in ids])
+    gens = tmp_path / f"{kind}-generations.jsonl"
+    sampling = {"n": n, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
+    atomic_write_jsonl(gens, [{"prompt_id": i, "sample_index": j, "prompt": "p", "text": "t", "finish_reason": "stop",
+                               "prompt_tokens": 1, "completion_tokens": 1, "sampling": sampling, "engine": "e"}
+                              for i in ids for j in range(n)])  # fmt: skip
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "score.py"), "--model", "m", "--run", "lora", "--epoch", "2",
-           "--benchmark", kind, "--settings", settings, "--verdicts", *verdicts, "--items", str(items), "--n", str(n),
-           "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
+           "--benchmark", kind, "--settings", settings, "--verdicts", *verdicts, "--generations", str(gens),
+           "--items", str(items), "--n", str(n), "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

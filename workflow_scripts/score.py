@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarize verdict files into one Score JSON for a (checkpoint, benchmark)."""
+"""Summarize verdict files into one Score JSON for a (checkpoint, benchmark), with the truncation
+counts of the generations they graded."""
 
 import argparse
 import json
@@ -19,22 +20,27 @@ def main() -> int:
         "--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share"
     )
     parser.add_argument("--verdicts", nargs="+", required=True)
+    parser.add_argument("--generations", required=True, help="the checkpoint's Generation JSONL (truncation counts)")
     parser.add_argument("--items", required=True, help="the benchmark's BenchmarkItem JSONL the verdicts must cover")
     parser.add_argument("--n", type=int, required=True, help="samples per item (config benchmarks.<b>.sampling.n)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     from safelora.evaluation.score import compute_score
-    from safelora.io import read_jsonl, write_record
+    from safelora.io import read_generations, read_jsonl, write_record
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
-    score = compute_score(ids, json.loads(args.settings), args.verdicts, read_jsonl(args.items), args.n)
+    items = read_jsonl(args.items)
+    generations = read_generations(args.generations, items)
+    score = compute_score(ids, json.loads(args.settings), args.verdicts, items, args.n, generations)
     write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(
             f"{m['grader']}{'/' + m['variant'] if m['variant'] else ''}: {m['metric']} = {m['value']:.3f} "
             f"({m['n_problems']} problems, {m['unparseable']} unparseable)"
         )
+    t = score["truncation"]
+    print(f"{t['samples']} samples: {t['truncated']} at the token limit, {t['unclosed_think']} with </think> unclosed")
     return 0
 
 

@@ -7,7 +7,8 @@ job every checkpoint of one run on one benchmark.
 Hours per job come from the config (prompts, samples, token budgets, epochs) and `Assumptions`,
 whose defaults are stated for H100/H200-class 80 GB GPUs with their basis; replace them with
 figures from a pilot run (generation records carry `completion_tokens`; `benchmark:` files carry
-wall times) for a sharper estimate.
+wall times, which `results/<experiment>/aggregate/cost.md` sets beside this estimate of the same
+jobs, `safelora.cost`) for a sharper estimate (`load_assumptions`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,54 @@ def base_svd_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> f
 # Per rule family (`registry.rule_family`: every judge rule is `judge`).
 HOURS = {"generate": generate_hours, "judge": judge_hours, "train": train_hours, "base_svd": base_svd_hours}
 
+
+def _priced(family: str, job: PlannedJob, config: dict[str, Any], a: Assumptions) -> bool:
+    """Whether `Assumptions` has the throughput a job of the rule family needs (its model size,
+    method or judge): the CPU demo's 135M model and a local judge have none."""
+    w = job.wildcards
+    if family == "judge":
+        return config["judges"][w["judge"]].get("hub") in a.judge_prefill_tok_s
+    size = config["models"][w["model"]]["size"]
+    if family == "train":
+        return (grid.training_recipe(config, w["model"], w["run"])["method"], size) in a.train_samples_s
+    return size in (a.decode_tok_s if family == "generate" else a.base_svd_s)
+
+
+def job_gpu_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float | None:
+    """Estimated GPU-hours of one job (its hours x its GPUs): 0 for a job without GPUs (its CPU time
+    is not counted), None where `Assumptions` has no throughput for it. A GPU rule without a
+    throughput model is a ValueError."""
+    if not job.gpus:
+        return 0.0
+    family = registry.rule_family(job.rule)
+    if family not in HOURS:
+        raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
+    return job.gpus * HOURS[family](job, config, a) if _priced(family, job, config, a) else None
+
+
+def load_assumptions(path: str | os.PathLike[str]) -> Assumptions:
+    """`Assumptions` with the fields a YAML file sets (say, a pilot run's decode throughput per model
+    size: `decode_tok_s: {7B: 2400}`); a dict field replaces the default's entries it names."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        given = yaml.safe_load(fh) or {}
+    defaults = Assumptions()
+    known = {f.name for f in fields(Assumptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown assumption(s) {unknown}; known: {sorted(known)}")
+    merged = {}
+    for name, value in given.items():
+        default = getattr(defaults, name)
+        if isinstance(default, dict):
+            keyed = {tuple(k.split(",")) if isinstance(next(iter(default)), tuple) else k: v for k, v in value.items()}
+            merged[name] = {**default, **keyed}
+        else:
+            merged[name] = value
+    return Assumptions(**merged)
+
+
 # A job's SLURM runtime: its estimate, engine start included, times this margin for checkpoints
 # whose completions run longer than the mean (a generate job past it resumes from its chunks on
 # retry). Where `Assumptions` has no throughput for the model size or judge (the CPU demo's, a
@@ -255,11 +304,11 @@ class RuleEstimate:
     jobs: int = 0
     gpus: set[int] = field(default_factory=set)
     gpu_hours: float = 0.0
+    unpriced: int = 0  # GPU jobs `Assumptions` has no throughput for (not in gpu_hours)
 
 
 def estimate(jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | None = None) -> list[RuleEstimate]:
-    """GPU-hours per rule family (the judge rules are one row, `judge`); a job without GPUs costs
-    none (its CPU time is not counted)."""
+    """GPU-hours per rule family (the judge rules are one row, `judge`; `job_gpu_hours`)."""
     a = a or Assumptions()
     rules: dict[str, RuleEstimate] = defaultdict(lambda: RuleEstimate(""))
     for job in jobs:
@@ -268,20 +317,24 @@ def estimate(jobs: list[PlannedJob], config: dict[str, Any], a: Assumptions | No
         row.rule = family
         row.jobs += 1
         row.gpus.add(job.gpus)
-        if not job.gpus:
-            continue
-        if family not in HOURS:
-            raise ValueError(f"no throughput model for GPU rule {job.rule!r}")
-        row.gpu_hours += job.gpus * HOURS[family](job, config, a)
+        hours = job_gpu_hours(job, config, a)
+        if hours is None:
+            row.unpriced += 1
+        else:
+            row.gpu_hours += hours
     return sorted(rules.values(), key=lambda r: (-r.gpu_hours, r.rule))
 
 
 def format_table(rows: list[RuleEstimate]) -> str:
-    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, and the totals."""
-    lines = ["| rule | jobs | GPUs per job | GPU-hours |", "|---|---:|---:|---:|"]
+    """A Markdown table: rule, jobs, GPUs per job, GPU-hours, and the totals; a column of the GPU
+    jobs not priced (no throughput in `Assumptions`) where there are any."""
+    unpriced = any(r.unpriced for r in rows)
+    extra = (" not priced |", "---:|") if unpriced else ("", "")
+    lines = [f"| rule | jobs | GPUs per job | GPU-hours |{extra[0]}", f"|---|---:|---:|---:|{extra[1]}"]
     for row in rows:
         gpus = "-".join(str(g) for g in sorted({min(row.gpus), max(row.gpus)}))
-        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |")
+        lines.append(f"| {row.rule} | {row.jobs} | {gpus} | {row.gpu_hours:,.1f} |" + (f" {row.unpriced} |" * unpriced))
     total = sum(r.gpu_hours for r in rows)
-    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.0f}** |")
+    tail = f" {sum(r.unpriced for r in rows)} |" * unpriced
+    lines.append(f"| **total** | {sum(r.jobs for r in rows)} | | **{total:,.1f}** |{tail}")
     return "\n".join(lines)

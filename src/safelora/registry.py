@@ -157,6 +157,7 @@ FIGURES = {
         Figure("overrefusal", "table", "Safety vs over-refusal"),
         Figure("agreement", "agreement", "Judge agreement (Cohen's κ) per checkpoint"),
         Figure("training_curves", "training_logs", "Training loss per step (dashed: epoch ends)"),
+        Figure("truncation", "table", "Samples cut at the token limit, per epoch"),
     )
 }
 

@@ -2,18 +2,22 @@
 
 import html
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import zipfile
 from collections import Counter
 
+import pandas as pd
 import pytest
 import yaml
 from dag import FAKE_TOKEN, planned, planned_jobs, snakemake, tiny_config, write_config
 
+from safelora.io import read_jsonl
 from safelora.registry import rule_family
 
 
@@ -91,6 +95,87 @@ def test_the_reports_viewer_shows_a_prompts_three_runs_and_their_verdicts_in_a_b
 
 
 @pytest.mark.slow
+def test_truncation_counts_come_from_the_generations_and_reach_the_table(finished_run, capsys):
+    """Each Score record counts its generation file's samples stopped at the token limit (finish
+    reason `length`, known from the records); the results table shows the shares per benchmark."""
+    results = finished_run / "results/tiny"
+    counted = 0
+    for path in sorted((results / "scores").rglob("*.json")):
+        generations = read_jsonl(results / "generations" / path.relative_to(results / "scores").with_suffix(".jsonl"))
+        truncation = json.loads(path.read_text())["truncation"]
+        assert truncation["samples"] == len(generations)
+        assert truncation["truncated"] == sum(g["finish_reason"] == "length" for g in generations)
+        assert truncation["unclosed_think"] == 0  # the tiny model's template opens no thinking
+        counted += truncation["truncated"]
+    assert counted > 0  # 4 to 8 new tokens: the tiny model is cut
+    table = pd.read_csv(results / "aggregate/results.csv").set_index(["run", "epoch"])
+    lora = json.loads((results / "scores/tiny/lora-r4-mlp/epoch-2/arithmetic.json").read_text())["truncation"]
+    assert table.loc[("lora-r4-mlp", 2), "truncated_share:arithmetic"] == lora["truncated"] / lora["samples"]
+    assert {f"{p}:{b}" for p in ("truncated_share", "unclosed_think_share")
+            for b in ("strongreject", "arithmetic", "humaneval")} <= set(table.columns)  # fmt: skip
+    markdown = (results / "aggregate/results.md").read_text()
+    assert "| arithmetic at token limit | arithmetic </think> unclosed |" in markdown.splitlines()[0]
+    with capsys.disabled():
+        print(f"\nresults/tiny/aggregate/results.md:\n{markdown}")
+
+
+@pytest.mark.slow
+def test_cost_table_sets_each_rules_measured_jobs_beside_their_estimate(finished_run, capsys):
+    """aggregate/cost.csv: every job with a `benchmark:` file, by rule, on the GPUs its resources
+    gave it: none for the jobs the local profile runs on CPU (wall hours, no GPU-hours, as the
+    estimate), the tiny judge's `tensor_parallel` 1 (its judge rules are not named `judge`), which
+    the estimate cannot price (a local judge has no throughput in the assumptions)."""
+    results = finished_run / "results/tiny"
+    cost = pd.read_csv(results / "aggregate/cost.csv").set_index("rule")
+    # 5 checkpoints x 3 benchmarks; the tiny judge on StrongREJECT per run (4); 2 trainings; 1 base SVD
+    assert cost["jobs"].to_dict() == {"judge": 4, "generate": 15, "train": 2, "base_svd": 1}
+    assert (cost["wall_hours"] > 0).all() and cost["gpus_per_job"].astype(str).to_dict() == {
+        "judge": "1", "generate": "0", "train": "0", "base_svd": "0"
+    }  # fmt: skip
+    cpu = cost.drop(index="judge")
+    assert (cpu["gpu_hours"] == 0).all() and (cpu["estimated_gpu_hours"] == 0).all()
+    assert cost.loc["judge", "gpu_hours"] == cost.loc["judge", "wall_hours"] > 0
+    assert cost.loc["judge", "priced_jobs"] == 0 and math.isnan(cost.loc["judge", "estimated_gpu_hours"])
+    with capsys.disabled():
+        print(f"\nresults/tiny/aggregate/cost.md:\n{(results / 'aggregate/cost.md').read_text()}")
+
+
+@pytest.mark.slow
+def test_gpu_hours_prices_the_rerun_after_one_setting_changed(finished_run, tmp_path, repo, capsys):
+    """benchmarks/gpu_hours.py on the finished workflow after one setting changed (arithmetic's
+    sampling temperature): it plans with `snakemake -n`, so it prices exactly the stale jobs, the
+    arithmetic generations of the 5 checkpoints, on the GPUs the cluster profile gives them."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["benchmarks"]["arithmetic"]["sampling"]["temperature"] = 0.7
+    write_config(finished_run, config)
+    assumptions = tmp_path / "assumptions.yaml"
+    assumptions.write_text("decode_tok_s: {tiny: 100.0}\n")  # a pilot's figure for the tiny model
+    try:
+        stale = [out for job in planned(finished_run) if job.rule == "generate" for out in job.outputs]
+        result = subprocess.run(
+            [sys.executable, repo / "benchmarks/gpu_hours.py", "--configfile", finished_run / "config.yaml",
+             "--profile", repo / "profiles/slurm", "--directory", finished_run, "--assumptions", assumptions],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        config["benchmarks"]["arithmetic"]["sampling"]["temperature"] = 0.6
+        write_config(finished_run, config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(stale) == [f"results/tiny/generations/tiny/{c}/arithmetic.jsonl"
+                             for c in ("base/epoch-0", "full/epoch-1", "lora-r4-mlp.om-both-l1.2/epoch-2",
+                                       "lora-r4-mlp/epoch-1", "lora-r4-mlp/epoch-2")]  # fmt: skip
+    # per generate job: 180 s engine start + 3 items x n=2 x 4 tokens at 100 tok/s, on 1 GPU
+    gpu_h = 5 * (180 + 3 * 2 * 4 / 100) / 3600
+    headline = result.stdout.splitlines()[0]
+    assert re.fullmatch(rf"still to run: \d+ jobs, {gpu_h:.1f} GPU-h; done: \d+ jobs \(config.yaml, profile slurm\)",
+                        headline), headline  # fmt: skip
+    assert f"| generate | 5 | 1 | {gpu_h:,.1f} |" in result.stdout and gpu_h > 0
+    assert "| train |" not in result.stdout and "| judge |" not in result.stdout
+    with capsys.disabled():
+        print(f"\nbenchmarks/gpu_hours.py after arithmetic's temperature 0.6 -> 0.7:\n{result.stdout}")
+
+
+@pytest.mark.slow
 def test_rerun_with_nothing_changed_plans_nothing(finished_run):
     assert planned_jobs(finished_run) == {}
 
@@ -106,7 +191,7 @@ def test_scorer_version_reruns_only_scoring_and_aggregation(finished_run):
         config["benchmarks"]["arithmetic"]["scorer_version"] = 1
         write_config(finished_run, config)
     # 5 checkpoints (base, full e1, LoRA e1-2, one OrthoMerge) x arithmetic; figures that read the table.
-    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 9, "viewer": 1, "all": 1}
+    assert jobs == {"grade_text": 5, "score": 5, "aggregate": 1, "figure": 10, "viewer": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -144,7 +229,7 @@ def test_a_changed_score_file_reruns_only_aggregation_and_the_figures_reading_it
     finally:
         score.write_text(original)
     # Figures 1 and 4 read the weight tables only; the other 7 read the results or agreement table.
-    assert jobs == {"aggregate": 1, "figure": 9, "all": 1}
+    assert jobs == {"aggregate": 1, "figure": 10, "all": 1}
 
 
 @pytest.mark.slow
@@ -203,7 +288,7 @@ def test_a_changed_generation_file_rejudges_its_run_only(finished_run):
     assert {job.wildcards["run"] for job in jobs if "run" in job.wildcards} == {"lora-r4-mlp"}
     counts = Counter(job.rule for job in jobs)
     # the judge job, epoch 1's text grader, both epochs' scores; the table and the figures that read it; the viewer
-    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 9, "viewer": 1,
+    assert counts == {"judge_epochs_1to2": 1, "grade_text": 1, "score": 2, "aggregate": 1, "figure": 10, "viewer": 1, "cost": 1,
                       "all": 1}  # fmt: skip
     print(f"\nchanged lora-r4-mlp/epoch-1/strongreject.jsonl: planned {dict(sorted(counts.items()))}")
 
@@ -232,8 +317,9 @@ def test_an_edited_benchmark_file_reruns_only_that_benchmark(finished_run, repo)
         "grade_text": 5,
         "score": 5,
         "aggregate": 1,
-        "figure": 9,
+        "figure": 10,
         "viewer": 1,
+        "cost": 1,
         "all": 1,
     }
     print(f"\nedited data/demo/arithmetic.jsonl: planned {dict(sorted(jobs.items()))}")
@@ -292,7 +378,7 @@ def test_adding_a_benchmark_is_one_config_entry_plus_its_data(finished_run, tmp_
     jobs = planned_jobs(workdir)
     # 5 checkpoints x the new benchmark; the grid description, the table, every figure and the viewer.
     assert jobs == {"build_benchmark": 1, "check_context": 1, "generate": 5, "grade_text": 5, "score": 5, "describe_grid": 1,
-                    "aggregate": 1, "figure": 12, "viewer": 1, "all": 1}  # fmt: skip
+                    "aggregate": 1, "figure": 13, "viewer": 1, "cost": 1, "all": 1}  # fmt: skip
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert "pass@1:multiplication" in (workdir / "results/tiny/aggregate/results.csv").read_text().splitlines()[0]

@@ -9,6 +9,7 @@ import logging
 import random
 import re
 
+THINK_START = "<think>"
 THINK_END = "</think>"
 
 
@@ -16,6 +17,20 @@ def strip_thinking(text: str) -> str:
     """The final answer: the text after the last ``</think>``, or the whole text if there is none."""
     _, sep, tail = text.rpartition(THINK_END)
     return tail if sep else text
+
+
+def truncation_flags(prompt: str, text: str, finish_reason: str) -> tuple[bool, bool]:
+    """`(truncated, unclosed_think)` of one generation (a Generation record's `prompt`, `text` and
+    `finish_reason`): truncated = it stopped at the token limit (finish reason ``length``);
+    unclosed_think = thinking was opened and never closed, so the response has no final answer.
+    Thinking opens with a ``<think>`` in the text or, where the chat template opens it
+    (DeepSeek-R1-Distill's prompt ends with ``<think>\n``, as `data.refusal_completion` reads it),
+    at the prompt's end; it is unclosed when no ``</think>`` follows the last opening."""
+    truncated = finish_reason == "length"
+    opened_at = text.rfind(THINK_START)  # -1: not in the text, perhaps at the prompt's end
+    if opened_at < 0 and not prompt.rstrip().endswith(THINK_START):
+        return truncated, False
+    return truncated, text.rfind(THINK_END) < max(opened_at, 0)
 
 
 # --------------------------------------------------------------------------------------------

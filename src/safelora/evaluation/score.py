@@ -2,7 +2,8 @@
 
 Pass@1 is computed per problem as the mean over its parseable samples (the unbiased estimator
 with k = 1), then averaged over problems; per-problem values are kept for the bootstrap.
-Unparseable verdicts are counted; above `max_unparseable_share` scoring fails loudly.
+Unparseable verdicts are counted; above `max_unparseable_share` scoring fails loudly. Beside the
+scores, the generations' truncation is counted (`truncation_counts`); it changes no score.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from safelora import registry
 from safelora.evaluation.graders import sample_keys
+from safelora.evaluation.parsers import truncation_flags
 from safelora.io import DamagedFileError, check_samples, read_jsonl
 
 # --------------------------------------------------------------------------------------------
@@ -136,11 +138,27 @@ def read_verdicts(path: str | Path, items: list[dict[str, Any]], n: int) -> list
     return verdicts
 
 
+def truncation_counts(generations: list[dict[str, Any]]) -> dict[str, int]:
+    """Samples, and how many of them stopped at the token limit and never closed their thinking
+    (`parsers.truncation_flags`), of one checkpoint's Generation records on one benchmark."""
+    flags = [truncation_flags(g["prompt"], g["text"], g["finish_reason"]) for g in generations]
+    return {
+        "samples": len(flags),
+        "truncated": sum(truncated for truncated, _ in flags),
+        "unclosed_think": sum(unclosed for _, unclosed in flags),
+    }
+
+
 def compute_score(
-    ids: dict[str, Any], settings: dict[str, Any], verdict_paths: list[str | Path], items: list[dict[str, Any]], n: int
+    ids: dict[str, Any],
+    settings: dict[str, Any],
+    verdict_paths: list[str | Path],
+    items: list[dict[str, Any]],
+    n: int,
+    generations: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and
-    benchmark, from verdict files of its `items` x `n` samples."""
+    benchmark, from verdict files of its `items` x `n` samples and the `generations` they graded."""
     metric_name = registry.KIND_METRICS[settings["kind"]]
     keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
     check_graders(keys, settings["primary"], ", ".join(map(str, verdict_paths)))
@@ -166,4 +184,5 @@ def compute_score(
         "scorer_version": settings["scorer_version"],
         "metrics": metrics,
         "agreement": agreement(by_grader),
+        "truncation": truncation_counts(generations),
     }

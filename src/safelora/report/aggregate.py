@@ -3,7 +3,8 @@
 Aggregation reads only `Score` summaries and weight-analysis tables (docs/design.md), never
 generations. Column names of the results table encode what they hold, so figures can read the
 table alone: `<metric>:<benchmark>[:<variant>]` (e.g. `pass@1:humaneval:plus`), each with
-`<col>_lo` / `<col>_hi` bounds. See docs/aggregation.md.
+`<col>_lo` / `<col>_hi` bounds; beside the scores, `truncated_share:<benchmark>` and
+`unclosed_think_share:<benchmark>` (`TRUNCATION_SHARES`). See docs/aggregation.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ ID_COLUMNS = ("model", "run", "epoch")
 META_COLUMNS = ("method", "rank", "targets", "layers", "lambda", "source", "main")
 AVERAGE_COLUMN = "reasoning_avg"
 UNPARSEABLE_COLUMN = "unparseable"
+# Share of a checkpoint's samples on a benchmark that stopped at the token limit, and that never
+# closed their thinking (Score `truncation`, parsers.truncation_flags): column prefix -> count, label.
+TRUNCATION_SHARES = {
+    "truncated_share": ("truncated", "at token limit"),
+    "unclosed_think_share": ("unclosed_think", "</think> unclosed"),
+}
 WEIGHT_COLUMNS = ("layer", "module", "adapted", "stable_rank", "col_cos", "col_top16", "row_cos", "row_top16",
                   "delta_fro")  # fmt: skip
 WEIGHT_META_COLUMNS = ("method", "rank", "targets", "layers", "main")
@@ -160,6 +167,7 @@ class ScoreFile:
     seed: int
     metrics: list[dict[str, Any]]
     agreement: list[dict[str, Any]]
+    truncation: dict[str, int]
 
 
 def _number(value: float | None) -> float:
@@ -180,8 +188,18 @@ def read_score_file(path: str | Path) -> ScoreFile:
         {"grader_a": a["graders"][0], "grader_b": a["graders"][1], "kappa": _number(a["kappa"]), "n": a["n"]}
         for a in obj.get("agreement", [])
     ]
+    if not obj["truncation"]["truncated"] <= obj["truncation"]["samples"] >= obj["truncation"]["unclosed_think"]:
+        raise ScoreFileError(f"score record {path}: truncation counts {obj['truncation']} exceed its samples")
     return ScoreFile(
-        str(path), obj["model"], obj["run"], obj["epoch"], obj["benchmark"], obj.get("seed", 0), metrics, agreement
+        str(path),
+        obj["model"],
+        obj["run"],
+        obj["epoch"],
+        obj["benchmark"],
+        obj.get("seed", 0),
+        metrics,
+        agreement,
+        obj["truncation"],
     )
 
 
@@ -215,11 +233,13 @@ def read_score_files(paths: Iterable[str | Path]) -> list[ScoreFile]:
 SCORE_COLUMNS = (
     "model", "run", "epoch", "benchmark", "seed", "metric", "variant", "grader", "primary",
     "value", "n_problems", "n_samples", "unparseable", "per_problem", "path",
+    "generated", "truncated", "unclosed_think",
 )  # fmt: skip
 
 
 def scores_frame(files: Sequence[ScoreFile]) -> pd.DataFrame:
-    """Tidy table, one row per (file, metric entry); `per_problem` keeps the dict for the bootstrap."""
+    """Tidy table, one row per (file, metric entry); `per_problem` keeps the dict for the bootstrap;
+    `generated`, `truncated`, `unclosed_think` are the file's truncation counts (on each of its rows)."""
     rows = [
         {
             "model": f.model,
@@ -229,6 +249,9 @@ def scores_frame(files: Sequence[ScoreFile]) -> pd.DataFrame:
             "seed": f.seed,
             "path": f.path,
             **m,
+            "generated": f.truncation["samples"],
+            "truncated": f.truncation["truncated"],
+            "unclosed_think": f.truncation["unclosed_think"],
         }
         for f in files
         for m in f.metrics
@@ -435,6 +458,9 @@ def results_table(
     if unknown:
         raise ValueError(f"runs metadata has no entry for run(s): {', '.join(unknown)}")
     unparseable = scores.groupby(list(ID_COLUMNS))["unparseable"].sum().to_dict()
+    shares = truncation_shares(scores)
+    scored_benchmarks = sorted(set(scores["benchmark"]), key=benchmarks.order)
+    truncation_columns = [f"{prefix}:{b}" for b in scored_benchmarks for prefix in TRUNCATION_SHARES]
 
     rows = []
     for model, run, epoch in checkpoints:
@@ -456,12 +482,33 @@ def results_table(
         else:
             row[AVERAGE_COLUMN] = row[f"{AVERAGE_COLUMN}_lo"] = row[f"{AVERAGE_COLUMN}_hi"] = math.nan
         row[UNPARSEABLE_COLUMN] = unparseable.get((model, run, epoch), math.nan)
+        for column in truncation_columns:
+            row[column] = shares.get((model, run, epoch, column), math.nan)
         rows.append(row)
 
     value_columns = [c for k in keys for c in (k.name, f"{k.name}_lo", f"{k.name}_hi")]
     average = [AVERAGE_COLUMN, f"{AVERAGE_COLUMN}_lo", f"{AVERAGE_COLUMN}_hi"] if headline else []
-    columns = [*ID_COLUMNS, *META_COLUMNS, *value_columns, *average, UNPARSEABLE_COLUMN]
+    columns = [*ID_COLUMNS, *META_COLUMNS, *value_columns, *average, UNPARSEABLE_COLUMN, *truncation_columns]
     return pd.DataFrame(rows, columns=columns)
+
+
+def truncation_shares(scores: pd.DataFrame) -> dict[tuple[str, str, int, str], float]:
+    """(model, run, epoch, `<prefix>:<benchmark>`) -> share of the samples with that flag, over the
+    checkpoint's Score files of the benchmark (its seeds): each file counted once, not per metric."""
+    files = scores.drop_duplicates("path")
+    sums = files.groupby([*ID_COLUMNS, "benchmark"])[["generated", *(c for c, _ in TRUNCATION_SHARES.values())]].sum()
+    return {
+        (model, run, int(epoch), f"{prefix}:{benchmark}"): row[count] / row["generated"]
+        if row["generated"]
+        else math.nan
+        for (model, run, epoch, benchmark), row in sums.iterrows()
+        for prefix, (count, _) in TRUNCATION_SHARES.items()
+    }
+
+
+def truncation_columns(table: pd.DataFrame, prefix: str) -> list[str]:
+    """The results table's `<prefix>:<benchmark>` columns (a `TRUNCATION_SHARES` prefix), in table order."""
+    return [c for c in table.columns if str(c).split(":")[0] == prefix]
 
 
 def _scored(scores: pd.DataFrame) -> list[tuple[str, str, int]]:
@@ -498,6 +545,10 @@ def to_markdown(table: pd.DataFrame, benchmarks: Benchmarks) -> str:
     has_average = AVERAGE_COLUMN in table
     header = ["model", "run", "epoch", *(["λ"] if has_lambda else []), *(k.label for k in keys)]
     header += [*(["avg reasoning pass@1"] if has_average else []), "unparseable"]
+    shares = [c for prefix in TRUNCATION_SHARES for c in truncation_columns(table, prefix)]
+    shares.sort(key=lambda c: benchmarks.order(c.split(":", 1)[1]))
+    header += [f"{benchmarks.labels.get(c.split(':', 1)[1], c.split(':', 1)[1])} {TRUNCATION_SHARES[c.split(':')[0]][1]}"
+               for c in shares]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for _, row in table.iterrows():
         cells = [str(row["model"]), str(row["run"]), str(int(row["epoch"]))]
@@ -507,6 +558,7 @@ def to_markdown(table: pd.DataFrame, benchmarks: Benchmarks) -> str:
         if has_average:
             cells.append(_format_value(row[AVERAGE_COLUMN], row[f"{AVERAGE_COLUMN}_lo"], row[f"{AVERAGE_COLUMN}_hi"]))
         cells.append("–" if pd.isna(row[UNPARSEABLE_COLUMN]) else str(int(row[UNPARSEABLE_COLUMN])))
+        cells += ["–" if pd.isna(row[c]) else f"{row[c]:.1%}" for c in shares]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

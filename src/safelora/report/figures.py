@@ -1,5 +1,5 @@
 """One function per figure of the paper (Figures 1–7), two of its later versions (LoRA target
-modules, layer ranges) and two beyond it.
+modules, layer ranges) and three beyond it.
 
 Every function takes tidy tables (the aggregated results table, the agreement table or the
 weight-analysis rows) and an output path, and always writes a PNG: when the data a figure needs is
@@ -31,6 +31,7 @@ from safelora.io import atomic_write_bytes
 from safelora.report.aggregate import (
     AVERAGE_COLUMN,
     LORA_FAMILY,
+    TRUNCATION_SHARES,
     Benchmarks,
     ColumnKey,
     base_variant_columns,
@@ -38,6 +39,7 @@ from safelora.report.aggregate import (
     headline_reasoning_columns,
     metric_columns,
     pareto_front,
+    truncation_columns,
 )
 
 OKABE_ITO = {
@@ -591,6 +593,48 @@ def overrefusal_vs_safety(table: pd.DataFrame, benchmarks: Benchmarks, out: str 
         _save(fig, out)
 
 
+def truncation(table: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
+    """Share of samples stopped at the token limit (solid) and with thinking never closed (dashed)
+    per epoch, one line per run, a panel per (model, benchmark). Scores are unchanged by it."""
+    title = registry.FIGURES["truncation"].title
+    truncated, unclosed = (truncation_columns(table, prefix) for prefix in TRUNCATION_SHARES)
+    panels = [
+        (model, column, column.replace("truncated_share", "unclosed_think_share", 1))
+        for model in _models(table)
+        for column in sorted(truncated, key=lambda c: benchmarks.order(c.split(":", 1)[1]))
+        if table.loc[table["model"] == model, column].notna().any()
+    ]
+    if not panels:
+        placeholder(out, title, "no Score file with truncation counts in the results table.")
+        return
+    runs = list(dict.fromkeys(table["run"]))
+    styles = dict(zip(runs, _styled([(run, table) for run in runs]), strict=True))
+    cols = min(len(panels), 3)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _new_figure(-(-len(panels) // cols), cols, (4.4, 3.2), sharey=True)
+        for ax, (model, column, unclosed_column) in zip(axes.flat, panels, strict=False):
+            rows = table[table["model"] == model].sort_values("epoch")
+            for run, group in rows.groupby("run", sort=False):
+                _, _, (color, marker) = styles[run]
+                ax.plot(group["epoch"], group[column], color=color, marker=marker, linewidth=1.2, markersize=5)
+                if unclosed_column in unclosed:
+                    ax.plot(group["epoch"], group[unclosed_column], color=color, marker=marker, linestyle="--",
+                            linewidth=1, markersize=3, markerfacecolor="none")  # fmt: skip
+            benchmark = column.split(":", 1)[1]
+            ax.set_title(f"{model}: {benchmarks.labels.get(benchmark, benchmark)}")
+            ax.set_xlabel("epoch")
+            ax.set_ylim(-0.03, 1.03)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("share of samples")
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_axis_off()
+        _suptitle(fig, f"{title}\nsolid: stopped at the token limit; dashed: </think> never closed")
+        handles = [Line2D([], [], color=c, marker=m, label=run) for run, (_, _, (c, m)) in styles.items()]
+        _bottom_legend(fig, handles, title="run")
+        _save(fig, out)
+
+
 def judge_agreement(agreement: pd.DataFrame, benchmarks: Benchmarks, out: str | os.PathLike[str]) -> None:
     """Cohen's kappa between two graders per checkpoint: a run x epoch grid per model and grader pair."""
     title = registry.FIGURES["agreement"].title
@@ -839,5 +883,6 @@ FIGURES: dict[str, Callable[[pd.DataFrame, Benchmarks, str | os.PathLike[str]], 
     "overrefusal": overrefusal_vs_safety,
     "agreement": judge_agreement,
     "training_curves": training_curves,
+    "truncation": truncation,
 }
 registry.check_implemented("figures", list(registry.FIGURES), FIGURES)
