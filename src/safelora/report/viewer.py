@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from safelora.evaluation.parsers import THINK_END, THINK_START, truncation_flags
 from safelora.io import atomic_dir, read_generations, read_jsonl
 from safelora.registry import grader_and_variant
 from safelora.report.aggregate import Benchmarks, ExpectedCheckpoint
 
-THINK_START, THINK_END = "<think>", "</think>"
 PREVIEW_CHARS = 160  # of the thinking and of the answer, in a grid cell
 # Cells per grid page, in bytes: more checkpoints go to further grid pages (benchmarks/viewer_scale.py:
 # a page's load time in Chromium grows with its size, about 0.3-0.5 s per MB here).
@@ -69,15 +69,14 @@ class Response:
 
 def split_response(prompt: str, text: str, finish_reason: str) -> Response:
     """Split a completion into thinking and answer. The answer is the text after the last
-    `</think>` (what `evaluation.parsers.strip_thinking` hands the graders); thinking is opened by
-    `<think>` in the text, or by a rendered prompt that ends with it (DeepSeek-R1's chat template)."""
-    opened = THINK_START in text or prompt.rstrip().endswith(THINK_START)
+    `</think>` (what `evaluation.parsers.strip_thinking` hands the graders); the flags are
+    `evaluation.parsers.truncation_flags`, the score job's definition."""
+    truncated, unclosed = truncation_flags(prompt, text, finish_reason)
     head, closed, tail = text.rpartition(THINK_END)
-    truncated = finish_reason == "length"
+    if unclosed:
+        return Response(text.replace(THINK_START, "", 1).strip(), "", truncated, unclosed=True)
     if closed:
         return Response(head.replace(THINK_START, "", 1).strip(), tail.strip(), truncated, unclosed=False)
-    if opened:
-        return Response(text.replace(THINK_START, "", 1).strip(), "", truncated, unclosed=True)
     return Response(None, text.strip(), truncated, unclosed=False)
 
 
