@@ -4,14 +4,13 @@
 rule score:
     input:
         verdicts=score_inputs,
-        benchmark_items="<results>/data/bench/{benchmark}.jsonl",  # the verdicts must cover its items x n, once each
+        benchmark_items=rules.build_benchmark.output[0],  # the verdicts must cover its items x n, once each
     output:
         "<results>/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
     log:
         "<results>/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
-        settings=score_settings,
-        n=samples_per_item,
+        settings=score_settings,  # safelora.settings.ScoreSettings
     resources:
         mem_mb=2000,
         runtime=10,
@@ -21,4 +20,4 @@ rule score:
         f"python {SCRIPTS}/score.py"
         " --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
-        " --verdicts {input.verdicts} --items {input.benchmark_items} --n {params.n} --out {output} > {log} 2>&1"
+        " --verdicts {input.verdicts} --items {input.benchmark_items} --out {output} > {log} 2>&1"

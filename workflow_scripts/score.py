@@ -2,7 +2,6 @@
 """Summarize verdict files into one Score JSON for a (checkpoint, benchmark)."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -10,17 +9,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora.settings import ScoreSettings
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--run", required=True)
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--benchmark", required=True)
     parser.add_argument(
-        "--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share"
+        "--settings",
+        type=ScoreSettings.from_json,
+        required=True,
+        help="JSON of safelora.settings.ScoreSettings: kind, graders, primary, n, max_unparseable_share, scorer_version",
     )
     parser.add_argument("--verdicts", nargs="+", required=True)
     parser.add_argument("--items", required=True, help="the benchmark's BenchmarkItem JSONL the verdicts must cover")
-    parser.add_argument("--n", type=int, required=True, help="samples per item (config benchmarks.<b>.sampling.n)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -28,7 +31,7 @@ def main() -> int:
     from safelora.io import read_jsonl, write_record
 
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
-    score = compute_score(ids, json.loads(args.settings), args.verdicts, read_jsonl(args.items), args.n)
+    score = compute_score(ids, args.settings, args.verdicts, read_jsonl(args.items))
     write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(
