@@ -29,10 +29,12 @@ rule describe_grid:
 
 rule aggregate:
     input:
+        # describe_grid's outputs as paths, not `rules.describe_grid.output`: with a rules reference
+        # Snakemake 9.27.1 hashes the 900-file score list once per file (rules.py:906), 1.6 M calls.
         scores=all_score_files(),
-        meta=rules.describe_grid.output.meta,
-        expected=rules.describe_grid.output.expected,
-        benchmarks=rules.describe_grid.output.benchmarks,
+        meta="<results>/aggregate/runs_meta.json",
+        expected="<results>/aggregate/expected.json",
+        benchmarks="<results>/aggregate/benchmarks.json",
     output:
         csv=report("<results>/aggregate/results.csv", caption="report/results.rst", category="Tables"),
         md="<results>/aggregate/results.md",
@@ -41,7 +43,7 @@ rule aggregate:
     log:
         "<results>/logs/aggregate/aggregate.log",
     params:
-        bootstrap=settings.Bootstrap.from_config(config).to_json(),
+        bootstrap=stage_settings(settings.Bootstrap),
         version=lookup(dpath="versions/aggregate", within=config),
     # results table with 2,000 bootstrap resamples
     resources:

@@ -71,6 +71,16 @@ wildcard_constraints:
 
 
 # ------------------------------------------------------------------------------------------
+# Input functions
+#
+# A rule names a config value the same for every job with `lookup(dpath="a/b", within=config)`
+# (evaluated once, when the rule is parsed), another rule's output with `rules.<name>.output`, and
+# anything that depends on the wildcards with a short function of `wildcards` below. Not
+# `lookup(dpath="a/{b}/c")`: that calls dpath per job, which walks the whole config each time
+# (2,004 such calls were 53 % of a profiled paper-grid dry run, docs/cluster.md).
+
+
+# ------------------------------------------------------------------------------------------
 # Workflow scripts
 
 
@@ -191,6 +201,11 @@ def train_parallelism(wildcards):
     return recipe(wildcards.model, wildcards.run)["parallelism"]
 
 
+def model_gpus(wildcards):
+    """One GPU per tensor-parallel rank of the evaluated model."""
+    return config["models"][wildcards.model]["tensor_parallel"]
+
+
 def checkpoint_inputs(wildcards):
     """Files a job needs to load checkpoint (model, run, epoch)."""
     model, run = wildcards.model, wildcards.run
@@ -232,31 +247,37 @@ def checkpoint_model(wildcards):
 
 
 # ------------------------------------------------------------------------------------------
-# Stage settings: one typed object per job (safelora.settings), passed as JSON
+# Stage settings: one typed object per job (safelora.settings), passed to the script as JSON
+
+
+@functools.cache
+def stage_settings(kind, *key):
+    """`kind.from_config(config, *key)` as JSON, built once per key (900 generate jobs share 12)."""
+    return kind.from_config(config, *key).to_json()
 
 
 def generation_settings(wildcards):
-    return settings.GenerationSettings.from_config(config, wildcards.model, wildcards.benchmark).to_json()
+    return stage_settings(settings.GenerationSettings, wildcards.model, wildcards.benchmark)
 
 
 def context_settings(wildcards):
-    return settings.ContextSettings.from_config(config, wildcards.model, wildcards.benchmark).to_json()
+    return stage_settings(settings.ContextSettings, wildcards.model, wildcards.benchmark)
 
 
 def execution_settings(wildcards):
-    return settings.Execution.from_config(config, wildcards.benchmark).to_json()
+    return stage_settings(settings.Execution, wildcards.benchmark)
 
 
 def judge_settings(wildcards):
-    return settings.JudgeSettings.from_config(config, wildcards.judge, wildcards.benchmark).to_json()
+    return stage_settings(settings.JudgeSettings, wildcards.judge, wildcards.benchmark)
 
 
 def score_settings(wildcards):
-    return settings.ScoreSettings.from_config(config, wildcards.benchmark).to_json()
+    return stage_settings(settings.ScoreSettings, wildcards.benchmark)
 
 
 def orthomerge_settings(wildcards):
-    return settings.OrthoMerge.from_config(config, wildcards.run).to_json()
+    return stage_settings(settings.OrthoMerge, wildcards.run)
 
 
 # ------------------------------------------------------------------------------------------
@@ -280,6 +301,14 @@ def benchmark_problems(wildcards, input):
     """`benchmarks.<b>.problems`, which build_benchmark checks the built file against. It takes
     `input`, so it is a derived param: a corrected count reruns nothing."""
     return config["benchmarks"][wildcards.benchmark]["problems"]
+
+
+def benchmark_kind(wildcards):
+    return config["benchmarks"][wildcards.benchmark]["kind"]
+
+
+def scorer_version(wildcards):
+    return config["benchmarks"][wildcards.benchmark]["scorer_version"]
 
 
 def verdict_output(grader, variant=None, epoch="{epoch}"):
@@ -340,6 +369,10 @@ def judge_inputs(wildcards):
         "prompts": f"<results>/data/bench/{wildcards.benchmark}.jsonl",
         "fallback": _run_files(wildcards, "verdicts", f"{wildcards.benchmark}/{fallback}.jsonl") if fallback else [],
     }
+
+
+def judge_gpus(wildcards):
+    return config["judges"][wildcards.judge]["tensor_parallel"]
 
 
 def score_file(c, benchmark):

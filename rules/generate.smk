@@ -50,7 +50,7 @@ rule generate:
     # runtime: the estimate for (model size, benchmark) x 1.5 (safelora.gpu_hours.generate_runtime);
     # a job past it resumes by chunks on retry.
     resources:
-        gpu=lookup(dpath="models/{model}/tensor_parallel", within=config),
+        gpu=model_gpus,
         mem_mb=64000,
         runtime=generate_runtime,
     conda:

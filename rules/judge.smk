@@ -11,8 +11,8 @@ rule grade_text:
     log:
         "<results>/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
     params:
-        kind=lookup(dpath="benchmarks/{benchmark}/kind", within=config),
-        version=lookup(dpath="benchmarks/{benchmark}/scorer_version", within=config),
+        kind=benchmark_kind,
+        version=scorer_version,
     # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
@@ -36,7 +36,7 @@ rule execute_code:
         "<results>/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
         settings=execution_settings,  # safelora.settings.Execution
-        version=lookup(dpath="benchmarks/{benchmark}/scorer_version", within=config),
+        version=scorer_version,
     threads: 4  # EvalPlus workers (one sandboxed process each)
     # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
@@ -76,7 +76,7 @@ for epochs, runs in JUDGE_RULES.items():
         # runtime: the estimate for (judge, benchmark) over the run's checkpoints x 1.5
         # (safelora.gpu_hours.judge_runtime).
         resources:
-            gpu=lookup(dpath="judges/{judge}/tensor_parallel", within=config),
+            gpu=judge_gpus,
             mem_mb=64000,
             runtime=judge_runtime,
         conda:
