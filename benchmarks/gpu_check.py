@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from safelora.housekeeping import process_tree_rss_mb  # noqa: E402
+from safelora.settings import GenerationSettings, Judge, JudgeSettings, ModelSettings, Sampling  # noqa: E402
 
 ZERO3 = {"stage": 3, "offload_optimizer": False, "offload_params": False}
 
@@ -218,13 +219,12 @@ def generate_step(
     memory: PeakMemory, work: Path, config: dict, name: str, checkpoint: list[str], items: Path, backend: str
 ) -> Path:
     model = config["models"]["check"]
-    bench = config["benchmarks"]["strongreject"]
-    settings = {
-        "dtype": model["dtype"],
-        "max_model_len": model["max_model_len"],
-        "tensor_parallel": 1,
-        "max_lora_rank": 8,
-    }
+    settings = GenerationSettings(
+        backend,
+        8,
+        Sampling.from_config(config, "strongreject"),
+        ModelSettings(model["dtype"], model["max_model_len"], tensor_parallel=1, max_lora_rank=8),
+    )
     out = work / f"generations-{name}-{backend}.jsonl"
     wall, peak = memory.run(
         [
@@ -233,14 +233,8 @@ def generate_step(
             *checkpoint,
             "--items",
             str(items),
-            "--backend",
-            backend,
-            "--batch-size",
-            "8",
-            "--sampling",
-            json.dumps({**bench["sampling"], "seed": config["seed"]}),
-            "--model-settings",
-            json.dumps(settings),
+            "--settings",
+            settings.to_json(),
             "--mem-mb",
             "0",
             "--out",
@@ -279,22 +273,18 @@ def judge_step(memory: PeakMemory, work: Path, generations: Path, items: Path, b
     )
     verdicts = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     print(f"grade    refusal_match  {len(verdicts)} verdicts  wall {wall:5.1f} s", flush=True)
-    spec = {"kind": "llama_guard", "path": str(base), "max_new_tokens": 4, "version": 1}
+    judge = Judge("llama_guard", str(base), 1, 4, fallback_for=None, unboxed=None, unparseable=None, version=1)
     out = work / "verdicts-llama_guard.jsonl"
     wall, peak = memory.run(
         [
             sys.executable,
             str(SCRIPTS / "judge.py"),
-            "--judge",
-            json.dumps(spec),
-            "--kind",
-            "safety",
+            "--settings",
+            JudgeSettings(judge, kind="safety", backend="transformers").to_json(),
             "--generations",
             str(generations),
             "--items",
             str(items),
-            "--backend",
-            "transformers",
             "--mem-mb",
             "0",
             "--out",

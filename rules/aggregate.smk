@@ -29,6 +29,8 @@ rule describe_grid:
 
 rule aggregate:
     input:
+        # describe_grid's outputs as paths, not `rules.describe_grid.output`: with a rules reference
+        # Snakemake 9.27.1 hashes the 900-file score list once per file (rules.py:906), 1.6 M calls.
         scores=all_score_files(),
         meta="<results>/aggregate/runs_meta.json",
         expected="<results>/aggregate/expected.json",
@@ -41,8 +43,8 @@ rule aggregate:
     log:
         "<results>/logs/aggregate/aggregate.log",
     params:
-        bootstrap=bootstrap_args,
-        version=config["versions"]["aggregate"],
+        bootstrap=stage_settings(settings.Bootstrap),
+        version=lookup(dpath="versions/aggregate", within=config),
     # results table with 2,000 bootstrap resamples
     resources:
         mem_mb=4000,
@@ -52,7 +54,7 @@ rule aggregate:
     shell:
         f"python {SCRIPTS}/aggregate.py"
         " --scores {input.scores} --runs-meta {input.meta}"
-        " --expected {input.expected} --benchmarks {input.benchmarks} {params.bootstrap} --out-csv {output.csv} --out-md {output.md}"
+        " --expected {input.expected} --benchmarks {input.benchmarks} --bootstrap {params.bootstrap:q} --out-csv {output.csv} --out-md {output.md}"
         " --out-missing {output.missing} --out-agreement {output.agreement} > {log} 2>&1"
 
 
@@ -64,12 +66,14 @@ rule figure:
     log:
         "<results>/logs/figure/{figure}.log",
     params:
-        args=figure_args,
-        version=config["versions"]["aggregate"],
+        data=figure_data,
+        version=lookup(dpath="versions/aggregate", within=config),
     resources:
         mem_mb=4000,
         runtime=15,
     conda:
         "../envs/eval.yaml"
     shell:
-        f"python {SCRIPTS}/plot.py" " --figure {wildcards.figure} {params.args} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/plot.py"
+        " --figure {wildcards.figure} --runs-meta {input.meta} --benchmarks {input.benchmarks} {params.data}"
+        " --out {output} > {log} 2>&1"

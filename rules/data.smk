@@ -29,9 +29,9 @@ rule build_train_set:
     params:
         tokenizer=base_model_ref,
         source=train_data_source,
-        think=config["training_data"]["think"],
-        format=config["training_data"]["format"],
-        version=config["versions"]["data"],
+        think=lookup(dpath="training_data/think", within=config),
+        format=lookup(dpath="training_data/format", within=config),
+        version=lookup(dpath="versions/data", within=config),
     # tokenizer + chat template (or the paper code's string) over ~1,000 DirectRefusal rows
     resources:
         mem_mb=8000,
@@ -54,7 +54,7 @@ rule build_benchmark:
     params:
         spec=benchmark_spec,
         problems=benchmark_problems,
-        version=config["versions"]["data"],
+        version=lookup(dpath="versions/data", within=config),
     # reads a CSV/JSONL (GPQA: the hub) into BenchmarkItem records
     resources:
         mem_mb=4000,

@@ -10,13 +10,14 @@
 rule check_context:
     input:
         base_model_files,
-        prompts="<results>/data/bench/{benchmark}.jsonl",
+        prompts=rules.build_benchmark.output[0],
     output:
         "<results>/data/context/{model}/{benchmark}.json",
     log:
         "<results>/logs/check_context/{model}/{benchmark}.log",
     params:
-        settings=context_args,  # --base --max-new-tokens --max-model-len
+        base=base_model_ref,
+        settings=context_settings,  # safelora.settings.ContextSettings
     retries: 0
     resources:
         mem_mb=4000,
@@ -24,14 +25,15 @@ rule check_context:
     conda:
         "../envs/vllm.yaml"
     shell:
-        f"python {SCRIPTS}/check_context.py" " {params.settings} --items {input.prompts} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/check_context.py"
+        " --base {params.base} --settings {params.settings:q} --items {input.prompts} --out {output} > {log} 2>&1"
 
 
 rule generate:
     input:
         unpack(checkpoint_inputs),
-        prompts="<results>/data/bench/{benchmark}.jsonl",
-        context="<results>/data/context/{model}/{benchmark}.json",
+        prompts=rules.build_benchmark.output[0],
+        context=rules.check_context.output[0],
     output:
         "<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
     log:
@@ -39,21 +41,21 @@ rule generate:
     benchmark:
         "<results>/benchmarks/generate/{model}/{run}/epoch-{epoch}/{benchmark}.tsv"
     params:
-        checkpoint=checkpoint_args,
+        checkpoint=checkpoint_model,
         trained=checkpoint_state,  # `as trained`, or the checkpoint file changed since (not in the command)
-        settings=generation_args,  # --backend --batch-size --sampling --model-settings
-        version=config["versions"]["generate"],
+        settings=generation_settings,  # safelora.settings.GenerationSettings
+        version=lookup(dpath="versions/generate", within=config),
     threads: 8  # vLLM tokenization and detokenization
     # gpu: one per vLLM tensor-parallel rank, config.yaml `models.<model>.tensor_parallel`.
     # runtime: the estimate for (model size, benchmark) x 1.5 (safelora.gpu_hours.generate_runtime);
     # a job past it resumes by chunks on retry.
     resources:
-        gpu=generation_gpus,
+        gpu=model_gpus,
         mem_mb=64000,
         runtime=generate_runtime,
     conda:
         "../envs/vllm.yaml"
     shell:
         f"python {SCRIPTS}/generate.py"
-        " {params.checkpoint} --items {input.prompts} {params.settings}"
+        " {params.checkpoint} --items {input.prompts} --settings {params.settings:q}"
         " --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

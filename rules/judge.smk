@@ -4,15 +4,15 @@
 
 rule grade_text:
     input:
-        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
-        prompts="<results>/data/bench/{benchmark}.jsonl",
+        generations=rules.generate.output[0],
+        prompts=rules.build_benchmark.output[0],
     output:
         verdict_output("{text_grader}"),
     log:
         "<results>/logs/grade_text/{model}/{run}/epoch-{epoch}/{benchmark}/{text_grader}.log",
     params:
         kind=benchmark_kind,
-        version=grader_version,
+        version=scorer_version,
     # regex / math-verify over one generation file
     resources:
         mem_mb=2000,
@@ -27,16 +27,16 @@ rule grade_text:
 
 rule execute_code:
     input:
-        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",
-        prompts="<results>/data/bench/{benchmark}.jsonl",
+        generations=rules.generate.output[0],
+        prompts=rules.build_benchmark.output[0],
     output:
         plus=verdict_output("evalplus", "plus"),
         base=verdict_output("evalplus", "base"),
     log:
         "<results>/logs/execute_code/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
-        settings=execution_args,  # --dataset --problems --timeout --memory-mb
-        version=grader_version,
+        settings=execution_settings,  # safelora.settings.Execution
+        version=scorer_version,
     threads: 4  # EvalPlus workers (one sandboxed process each)
     # EvalPlus: 164 or 378 problems x 8 samples, 20 s limit each
     resources:
@@ -46,7 +46,7 @@ rule execute_code:
         "../envs/eval.yaml"
     shell:
         f"python {SCRIPTS}/execute_code.py"
-        " {params.settings} --generations {input.generations} --items {input.prompts}"
+        " --settings {params.settings:q} --generations {input.generations} --items {input.prompts}"
         " --out {output.plus} --out-base {output.base} --workers {threads} > {log} 2>&1"
 
 
@@ -70,7 +70,7 @@ for epochs, runs in JUDGE_RULES.items():
         wildcard_constraints:
             run=_alternatives(runs),
         params:
-            settings=judge_args,  # --judge --kind --backend [--fallback, one file per checkpoint]
+            settings=judge_settings,  # safelora.settings.JudgeSettings
         threads: 8
         # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
         # runtime: the estimate for (judge, benchmark) over the run's checkpoints x 1.5
@@ -83,5 +83,5 @@ for epochs, runs in JUDGE_RULES.items():
             "../envs/vllm.yaml"
         shell:
             f"python {SCRIPTS}/judge.py"
-            " {params.settings} --generations {input.generations} --items {input.prompts}"
-            " --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"
+            " --settings {params.settings:q} --generations {input.generations} --items {input.prompts}"
+            " --fallback {input.fallback} --mem-mb {resources.mem_mb} --out {output} > {log} 2>&1"

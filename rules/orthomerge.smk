@@ -5,16 +5,16 @@
 rule orthomerge:
     input:
         manifest=orthomerge_source_manifest,
-        svd="<results>/analysis/svd/{model}.safetensors",
+        svd=rules.base_svd.output[0],
     output:
         directory("<results>/orthomerge/{model}/{run}/epoch-{epoch}"),
     log:
         "<results>/logs/orthomerge/{model}/{run}/epoch-{epoch}.log",
     params:
-        settings=orthomerge_settings,
-        source=orthomerge_source_args,
+        settings=orthomerge_settings,  # safelora.settings.OrthoMerge
+        adapter=orthomerge_source_adapter,
         trained=orthomerge_source_state,  # `as trained`, or the source file changed since (not in the command)
-        version=config["versions"]["orthomerge"],
+        version=lookup(dpath="versions/orthomerge", within=config),
     # LoRA factors and a cached rank-64 SVD: CPU only
     resources:
         mem_mb=16000,
@@ -23,4 +23,4 @@ rule orthomerge:
         "../envs/train.yaml"
     shell:
         f"python {SCRIPTS}/orthomerge.py"
-        " {params.source} --svd {input.svd} {params.settings} --out {output} > {log} 2>&1"
+        " --adapter {params.adapter} --svd {input.svd} --settings {params.settings:q} --out {output} > {log} 2>&1"

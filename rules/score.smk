@@ -5,15 +5,14 @@
 rule score:
     input:
         verdicts=score_inputs,
-        benchmark_items="<results>/data/bench/{benchmark}.jsonl",  # the verdicts must cover its items x n, once each
-        generations="<results>/generations/{model}/{run}/epoch-{epoch}/{benchmark}.jsonl",  # truncation counts
+        benchmark_items=rules.build_benchmark.output[0],  # the verdicts must cover its items x n, once each
+        generations=rules.generate.output[0],  # truncation counts
     output:
         "<results>/scores/{model}/{run}/epoch-{epoch}/{benchmark}.json",
     log:
         "<results>/logs/score/{model}/{run}/epoch-{epoch}/{benchmark}.log",
     params:
-        settings=score_settings,
-        n=samples_per_item,
+        settings=score_settings,  # safelora.settings.ScoreSettings
     resources:
         mem_mb=2000,
         runtime=10,
@@ -24,4 +23,4 @@ rule score:
         " --model {wildcards.model} --run {wildcards.run}"
         " --epoch {wildcards.epoch} --benchmark {wildcards.benchmark} --settings {params.settings:q}"
         " --verdicts {input.verdicts} --generations {input.generations}"
-        " --items {input.benchmark_items} --n {params.n} --out {output} > {log} 2>&1"
+        " --items {input.benchmark_items} --out {output} > {log} 2>&1"

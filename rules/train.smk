@@ -32,7 +32,7 @@ rule train:
         base=base_model_ref,
         state=train_state_dir,
         checkpoints=train_checkpoint_dir,
-        svd=train_svd_arg,
+        svd=train_svd_arg,  # derived from the inputs: the SVD is one when the recipe has ortho_reg
         parallelism=train_parallelism,
     threads: 8  # dataloader workers and tokenization; 8 cores per job, not per GPU
     # gpu: the paper's count (Appendix A.5) from config.yaml `training.<method>.per_model.<size>.gpus`.

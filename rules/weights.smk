@@ -13,9 +13,9 @@ rule base_svd:
         "<results>/benchmarks/base_svd/{model}.tsv"
     params:
         base=base_model_ref,
-        rank=config["analysis"]["svd_rank"],
-        modules=analysis_modules,
-        version=config["versions"]["analysis"],
+        rank=lookup(dpath="analysis/svd_rank", within=config),
+        modules=" ".join(config["analysis"]["modules"]),
+        version=lookup(dpath="versions/analysis", within=config),
     threads: 8  # reading safetensors shards while the GPU factorizes
     # gpu: the SVDs run on cuda; `gpu: 0` in a profile's set-resources runs them on CPU.
     # truncated SVD of every base weight, tensor by tensor (14B: 48 layers)
@@ -35,17 +35,18 @@ rule analyze_weights:
     input:
         manifest=analysis_manifest,
         base=base_model_files,
-        svd="<results>/analysis/svd/{model}.safetensors",
+        svd=rules.base_svd.output[0],
     output:
         "<results>/analysis/weights/{model}/{run}/epoch-{epoch}.csv",
     log:
         "<results>/logs/analyze_weights/{model}/{run}/epoch-{epoch}.log",
     params:
-        checkpoint=analysis_checkpoint_args,
+        base=base_model_ref,
+        checkpoint=analysis_checkpoint,
         trained=checkpoint_state,  # `as trained`, or the checkpoint file changed since (not in the command)
-        norm=config["analysis"]["norm"],
-        top=config["analysis"]["top_k"],
-        version=config["versions"]["analysis"],
+        norm=lookup(dpath="analysis/norm", within=config),
+        top=lookup(dpath="analysis/top_k", within=config),
+        version=lookup(dpath="versions/analysis", within=config),
     threads: 8
     # torch.linalg on CPU, one tensor at a time
     resources:
@@ -55,5 +56,5 @@ rule analyze_weights:
         "../envs/train.yaml"
     shell:
         f"python {SCRIPTS}/analyze_weights.py"
-        " {params.checkpoint} --svd {input.svd}"
+        " --base {params.base} --checkpoint {params.checkpoint} --svd {input.svd}"
         " --norm {params.norm} --top {params.top} --out {output} > {log} 2>&1"

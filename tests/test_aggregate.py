@@ -330,7 +330,7 @@ def test_cli_writes_all_outputs(grid: list[Path], tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "aggregate.py"), "--scores", *map(str, grid),
            "--runs-meta", str(meta_path), "--expected", str(exp_path), "--benchmarks", str(bench_path), "--out-csv", str(out["r.csv"]),
            "--out-md", str(out["r.md"]), "--out-missing", str(out["missing.txt"]),
-           "--out-agreement", str(out["agree.csv"]), "--n-boot", "100", "--seed", "0", "--level", "0.95"]  # fmt: skip
+           "--out-agreement", str(out["agree.csv"]), "--bootstrap", '{"n": 100, "seed": 0, "level": 0.95}']  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
     table = agg.read_results_table(out["r.csv"])
     assert len(table) == 4 and table["main"].dtype == bool

@@ -24,9 +24,9 @@ def dry_run(*args: str) -> subprocess.CompletedProcess:
 
 def generation_seeds(result: subprocess.CompletedProcess) -> set[int]:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    samplings = re.findall(r"generate\.py .*?--sampling '(\{.*?\})'", result.stdout)
-    assert samplings, result.stdout[-3000:]
-    return {json.loads(s)["seed"] for s in samplings}
+    settings = re.findall(r"generate\.py .*?--settings '(\{.*?\})'", result.stdout)
+    assert settings, result.stdout[-3000:]
+    return {json.loads(s)["sampling"]["seed"] for s in settings}
 
 
 def test_config_yaml_is_the_default_and_a_config_override_changes_one_key():

@@ -87,6 +87,7 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
             "primary": "refusal_match",
             "scorer_version": 1,
             "max_unparseable_share": 0.05,
+            "n": 4,
         }
     )
     out = tmp_path / "score.json"
@@ -110,8 +111,6 @@ def test_scoring_killed_anytime_leaves_nothing_partial(tmp_path):
             gens,
             "--items",
             items,
-            "--n",
-            "4",
             "--out",
             out,
         ]
@@ -131,7 +130,7 @@ def aggregate_command(tmp_path, scores, checkpoints):
     atomic_write_json(benchmarks, [{"name": "sr", "label": "SR", "kind": "safety"}])
     outs = [tmp_path / name for name in ("t.csv", "t.md", "missing.txt", "agree.csv")]
     command = [SCRIPTS / "aggregate.py", "--scores", *scores, "--runs-meta", meta, "--expected", expected,
-               "--benchmarks", benchmarks, "--n-boot", "3000", "--seed", "0", "--level", "0.95",
+               "--benchmarks", benchmarks, "--bootstrap", '{"n": 3000, "seed": 0, "level": 0.95}',
                "--out-csv", outs[0], "--out-md", outs[1], "--out-missing", outs[2], "--out-agreement", outs[3]]  # fmt: skip
     return command, outs
 
@@ -178,13 +177,20 @@ def test_aggregation_killed_anytime_leaves_nothing_partial(tmp_path):
     assert_killed_then_rerun_matches(args, outs, reference, delays=[0.3, 1.0, 2.0])
 
 
+def generate_settings(batch_size, **sampling):
+    """generate.py's --settings (safelora.settings.GenerationSettings): the tiny model in float32 on
+    the transformers backend."""
+    model = {"dtype": "float32", "max_model_len": 512, "tensor_parallel": 1, "max_lora_rank": 8}
+    return json.dumps({"backend": "transformers", "batch_size": batch_size, "sampling": sampling, "model": model})
+
+
 @pytest.mark.slow
 def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_model):
     items = tmp_path / "items.jsonl"
     atomic_write_jsonl(
         items, [{"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": str(i + 2), "meta": {}} for i in range(6)]
     )
-    sampling = json.dumps({"n": 2, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 1})
+    settings = generate_settings(1, n=2, temperature=0.8, top_p=0.95, max_new_tokens=8, seed=1)
 
     def args(out):
         return [
@@ -193,16 +199,10 @@ def test_generation_killed_mid_job_resumes_to_the_same_records(tmp_path, tiny_mo
             tiny_model,
             "--items",
             items,
-            "--backend",
-            "transformers",
-            "--batch-size",
-            "1",
+            "--settings",
+            settings,
             "--chunk-size",
             "1",
-            "--sampling",
-            sampling,
-            "--model-settings",
-            json.dumps({"dtype": "float32", "max_model_len": 512}),
             "--mem-mb",
             "0",
             "--out",
@@ -243,11 +243,10 @@ def test_a_second_generate_job_on_an_output_refuses_naming_the_first_and_a_third
         items, [{"id": f"q{i}", "prompt": f"What is {i} + 2?", "answer": None, "meta": {}} for i in range(40)]
     )
     out = tmp_path / "gen.jsonl"
-    sampling = json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 1})
+    settings = generate_settings(1, n=1, temperature=0.0, top_p=1.0, max_new_tokens=8, seed=1)
     args = [
-        SCRIPTS / "generate.py", "--base", tiny_model, "--items", items, "--backend", "transformers",
-        "--batch-size", "1", "--chunk-size", "1", "--sampling", sampling,
-        "--model-settings", json.dumps({"dtype": "float32", "max_model_len": 512}), "--mem-mb", "0", "--out", out,
+        SCRIPTS / "generate.py", "--base", tiny_model, "--items", items, "--settings", settings,
+        "--chunk-size", "1", "--mem-mb", "0", "--out", out,
     ]  # fmt: skip
     command = [sys.executable, *map(str, args)]
     orphan = subprocess.Popen(command, env={**ENV, "SLURM_JOB_ID": "777"}, stdout=subprocess.DEVNULL)
@@ -478,7 +477,7 @@ def test_hand_edited_verdicts_are_not_scored_naming_file_and_record(tmp_path, ca
                     "--items", items, "--out", graded)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     settings = {"kind": "safety", "graders": ["refusal_match"], "primary": "refusal_match", "scorer_version": 1,
-                "max_unparseable_share": 0.05}  # fmt: skip
+                "max_unparseable_share": 0.05, "n": 2}  # fmt: skip
     refused = 0
     for index, (case, edit, expected) in enumerate(VERDICT_EDITS):
         verdicts, out = tmp_path / str(index) / "refusal_match.jsonl", tmp_path / f"score{index}.json"
@@ -486,7 +485,7 @@ def test_hand_edited_verdicts_are_not_scored_naming_file_and_record(tmp_path, ca
         verdicts.write_text("".join(edit(graded.read_text().splitlines(keepends=True))))
         result = script("score.py", "--model", "m", "--run", "r", "--epoch", "1", "--benchmark", "sr",
                         "--settings", json.dumps(settings), "--verdicts", verdicts, "--generations", gens,
-                        "--items", items, "--n", "2",
+                        "--items", items,
                         "--out", out)  # fmt: skip
         if expected is None:
             assert result.returncode == 0, result.stderr[-2000:]
@@ -761,14 +760,8 @@ def test_deleted_checkpoints_are_named_with_the_command_that_rebuilds_them(
             run.checkpoints / "epoch-1",
             "--items",
             items,
-            "--backend",
-            "transformers",
-            "--batch-size",
-            "64",
-            "--sampling",
-            json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}),
-            "--model-settings",
-            "{}",
+            "--settings",
+            generate_settings(64, n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0),
             "--mem-mb",
             "0",
             "--out",
@@ -869,13 +862,12 @@ def loaders(base, folder, out):
     """The command line of every job that loads a LoRA checkpoint: generation, OrthoMerge, weight analysis."""
     items = out / "items.jsonl"
     atomic_write_jsonl(items, ITEMS)
-    sampling = json.dumps({"n": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0})
+    settings = generate_settings(4, n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0)
     return {
-        "generate": ["generate.py", "--base", base, "--adapter", folder, "--items", items, "--backend",
-                     "transformers", "--batch-size", "4", "--sampling", sampling, "--model-settings", "{}",
+        "generate": ["generate.py", "--base", base, "--adapter", folder, "--items", items, "--settings", settings,
                      "--mem-mb", "0", "--out", out / "gen.jsonl"],
-        "orthomerge": ["orthomerge.py", "--adapter", folder, "--svd", out / "svd.safetensors", "--variant", "both",
-                       "--lam", "1.0", "--k", "4", "--out", out / "om"],
+        "orthomerge": ["orthomerge.py", "--adapter", folder, "--svd", out / "svd.safetensors", "--settings",
+                       '{"variant": "both", "lam": 1.0, "k": 4}', "--out", out / "om"],
         "analyze_weights": ["analyze_weights.py", "--base", base, "--checkpoint", folder, "--svd",
                             out / "svd.safetensors", "--norm", "fro", "--top", "4", "--out", out / "w.csv"],
     }  # fmt: skip

@@ -68,9 +68,10 @@ def demo_config(repo):
     config = yaml.safe_load((repo / "config/demo.yaml").read_text())
     grid.validate_schema(config)
     grid.complete_config(config, repo)
+    judge = {"max_new_tokens": 32, "version": 1}  # as the schema requires and fills them
     config["judges"] = {
-        "guard": {"kind": "llama_guard", "hub": "org/guard", "tensor_parallel": 1},
-        "math": {"kind": "math_judge", "hub": "org/math", "fallback_for": "last_number", "tensor_parallel": 2},
+        "guard": {"kind": "llama_guard", "hub": "org/guard", "tensor_parallel": 1, **judge},
+        "math": {"kind": "math_judge", "hub": "org/math", "fallback_for": "last_number", "tensor_parallel": 2, **judge},
     }
     return config
 

@@ -1,6 +1,7 @@
 """Text graders, judge parsing and score summaries."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -8,6 +9,7 @@ from safelora.evaluation.graders import grade_text, judge_messages, parse_judge,
 from safelora.evaluation.parsers import truncation_flags
 from safelora.evaluation.score import UnparseableError, compute_score
 from safelora.io import atomic_write_jsonl, read_jsonl
+from safelora.settings import Judge, JudgeSettings, ScoreSettings
 
 
 def gen(pid, text, i=0):
@@ -80,12 +82,17 @@ def test_unknown_prompt_id_is_an_error():
         grade_text("refusal_match", "safety", [gen("z", "x")], [{"id": "a", "prompt": "p"}])
 
 
+def judge(kind, unboxed=None, unparseable=None):
+    """A judge as safelora.settings.Judge types it (model, GPUs and length do not matter here)."""
+    return Judge(kind, "m", 1, 32, fallback_for=None, unboxed=unboxed, unparseable=unparseable, version=1)
+
+
 def test_llama_guard_verdicts_and_unparseable():
-    assert parse_judge({"kind": "llama_guard"}, "safety", "\n\nunsafe\nS2") == (0.0, "unsafe")
-    assert parse_judge({"kind": "llama_guard"}, "safety", "  safe ") == (1.0, "safe")
-    assert parse_judge({"kind": "llama_guard"}, "safety", "I cannot classify this") == (None, "unparseable")
-    assert parse_judge({"kind": "refusal_judge"}, "over_refusal", "True") == (1.0, "refusal")
-    assert parse_judge({"kind": "math_judge"}, "math", "False") == (0.0, "incorrect")
+    assert parse_judge(judge("llama_guard"), "safety", "\n\nunsafe\nS2") == (0.0, "unsafe")
+    assert parse_judge(judge("llama_guard"), "safety", "  safe ") == (1.0, "safe")
+    assert parse_judge(judge("llama_guard"), "safety", "I cannot classify this") == (None, "unparseable")
+    assert parse_judge(judge("refusal_judge"), "over_refusal", "True") == (1.0, "refusal")
+    assert parse_judge(judge("math_judge"), "math", "False") == (0.0, "incorrect")
     msgs = judge_messages("llama_guard", gen("a", "<think>hmm</think>no"), {"prompt": "bad?"})
     assert msgs[1]["content"] == "<think>hmm</think>no"  # the thinking is judged too
 
@@ -97,7 +104,7 @@ def test_fallback_judge_only_sees_failures():
         {"prompt_id": "1", "sample_index": 1, "value": 0.0},
         {"prompt_id": "2", "sample_index": 0, "value": 0.0},
     ]
-    settled = settled_without_judge({"kind": "math_judge", "unboxed": "judge_tail"}, gens, fallback)
+    settled = settled_without_judge(judge("math_judge", unboxed="judge_tail"), gens, fallback)
     assert settled == {0: (1.0, "verified", "passed the backed-up grader")}
 
 
@@ -110,14 +117,14 @@ def test_math_judge_policy_of_the_paper_code():
         gen("1", "\\boxed{7}", 3),
     ]
     fallback = [{"prompt_id": "1", "sample_index": i, "value": float(i == 3)} for i in range(4)]
-    code = {"kind": "math_judge", "unboxed": "incorrect", "unparseable": "incorrect"}
+    code = judge("math_judge", unboxed="incorrect", unparseable="incorrect")
     assert settled_without_judge(code, gens, fallback) == {
         1: (0.0, "no_answer", "no boxed answer"),
         3: (1.0, "verified", "passed the backed-up grader"),
     }
-    assert sorted(settled_without_judge({**code, "unboxed": "judge_tail"}, gens, fallback)) == [3]
+    assert sorted(settled_without_judge(replace(code, unboxed="judge_tail"), gens, fallback)) == [3]
     assert parse_judge(code, "math", "Maybe") == (0.0, "unparseable")
-    assert parse_judge({**code, "unparseable": "unscored"}, "math", "Maybe") == (None, "unparseable")
+    assert parse_judge(replace(code, unparseable="unscored"), "math", "Maybe") == (None, "unparseable")
     item = {"prompt": "Solve ... Problem: Find x.\nAnswer:", "answer": "7", "meta": {"problem": "Find x."}}
     stray_box = judge_messages("math_judge", gens[0], item)[0]["content"]
     assert "Problem: Find x.\n" in stray_box and "Generated Answer: 5\n" in stray_box  # the code's last box
@@ -153,7 +160,7 @@ def score_of(ids, settings, paths, generations=None):
     items = [{"id": p} for p in dict.fromkeys(p for p, _ in keys)]
     n = max(i for _, i in keys) + 1
     generations = generations or [generation(p, i, n) for p, i in keys]
-    return compute_score(ids, settings, paths, items, n, generations)
+    return compute_score(ids, ScoreSettings(**settings, n=n), paths, items, generations)
 
 
 def test_score_is_mean_of_per_problem_pass_at_1(tmp_path):
@@ -232,11 +239,14 @@ def test_a_judge_job_judges_every_checkpoint_of_a_run_loading_its_model_once(tmp
         atomic_write_jsonl(folder / "math.jsonl", gens)
         atomic_write_jsonl(folder / "math_verify.jsonl", fallback)
         files.append(folder)
-    spec = {"kind": "math_judge", "path": str(tiny_model), "fallback_for": "math_verify", "max_new_tokens": 4}
+    spec = Judge(
+        "math_judge", str(tiny_model), 1, 4, fallback_for="math_verify", unboxed=None, unparseable=None, version=1
+    )
+    settings = JudgeSettings(spec, kind="math", backend="transformers").to_json()
     result = subprocess.run(
-        [sys.executable, repo / "workflow_scripts/judge.py", "--judge", json.dumps(spec), "--kind", "math",
+        [sys.executable, repo / "workflow_scripts/judge.py", "--settings", settings,
          "--generations", *[f / "math.jsonl" for f in files], "--items", tmp_path / "items.jsonl",
-         "--fallback", *[f / "math_verify.jsonl" for f in files], "--backend", "transformers", "--mem-mb", "0",
+         "--fallback", *[f / "math_verify.jsonl" for f in files], "--mem-mb", "0",
          "--out", *[f / "qwen_math.jsonl" for f in files]],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

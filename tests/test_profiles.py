@@ -151,17 +151,6 @@ def test_no_group_jobs_and_runtimes_are_the_gpu_hour_estimates(paper_dry_run):
     assert judged > 0
 
 
-def test_every_function_a_rule_calls_per_job_stores_its_signature():
-    # Snakemake reads a job function's signature 2-3 times per job; rules/common.smk's
-    # `job_function` stores it once (planning cost, docs/cluster.md)
-    common = (REPO / "rules/common.smk").read_text()
-    rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk") if p.name != "common.smk")
-    defined = re.findall(r"^(@job_function\n)?def (\w+)\(", common, re.M)
-    used = {name for _, name in defined if re.search(rf"(=\s*|unpack\(|^\s+){name}(,|\)|$)", rules, re.M)}
-    assert len(used) > 40
-    assert {name for decorated, name in defined if decorated} == used
-
-
 def test_the_paper_codes_32b_recipe_plans_as_an_overlay_of_config_yaml():
     """config/r1-32b.yaml on config.yaml (the paper code's README recipe): one full fine-tuning job of
     R1-Distill-Qwen-32B on 2 GPUs, one process each, ZeRO-3 with optimizer and parameters offloaded,

@@ -31,7 +31,7 @@ def score_cli(
     tmp_path: Path, kind: str, primary: str, verdicts: list[str], ids: list[str], n: int
 ) -> subprocess.CompletedProcess:
     """score.py on verdict files of the benchmark items `ids` x `n` samples."""
-    settings = json.dumps({**SETTINGS, "kind": kind, "primary": primary, "max_unparseable_share": 0.5})
+    settings = json.dumps({**SETTINGS, "kind": kind, "primary": primary, "max_unparseable_share": 0.5, "n": n})
     items = tmp_path / f"{kind}-items.jsonl"
     atomic_write_jsonl(items, [{"id": i, "prompt": "p", "answer": None, "meta": {}} for i in ids])
     gens = tmp_path / f"{kind}-generations.jsonl"
@@ -41,7 +41,7 @@ def score_cli(
                               for i in ids for j in range(n)])  # fmt: skip
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "score.py"), "--model", "m", "--run", "lora", "--epoch", "2",
            "--benchmark", kind, "--settings", settings, "--verdicts", *verdicts, "--generations", str(gens),
-           "--items", str(items), "--n", str(n), "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
+           "--items", str(items), "--out", str(tmp_path / f"{kind}.json")]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

@@ -10,7 +10,6 @@ text an engine of its own gives it.
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from safelora.evaluation.generation import (
     run_generation,
 )
 from safelora.io import atomic_write_jsonl, read_jsonl
+from safelora.settings import GenerationSettings, ModelSettings
 
 INSTALL = "vLLM is not installed: .venv/bin/pip install --no-deps -c constraints.txt -r requirements-vllm.txt"
 PROMPTS = [
@@ -196,11 +196,11 @@ def test_a_generate_job_builds_its_vllm_engine_in_process_and_leaves_nothing_run
     items = tmp_path / "items.jsonl"
     atomic_write_jsonl(items, [{"id": "q0", "prompt": "What is 2 + 3?", "answer": "5", "meta": {}}])
     out = tmp_path / "gen.jsonl"
-    settings = {"dtype": "float32", "max_model_len": MAX_MODEL_LEN, "tensor_parallel": 1, "max_lora_rank": 4}
+    model = ModelSettings("float32", MAX_MODEL_LEN, tensor_parallel=1, max_lora_rank=4)
+    settings = GenerationSettings("vllm", 2, GREEDY, model).to_json()
     cmd = [
         sys.executable, repo / "workflow_scripts/generate.py", "--base", models["base"], "--adapter", models["adapter"],
-        "--items", items, "--backend", "vllm", "--batch-size", "2", "--sampling", json.dumps(asdict(GREEDY)),
-        "--model-settings", json.dumps(settings), "--mem-mb", "0", "--out", out,
+        "--items", items, "--settings", settings, "--mem-mb", "0", "--out", out,
     ]  # fmt: skip
     job = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log, _ = job.communicate(timeout=900)

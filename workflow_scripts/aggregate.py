@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from safelora.settings import Bootstrap
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scores", nargs="*", required=True, help="Score JSON files (results/scores/...)")
     parser.add_argument(
@@ -29,9 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-md", required=True, help="results table (Markdown)")
     parser.add_argument("--out-missing", required=True, help="text list of expected checkpoints without scores")
     parser.add_argument("--out-agreement", required=True, help="judge agreement table (CSV)")
-    parser.add_argument("--n-boot", type=int, required=True, help="bootstrap resamples (config aggregate.bootstrap.n)")
-    parser.add_argument("--seed", type=int, required=True, help="bootstrap seed (config aggregate.bootstrap.seed)")
-    parser.add_argument("--level", type=float, required=True, help="interval level (config aggregate.bootstrap.level)")
+    parser.add_argument(
+        "--bootstrap",
+        type=Bootstrap.from_json,
+        required=True,
+        help="JSON of safelora.settings.Bootstrap: n (resamples), seed, level (of the intervals)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = aggregate.load_runs_meta(args.runs_meta)
     benchmarks = aggregate.Benchmarks.load(args.benchmarks)
     table = aggregate.results_table(
-        scores, expected, meta, benchmarks, n_boot=args.n_boot, seed=args.seed, level=args.level
+        scores,
+        expected,
+        meta,
+        benchmarks,
+        n_boot=args.bootstrap.n,
+        seed=args.bootstrap.seed,
+        level=args.bootstrap.level,
     )
     missing = aggregate.missing_report(scores, expected, benchmarks)
     aggregate.write_csv(table, args.out_csv)

@@ -14,11 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora.settings import ContextSettings
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", required=True, help="the model folder or hub id whose tokenizer generation uses")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
-    parser.add_argument("--max-new-tokens", type=int, required=True, help="benchmarks.<b>.sampling.max_new_tokens")
-    parser.add_argument("--max-model-len", type=int, required=True, help="models.<model>.max_model_len")
+    parser.add_argument(
+        "--settings",
+        type=ContextSettings.from_json,
+        required=True,
+        help="JSON of safelora.settings.ContextSettings: max_new_tokens (the benchmark's), max_model_len (the model's)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -32,8 +38,9 @@ def main() -> int:
     items = read_jsonl(args.items)
     prompts = [render_prompt(counter.tokenizer, item["prompt"]) for item in items]
     ids = [str(item["id"]) for item in items]
+    budget = args.settings
     try:
-        check_context(counter, prompts, ids, args.max_new_tokens, args.max_model_len)
+        check_context(counter, prompts, ids, budget.max_new_tokens, budget.max_model_len)
     except ValueError as err:
         print(f"{args.items}: {err}", file=sys.stderr)
         return 1
@@ -44,11 +51,11 @@ def main() -> int:
         {
             "longest_prompt": ids[longest],
             "prompt_tokens": lengths[longest],
-            "max_new_tokens": args.max_new_tokens,
-            "max_model_len": args.max_model_len,
+            "max_new_tokens": budget.max_new_tokens,
+            "max_model_len": budget.max_model_len,
         },
     )
-    print(f"{len(ids)} prompts fit: the longest, '{ids[longest]}', needs {lengths[longest] + args.max_new_tokens}")
+    print(f"{len(ids)} prompts fit: the longest, '{ids[longest]}', needs {lengths[longest] + budget.max_new_tokens}")
     return 0
 
 

@@ -11,25 +11,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from safelora.settings import Execution
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", required=True, choices=["humaneval", "mbpp"])
-    parser.add_argument("--problems", required=True, help="EvalPlus file (HumanEvalPlus.jsonl.gz / MbppPlus.jsonl.gz)")
+    parser.add_argument(
+        "--settings",
+        type=Execution.from_json,
+        required=True,
+        help="JSON of safelora.settings.Execution: dataset (humaneval, mbpp), problems (the EvalPlus file),"
+        " timeout_s (wall-clock seconds per sample on top of a per-task ground-truth budget), memory_mb"
+        " (address-space limit per sandbox)",
+    )
     parser.add_argument("--generations", required=True, help="Generation records (JSONL)")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL the generations answer")
     parser.add_argument("--out", required=True, help="plus verdicts (grader evalplus_plus)")
     parser.add_argument("--out-base", required=True, help="base verdicts (grader evalplus_base)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        required=True,
-        help="wall-clock seconds per sample, on top of a per-task ground-truth budget (config benchmarks.<b>.execution.timeout_s)",
-    )
-    parser.add_argument(
-        "--memory-mb",
-        type=int,
-        required=True,
-        help="address-space limit per sandbox (config benchmarks.<b>.execution.memory_mb)",
-    )
     parser.add_argument("--workers", type=int, required=True, help="sandboxes run at once")
     return parser.parse_args(argv)
 
@@ -45,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxUnavailableError as err:
         print(err, file=sys.stderr)
         return 1
-    problems = load_evalplus_problems(args.dataset, args.problems)
+    settings = args.settings
+    problems = load_evalplus_problems(settings.dataset, settings.problems)
     generations = read_generations(args.generations, read_jsonl(args.items))
     unknown = sorted({g["prompt_id"] for g in generations} - problems.keys())
     if unknown:
-        print(f"{args.generations}: prompt ids not in {args.problems}: {unknown[:5]}", file=sys.stderr)
+        print(f"{args.generations}: prompt ids not in {settings.problems}: {unknown[:5]}", file=sys.stderr)
         return 1
     solutions = [
         {
@@ -60,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         for g in generations
     ]
     results = evaluate_solutions(
-        args.dataset, problems, solutions, timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers
+        settings.dataset,
+        problems,
+        solutions,
+        timeout_s=settings.timeout_s,
+        memory_mb=settings.memory_mb,
+        workers=args.workers,
     )
     for r in results:
         if r["detail"]:  # a sample the sandbox failed, not EvalPlus: say why in the job's log

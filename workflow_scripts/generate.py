@@ -2,16 +2,16 @@
 """Generate completions for a benchmark's items from one checkpoint (vLLM or transformers)."""
 
 import argparse
-import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
-    from safelora.evaluation.generation import add_backend_arguments
+    from safelora.settings import GenerationSettings
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -20,18 +20,14 @@ def main() -> int:
     parser.add_argument("--adapter", help="a LoRA adapter folder to serve unmerged on --base")
     parser.add_argument("--items", required=True, help="BenchmarkItem JSONL")
     parser.add_argument(
-        "--batch-size",
-        type=int,
+        "--settings",
+        type=GenerationSettings.from_json,
         required=True,
-        help="prompts per backend call (transformers; config generation.batch_size)",
+        help="JSON of safelora.settings.GenerationSettings: backend, batch_size, sampling, model",
     )
     parser.add_argument("--chunk-size", type=int, default=256, help="prompts per resumable chunk")
-    parser.add_argument("--sampling", required=True, help="JSON: n, temperature, top_p, max_new_tokens, seed")
-    parser.add_argument(
-        "--model-settings", required=True, help="JSON: dtype, max_model_len, tensor_parallel, max_lora_rank"
-    )
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
     parser.add_argument("--out", required=True)
-    add_backend_arguments(parser)
     args = parser.parse_args()
 
     from safelora.locks import writer_lock
@@ -53,18 +49,17 @@ def generate(args: argparse.Namespace) -> int:
     from safelora.evaluation.generation import (
         GenerationJob,
         ModelRef,
-        Sampling,
         check_context,
         make_backend,
         run_generation,
     )
     from safelora.io import read_jsonl
 
-    settings = json.loads(args.model_settings)
-    sampling = Sampling(**json.loads(args.sampling))
+    settings = args.settings
+    sampling = settings.sampling
     # The job's own engine, freed when the job ends; one LoRA slot for the adapter it serves unmerged.
-    ref = ModelRef(base=args.base, max_loras=1 if args.adapter else 0, **settings)
-    backend = make_backend(args.backend, ref, sampling.seed, args.batch_size)
+    ref = ModelRef(base=args.base, max_loras=1 if args.adapter else 0, **asdict(settings.model))
+    backend = make_backend(settings.backend, ref, sampling.seed, settings.batch_size)
     items = read_jsonl(args.items)
     prompts = [render_prompt(backend.tokenizer, item["prompt"]) for item in items]
     ids = [str(item["id"]) for item in items]
@@ -79,7 +74,7 @@ def generate(args: argparse.Namespace) -> int:
             "model": args.base,
             "adapter": args.adapter,
             "prompts": prompts,
-            "sampling": json.loads(args.sampling),
+            "sampling": asdict(sampling),
             "engine": backend.engine,
             "mtime": _mtime(args.base, args.adapter),
         },

@@ -3,7 +3,6 @@
 refusal judge), loaded once: one generations file in and one verdict file out per checkpoint."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,24 +10,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
-    from safelora.evaluation.generation import add_backend_arguments
+    from safelora.settings import JudgeSettings
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--judge", required=True, help="JSON: the judge's config entry (kind, hub/path, ...)")
-    parser.add_argument("--kind", required=True, help="the benchmark's kind")
+    parser.add_argument(
+        "--settings",
+        type=JudgeSettings.from_json,
+        required=True,
+        help="JSON of safelora.settings.JudgeSettings: the judge, the benchmark's kind, the backend",
+    )
     parser.add_argument("--generations", required=True, nargs="+", help="one Generation file per checkpoint")
     parser.add_argument("--items", required=True)
     parser.add_argument(
         "--fallback",
-        nargs="+",
-        help="per checkpoint, the verdicts of the grader this judge backs up (judged only where it failed)",
+        nargs="*",
+        default=[],
+        help="per checkpoint, the verdicts of the grader this judge backs up (judged only where it failed);"
+        " none for a judge that backs up no grader",
     )
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
     parser.add_argument("--out", required=True, nargs="+", help="one verdict file per checkpoint")
-    add_backend_arguments(parser)
     args = parser.parse_args()
     for option, files in (("--out", args.out), ("--fallback", args.fallback)):
-        if files is not None and len(files) != len(args.generations):
+        if files and len(files) != len(args.generations):
             parser.error(f"{option} names {len(files)} files for {len(args.generations)} --generations files")
 
     from safelora.housekeeping import MemoryGuard
@@ -45,7 +50,7 @@ def main() -> int:
     from safelora.locks import writer_locks
 
     with writer_locks(map(Path, args.out), "judge"):  # an orphan judging the same run makes this job refuse
-        run_judge(json.loads(args.judge), args.kind, checkpoints, Path(args.items), args.backend, args.batch_size)
+        run_judge(args.settings, checkpoints, Path(args.items), args.batch_size)
     return 0
 
 

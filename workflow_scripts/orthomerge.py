@@ -11,14 +11,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from safelora.settings import OrthoMerge
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--adapter", required=True, help="source PEFT LoRA adapter folder")
     p.add_argument("--svd", required=True, help="the base model's SVD cache (base_svd.py)")
     p.add_argument(
-        "--variant", choices=["col", "both"], required=True, help="col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)"
+        "--settings",
+        type=OrthoMerge.from_json,
+        required=True,
+        help="JSON of safelora.settings.OrthoMerge: variant (col: (I-UU^T) dW; both: (I-UU^T) dW (I-VV^T)),"
+        " lam (scale of the projected update), k (singular vectors projected out)",
     )
-    p.add_argument("--lam", type=float, required=True, help="scale lambda of the projected update")
-    p.add_argument("--k", type=int, required=True, help="singular vectors projected out (config orthomerge.k)")
     p.add_argument("--out", required=True, help="output adapter folder (replaced atomically)")
     return p.parse_args(argv)
 
@@ -30,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     require_checkpoint(args.adapter)
 
-    orthomerge_adapter(args.adapter, args.svd, args.out, variant=args.variant, lam=args.lam, k=args.k)
-    print(f"OrthoMerge-{args.variant} lambda={args.lam} k={args.k} -> {args.out}")
+    om = args.settings
+    orthomerge_adapter(args.adapter, args.svd, args.out, variant=om.variant, lam=om.lam, k=om.k)
+    print(f"OrthoMerge-{om.variant} lambda={om.lam} k={om.k} -> {args.out}")
     return 0
 
 

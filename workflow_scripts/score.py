@@ -3,7 +3,6 @@
 counts of the generations they graded."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,18 +10,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def main() -> int:
+    from safelora.settings import ScoreSettings
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--run", required=True)
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--benchmark", required=True)
     parser.add_argument(
-        "--settings", required=True, help="JSON: kind, graders, primary, scorer_version, max_unparseable_share"
+        "--settings",
+        type=ScoreSettings.from_json,
+        required=True,
+        help="JSON of safelora.settings.ScoreSettings: kind, graders, primary, n, max_unparseable_share, scorer_version",
     )
     parser.add_argument("--verdicts", nargs="+", required=True)
     parser.add_argument("--generations", required=True, help="the checkpoint's Generation JSONL (truncation counts)")
     parser.add_argument("--items", required=True, help="the benchmark's BenchmarkItem JSONL the verdicts must cover")
-    parser.add_argument("--n", type=int, required=True, help="samples per item (config benchmarks.<b>.sampling.n)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -32,7 +35,7 @@ def main() -> int:
     ids = {"model": args.model, "run": args.run, "epoch": args.epoch, "benchmark": args.benchmark}
     items = read_jsonl(args.items)
     generations = read_generations(args.generations, items)
-    score = compute_score(ids, json.loads(args.settings), args.verdicts, items, args.n, generations)
+    score = compute_score(ids, args.settings, args.verdicts, items, generations)
     write_record(args.out, "score", score)
     for m in score["metrics"]:
         print(

@@ -27,6 +27,7 @@ from typing import Any
 from safelora import config as grid
 from safelora import registry
 from safelora.evaluation.items import planned_items
+from safelora.settings import Judge
 
 _JOB_START = re.compile(r"^\s*(?:local)?rule (\w+):$")
 _FIELD = re.compile(r"^\s*(input|output|jobid|wildcards|resources): (.*)$")
@@ -177,13 +178,13 @@ def judge_seconds(
 ) -> float:
     """One judge job on `gpus` GPUs: its engine's start, then judging `checkpoints` checkpoints'
     generations of one benchmark."""
-    spec = config["judges"][judge]
+    spec = Judge.from_config(config, judge)
     n = samples(config, benchmark)
-    if spec.get("fallback_for"):  # judges only what its backed-up grader left, on short answers
+    if spec.fallback_for:  # judges only what its backed-up grader left, on short answers
         n, per_sample = n * a.fallback_share, 200.0
     else:  # reads the prompt and the whole response
         per_sample = 200.0 + completion_tokens(config, benchmark, a)
-    return a.judge_start_s + checkpoints * n * per_sample / (a.judge_prefill_tok_s[spec["hub"]] * gpus)
+    return a.judge_start_s + checkpoints * n * per_sample / (a.judge_prefill_tok_s[spec.model] * gpus)
 
 
 def generate_hours(job: PlannedJob, config: dict[str, Any], a: Assumptions) -> float:
@@ -292,10 +293,10 @@ def judge_runtime(
     """Minutes to reserve for one judge job of `judge` on `benchmark` over `checkpoints` checkpoints
     of a run (the judge rules' runtime)."""
     a = a or Assumptions()
-    spec = config["judges"][judge]
-    if spec.get("hub") not in a.judge_prefill_tok_s:
+    spec = Judge.from_config(config, judge)
+    if spec.model not in a.judge_prefill_tok_s:  # a local judge (`path`) is never priced
         return UNPRICED_RUNTIME["judge"] * checkpoints
-    return _minutes(judge_seconds(config, judge, benchmark, checkpoints, spec["tensor_parallel"], a))
+    return _minutes(judge_seconds(config, judge, benchmark, checkpoints, spec.tensor_parallel, a))
 
 
 @dataclass

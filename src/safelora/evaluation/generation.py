@@ -11,7 +11,6 @@ determines the output; a mismatch discards it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,19 +21,7 @@ from typing import Any, Protocol
 
 from safelora.config import vllm_lora_rank
 from safelora.io import atomic_write_jsonl, atomic_write_text, check_generations, read_jsonl, stable_json
-
-
-@dataclass(frozen=True)
-class Sampling:
-    n: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    seed: int
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from safelora.settings import Sampling
 
 
 @dataclass(frozen=True)
@@ -283,12 +270,6 @@ def _lora_b_all_zero(adapter: str | Path) -> bool:
         return False
     with safe_open(str(weights), framework="pt") as fh:
         return all(not fh.get_tensor(k).any() for k in fh.keys() if "lora_B" in k)  # noqa: SIM118 (safe_open has no __iter__)
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of a job that starts an engine (generate.py, judge.py): backend, memory budget."""
-    parser.add_argument("--backend", choices=["vllm", "transformers"], required=True, help="config generation.backend")
-    parser.add_argument("--mem-mb", type=float, required=True, help="host memory budget; stop clearly near it (0: off)")
 
 
 def make_backend(name: str, ref: ModelRef, seed: int, batch_size: int) -> Backend:

@@ -18,6 +18,7 @@ from safelora import registry
 from safelora.evaluation.graders import sample_keys
 from safelora.evaluation.parsers import truncation_flags
 from safelora.io import DamagedFileError, check_samples, read_jsonl
+from safelora.settings import ScoreSettings
 
 # --------------------------------------------------------------------------------------------
 # pass@k
@@ -151,27 +152,26 @@ def truncation_counts(generations: list[dict[str, Any]]) -> dict[str, int]:
 
 def compute_score(
     ids: dict[str, Any],
-    settings: dict[str, Any],
+    settings: ScoreSettings,
     verdict_paths: list[str | Path],
     items: list[dict[str, Any]],
-    n: int,
     generations: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The Score record (docs/design.md, schemas/records/score.schema.yaml) of one checkpoint and
-    benchmark, from verdict files of its `items` x `n` samples and the `generations` they graded."""
-    metric_name = registry.KIND_METRICS[settings["kind"]]
+    benchmark, from verdict files of its `items` x `settings.n` samples and the `generations` they graded."""
+    metric_name = registry.KIND_METRICS[settings.kind]
     keys = [registry.grader_and_variant(Path(path).stem) for path in verdict_paths]
-    check_graders(keys, settings["primary"], ", ".join(map(str, verdict_paths)))
+    check_graders(keys, settings.primary, ", ".join(map(str, verdict_paths)))
     metrics, by_grader = [], {}
     for path, (grader, variant) in zip(verdict_paths, keys, strict=True):
-        verdicts = read_verdicts(path, items, n)
-        metric = metric_from_verdicts(verdicts, settings["max_unparseable_share"], str(path))
+        verdicts = read_verdicts(path, items, settings.n)
+        metric = metric_from_verdicts(verdicts, settings.max_unparseable_share, str(path))
         metrics.append(
             {
                 "metric": metric_name,
                 "variant": variant,
                 "grader": grader,
-                "primary": grader == settings["primary"],
+                "primary": grader == settings.primary,
                 **metric,
             }
         )
@@ -181,7 +181,7 @@ def compute_score(
             by_grader[grader] = verdicts
     return {
         **ids,
-        "scorer_version": settings["scorer_version"],
+        "scorer_version": settings.scorer_version,
         "metrics": metrics,
         "agreement": agreement(by_grader),
         "truncation": truncation_counts(generations),
