@@ -317,12 +317,15 @@ def verdict_output(grader, variant=None, epoch="{epoch}"):
     return f"<results>/verdicts/{{model}}/{{run}}/epoch-{epoch}/{{benchmark}}/{stem}.jsonl"
 
 
-def score_inputs(wildcards):
+def verdict_files(model, run, epoch, benchmark):
     """Verdict files a benchmark's score reads, one per grader and variant (EvalPlus: base and plus)."""
-    w = wildcards
-    folder = f"<results>/verdicts/{w.model}/{w.run}/epoch-{w.epoch}/{w.benchmark}"
-    graders = config["benchmarks"][w.benchmark]["graders"]
+    folder = f"<results>/verdicts/{model}/{run}/epoch-{epoch}/{benchmark}"
+    graders = config["benchmarks"][benchmark]["graders"]
     return [f"{folder}/{stem}.jsonl" for grader in graders for stem in registry.verdict_stems(grader)]
+
+
+def score_inputs(wildcards):
+    return verdict_files(wildcards.model, wildcards.run, wildcards.epoch, wildcards.benchmark)
 
 
 # SLURM runtime (minutes) per job, from the throughput assumptions of the GPU-hour estimate
@@ -352,6 +355,11 @@ JUDGE_RULES = {}
 for _run, _epochs in RUN_EPOCHS.items():
     JUDGE_RULES.setdefault(tuple(_epochs), []).append(_run)
 
+# A profile's `set-resources` and `set-threads` name the judge rules by their family, `judge`
+# (profiles/local: no GPU, one thread), since the rules are named after the grid's epoch sets.
+JUDGE_PROFILE_RESOURCES = workflow.resource_settings.overwrite_resources.get("judge", {})
+JUDGE_THREADS = workflow.resource_settings.overwrite_threads.get("judge", 8)
+
 
 def _run_files(wildcards, kind, name):
     """`<results>/<kind>/{model}/{run}/epoch-<e>/<name>` for every checkpoint epoch of the run."""
@@ -372,7 +380,7 @@ def judge_inputs(wildcards):
 
 
 def judge_gpus(wildcards):
-    return config["judges"][wildcards.judge]["tensor_parallel"]
+    return JUDGE_PROFILE_RESOURCES.get("gpu", config["judges"][wildcards.judge]["tensor_parallel"])
 
 
 def score_file(c, benchmark):

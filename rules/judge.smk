@@ -71,7 +71,7 @@ for epochs, runs in JUDGE_RULES.items():
             run=_alternatives(runs),
         params:
             settings=judge_settings,  # safelora.settings.JudgeSettings
-        threads: 8
+        threads: JUDGE_THREADS  # 8, or the profile's `set-threads: judge`
         # gpu: config.yaml `judges.<judge>.tensor_parallel`: Llama-Guard-3-8B 1; Qwen2.5-32B-Instruct 2.
         # runtime: the estimate for (judge, benchmark) over the run's checkpoints x 1.5
         # (safelora.gpu_hours.judge_runtime).

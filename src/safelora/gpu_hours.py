@@ -227,7 +227,7 @@ def _priced(family: str, job: PlannedJob, config: dict[str, Any], a: Assumptions
         return config["judges"][w["judge"]].get("hub") in a.judge_prefill_tok_s
     size = config["models"][w["model"]]["size"]
     if family == "train":
-        return (grid.training_recipe(config, w["model"], w["run"])["method"], size) in a.train_samples_s
+        return (grid.training_recipe(config, w["model"], w["run"])["safelora"]["method"], size) in a.train_samples_s
     return size in (a.decode_tok_s if family == "generate" else a.base_svd_s)
 
 
