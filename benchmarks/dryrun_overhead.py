@@ -146,7 +146,8 @@ def create_outputs(jobs, workdir: Path, path_of, dirs: set[str]) -> None:
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.touch()
+                # a JSON output may be read while planning (a training manifest): an empty record
+                target.write_text("{}" if target.suffix == ".json" else "")
             os.utime(target, (base + depth[job.jobid], base + depth[job.jobid]))
 
 

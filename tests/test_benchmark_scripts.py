@@ -13,12 +13,12 @@ DEMO = ["--configfile", "config/demo.yaml", "--profile", "profiles/local"]
 
 # script -> (arguments, text its output must contain). `--help` where a real run needs a GPU or vLLM
 # (gpu_check.py has its own CPU test, tests/test_gpu_check.py), the demo's results (demo_run.py runs
-# the demo), or minutes and gigabytes of memory on CPU (7B/14B-shaped matrices, the paper grid's
-# repeated dry runs).
+# the demo), or minutes and gigabytes of memory on CPU (7B/14B-shaped matrices); dryrun_overhead.py
+# on the demo's config, once (the paper grid's repeated dry runs take minutes).
 RUNS = {
     "analysis_memory.py": (["--help"], "usage:"),
     "demo_run.py": (["--help"], "usage:"),
-    "dryrun_overhead.py": (["--help"], "usage:"),
+    "dryrun_overhead.py": ([*DEMO, "--repeats", "1"], "no-op rerun, CPU: ratio real/bare"),
     "gpu_check.py": (["--help"], "usage:"),
     "gpu_hours.py": (DEMO, "| **total** |"),
     "gpu_vllm_lora.py": (["--help"], "usage:"),
