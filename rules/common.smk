@@ -357,8 +357,14 @@ for _run, _epochs in RUN_EPOCHS.items():
 
 # A profile's `set-resources` and `set-threads` name the judge rules by their family, `judge`
 # (profiles/local: no GPU, one thread), since the rules are named after the grid's epoch sets.
-JUDGE_PROFILE_RESOURCES = workflow.resource_settings.overwrite_resources.get("judge", {})
-JUDGE_THREADS = workflow.resource_settings.overwrite_threads.get("judge", 8)
+def _profile_value(value):
+    """A profile's resource or thread count as a plain value (Snakemake wraps parsed ones in `Resource`)."""
+    return getattr(value, "value", value)
+
+
+_JUDGE_RESOURCES = workflow.resource_settings.overwrite_resources.get("judge") or {}
+JUDGE_PROFILE_GPUS = _profile_value(_JUDGE_RESOURCES["gpu"]) if "gpu" in _JUDGE_RESOURCES else None
+JUDGE_THREADS = _profile_value(workflow.resource_settings.overwrite_threads.get("judge", 8))
 
 
 def _run_files(wildcards, kind, name):
@@ -380,7 +386,9 @@ def judge_inputs(wildcards):
 
 
 def judge_gpus(wildcards):
-    return JUDGE_PROFILE_RESOURCES.get("gpu", config["judges"][wildcards.judge]["tensor_parallel"])
+    if JUDGE_PROFILE_GPUS is not None:
+        return JUDGE_PROFILE_GPUS
+    return config["judges"][wildcards.judge]["tensor_parallel"]
 
 
 def score_file(c, benchmark):

@@ -174,3 +174,12 @@ def test_the_paper_codes_32b_recipe_plans_as_an_overlay_of_config_yaml():
     assert (opts["gpus"], sft["per_device_train_batch_size"], opts["global_batch"]) == (2, 1, 2)
     assert "mem_mb" not in json.dumps(recipe)  # the job's memory request is no recipe key
     assert "results/paper-32b/generations/r1-32b/full/epoch-1/aime.jsonl" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_local_profiles_judge_entry_reaches_every_judge_rule():
+    """profiles/local names the judge rules by their family, `judge` (the rules are named after the
+    grid's epoch sets): on the paper grid every judge job gets its GPU count 0 and one thread."""
+    jobs = planned_resources("--configfile", "config.yaml", "--profile", "profiles/local", "--cores", "64")
+    judges = [resources for (rule, *_), resources in jobs.items() if rule_family(rule) == "judge"]
+    assert len(judges) == 128 and all(r["gpu"] == 0 and r["threads"] == 1 for r in judges), judges[:3]
