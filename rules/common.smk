@@ -355,6 +355,7 @@ JUDGE_RULES = {}
 for _run, _epochs in RUN_EPOCHS.items():
     JUDGE_RULES.setdefault(tuple(_epochs), []).append(_run)
 
+
 # A profile's `set-resources` and `set-threads` name the judge rules by their family, `judge`
 # (profiles/local: no GPU, one thread), since the rules are named after the grid's epoch sets.
 def _profile_value(value):
