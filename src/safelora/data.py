@@ -167,9 +167,14 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
+def template_opens_thinking(prompt_text: str) -> bool:
+    """Whether the rendered prompt already opens the thinking (DeepSeek-R1's template ends with `<think>`)."""
+    return prompt_text.rstrip().endswith(THINK_OPEN)
+
+
 def refusal_completion(prompt_text: str, think: str, refusal: str, eos_token: str) -> str:
     """`<think>think</think>refusal<eos>`; the opening tag is left out if the prompt already ends with it."""
-    opening = "" if prompt_text.rstrip().endswith(THINK_OPEN) else THINK_OPEN
+    opening = "" if template_opens_thinking(prompt_text) else THINK_OPEN
     return f"{opening}{think}{THINK_CLOSE}{refusal}{eos_token}"
 
 

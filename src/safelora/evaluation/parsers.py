@@ -9,8 +9,9 @@ import logging
 import random
 import re
 
-THINK_START = "<think>"
-THINK_END = "</think>"
+from safelora.data import THINK_CLOSE as THINK_END
+from safelora.data import THINK_OPEN as THINK_START
+from safelora.data import template_opens_thinking
 
 
 def strip_thinking(text: str) -> str:
@@ -28,7 +29,7 @@ def truncation_flags(prompt: str, text: str, finish_reason: str) -> tuple[bool, 
     at the prompt's end; it is unclosed when no ``</think>`` follows the last opening."""
     truncated = finish_reason == "length"
     opened_at = text.rfind(THINK_START)  # -1: not in the text, perhaps at the prompt's end
-    if opened_at < 0 and not prompt.rstrip().endswith(THINK_START):
+    if opened_at < 0 and not template_opens_thinking(prompt):
         return truncated, False
     return truncated, text.rfind(THINK_END) < max(opened_at, 0)
 
